@@ -1,0 +1,1 @@
+"""Abonent: callback, verification and notifier services on NATS JetStream and PostgreSQL."""

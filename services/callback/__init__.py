@@ -1,0 +1,1 @@
+"""Callback service: "call me back" requests with honest promised callback times."""

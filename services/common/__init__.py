@@ -1,0 +1,1 @@
+"""Shared plumbing for every Abonent service: settings, DB, bus, outbox/inbox, logging, health."""

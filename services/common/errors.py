@@ -1,0 +1,105 @@
+"""The API's one error shape: {"error": {"code", "message", "field"}} for every 4xx, and no 500 leaks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger(__name__)
+
+_CODES_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """What every error looks like on the wire."""
+
+    error: ErrorBody
+
+
+class ApiError(HTTPException):
+    """Raise from handlers: a stable machine-readable code, a human message, and the offending field."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+        self.field = field
+
+
+def _field_of_validation(exc: ValidationException) -> str | None:
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        key = extra[0].get("key")
+        if key:
+            return str(key)
+        match = re.search(r"at `\$\.([\w.\[\]]+)`", str(extra[0].get("message", "")))
+        if match:
+            return match.group(1)
+    return None
+
+
+def _validation_message(exc: ValidationException) -> str:
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict) and extra[0].get("message"):
+        return str(extra[0]["message"]).split(" - at ")[0]
+    return "The request is not valid"
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        content=ErrorResponse(error=ErrorBody(code=code, message=message, field=field)),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status_code, exc.code, exc.detail, exc.field, exc.headers)
+    if isinstance(exc, ValidationException):
+        return error_response(400, "invalid_request", _validation_message(exc), _field_of_validation(exc))
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        if status >= 500:
+            log.error("http %s: %s", status, exc.detail)
+        code = _CODES_BY_STATUS.get(status, "error")
+        return error_response(status, code, exc.detail, headers=exc.headers)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: handle_exception}

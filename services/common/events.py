@@ -1,0 +1,154 @@
+"""The event catalogue: every event any Abonent service publishes, in one place.
+
+Rules (msgspec schema evolution):
+- An event is a frozen, tagged Struct. Its tag is "<subject>.v<N>", e.g. "callback.requested.v1"; it is
+  published on the subject without the version ("callback.requested").
+- A compatible change adds a field WITH a default. Existing fields never change type or meaning.
+- An incompatible change is a new Struct with tag v<N+1>, published alongside v<N> until every consumer
+  reads v<N+1>.
+- `event_id` is the Nats-Msg-Id and the inbox key: the same logical event always keeps its id.
+- Personal data: events may carry a phone number where a consumer must act on it (the notifier); the
+  JetStream store is encrypted at rest and logs mask it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import ClassVar, Literal
+
+import msgspec
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Common envelope fields. Subclasses set SUBJECT and a versioned tag."""
+
+    SUBJECT: ClassVar[str]
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    occurred_at: dt.datetime = msgspec.field(default_factory=utc_now)
+
+
+# --- system -------------------------------------------------------------------------------------------
+
+
+class SystemProbe(Event, frozen=True, kw_only=True, tag="system.probe.v1"):
+    """A canary through the whole outbox → JetStream → inbox path (health checks, tests)."""
+
+    SUBJECT = "system.probe"
+    note: str = ""
+
+
+# --- callback -----------------------------------------------------------------------------------------
+
+CallbackStateName = Literal[
+    "requested", "scheduled", "dialing", "connected", "completed", "failed", "cancelled", "expired"
+]
+
+
+class CallbackEvent(Event, frozen=True, kw_only=True):
+    """Every callback.* event names the request, its site and the state it moved to."""
+
+    callback_id: uuid.UUID
+    site_key: str
+    state: CallbackStateName
+
+
+class CallbackRequested(CallbackEvent, frozen=True, kw_only=True, tag="callback.requested.v1"):
+    SUBJECT = "callback.requested"
+    phone: str  # E.164
+    visitor_tz: str
+    lang: str
+    promised_earliest: dt.datetime
+    promised_latest: dt.datetime
+    promise_kind: Literal["asap", "scheduled"]
+    page_url: str = ""
+
+
+class CallbackScheduled(CallbackEvent, frozen=True, kw_only=True, tag="callback.scheduled.v1"):
+    """Queued for a time: at creation, after a reschedule, or after a failed attempt with a retry left."""
+
+    SUBJECT = "callback.scheduled"
+    due_at: dt.datetime
+    promised_earliest: dt.datetime
+    promised_latest: dt.datetime
+    reason: str = ""
+
+
+class CallbackMerged(CallbackEvent, frozen=True, kw_only=True, tag="callback.merged.v1"):
+    """A second request for the same phone and site joined the pending one (it keeps its place)."""
+
+    SUBJECT = "callback.merged"
+
+
+class CallbackDialing(CallbackEvent, frozen=True, kw_only=True, tag="callback.dialing.v1"):
+    SUBJECT = "callback.dialing"
+    attempt: int
+    agent_id: str = ""
+
+
+class CallbackConnected(CallbackEvent, frozen=True, kw_only=True, tag="callback.connected.v1"):
+    SUBJECT = "callback.connected"
+    attempt: int
+    agent_id: str = ""
+
+
+class CallbackCompleted(CallbackEvent, frozen=True, kw_only=True, tag="callback.completed.v1"):
+    SUBJECT = "callback.completed"
+    talk_seconds: float = 0.0
+
+
+class CallbackFailed(CallbackEvent, frozen=True, kw_only=True, tag="callback.failed.v1"):
+    """The last attempt failed; the notifier may offer the visitor a reschedule link."""
+
+    SUBJECT = "callback.failed"
+    phone: str
+    lang: str
+    outcome: str
+    attempts: int
+
+
+class CallbackCancelled(CallbackEvent, frozen=True, kw_only=True, tag="callback.cancelled.v1"):
+    SUBJECT = "callback.cancelled"
+    by: Literal["visitor", "agent", "system"] = "visitor"
+
+
+class CallbackExpired(CallbackEvent, frozen=True, kw_only=True, tag="callback.expired.v1"):
+    SUBJECT = "callback.expired"
+
+
+AnyEvent = (
+    SystemProbe
+    | CallbackRequested
+    | CallbackScheduled
+    | CallbackMerged
+    | CallbackDialing
+    | CallbackConnected
+    | CallbackCompleted
+    | CallbackFailed
+    | CallbackCancelled
+    | CallbackExpired
+)
+
+# Streams, declared in code and created/updated at start. One stream per owning service.
+STREAMS: dict[str, list[str]] = {
+    "SYSTEM": ["system.>"],
+    "CALLBACK": ["callback.>"],
+    "VERIFICATION": ["verification.>"],
+    "NOTIFIER": ["notifier.>"],
+}
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes) -> AnyEvent:
+    """Raises msgspec.DecodeError / ValidationError on a malformed or unknown event (a poison message)."""
+    return _decoder.decode(payload)

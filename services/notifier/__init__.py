@@ -1,0 +1,1 @@
+"""Notifier service: events become messenger messages and SMS, never at night, never twice."""

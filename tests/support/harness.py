@@ -1,0 +1,56 @@
+"""Helpers shared by tests: settings for a test, migrations, child processes that see those settings."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from services.common.migrate import discover, migrate
+from services.common.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_DATA_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
+TEST_ADMIN_TOKEN = "test-admin-token"
+
+
+def make_settings(database_url: str, nats_url: str, nats_namespace: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "nats_namespace": nats_namespace,
+        "data_key": TEST_DATA_KEY,
+        "admin_token": TEST_ADMIN_TOKEN,
+        "outbox_poll_interval_s": 0.2,
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return load_settings(environ={}, **values)
+
+
+async def migrate_service(settings: Settings, service: str) -> None:
+    spec = importlib.import_module(f"services.{service}.app").SPEC
+    await migrate(settings.database_url, service, discover(spec.migrations_dir))
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a child process see exactly these settings."""
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABONENT_")}
+    for field in msgspec.structs.fields(Settings):
+        env[f"ABONENT_{field.name.upper()}"] = str(getattr(settings, field.name))
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+        )
