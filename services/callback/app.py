@@ -1,22 +1,301 @@
-"""Callback service app factory."""
+"""Callback service app factory: thin routes over the use cases in usecases.py."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated, Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.config.app import AppConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from services.common.settings import Settings, get_settings
-from services.common.web import ServiceSpec, build_app
-
-SPEC = ServiceSpec(
-    name="callback",
-    title="Abonent callback",
-    description="Visitors ask for a callback and see an honest promised time; agents are dialed and bridged.",
-    route_handlers=[],
-    migrations_dir=Path(__file__).parent / "migrations",
+from services.callback import store
+from services.callback.cors import per_site_cors
+from services.callback.live import StatusFeed
+from services.callback.schemas import (
+    CallbackCreate,
+    CallbackCreated,
+    CallbackStatus,
+    Lang,
+    Offer,
+    Reschedule,
+    Site,
+    SiteKey,
+    SiteSettings,
+    WidgetConfig,
+    check_zone,
 )
+from services.callback.usecases import CallbackService, SiteDirectory, periodically
+from services.common.crypto import DataProtector
+from services.common.errors import ApiError
+from services.common.settings import Settings, get_settings
+from services.common.web import Runtime, ServiceSpec, build_app
+
+TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
+TokenHeader = Annotated[
+    str | None,
+    HeaderParameter(name="X-Status-Token", required=False, description="Status token (or ?token=)"),
+]
+Callbacks = NamedDependency[CallbackService]
+Feed = NamedDependency[StatusFeed]
+LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
+
+
+def callbacks_of(state: State) -> CallbackService:
+    runtime: Runtime = state.runtime
+    service: CallbackService = runtime.extras["callbacks"]
+    return service
+
+
+def feed_of(state: State) -> StatusFeed:
+    runtime: Runtime = state.runtime
+    feed: Feed = runtime.extras["feed"]
+    return feed
+
+
+async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Back-office routes need `Authorization: Bearer $ABONENT_ADMIN_TOKEN`."""
+    runtime: Runtime = connection.app.state.runtime
+    expected = runtime.settings.admin_token
+    given = connection.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "A valid admin bearer token is required")
+
+
+# --- back office ----------------------------------------------------------------------------------------
+
+
+@put(
+    "/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Create or replace a site"
+)
+async def put_site(
+    site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], callbacks: Callbacks
+) -> Response[Site]:
+    async with callbacks.pool.acquire() as conn:
+        site, created = await store.upsert_site(conn, site_key, data)
+    callbacks.sites.forget(site_key)
+    return Response(site, status_code=201 if created else 200)
+
+
+@get("/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Read a site")
+async def get_site(site_key: FromPath[str], callbacks: Callbacks) -> Site:
+    async with callbacks.pool.acquire() as conn:
+        site = await store.get_site(conn, site_key)
+    if site is None:
+        raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
+    return site
+
+
+@get("/v1/admin/sites", guards=[admin_only], tags=["admin"], summary="List sites")
+async def list_sites(callbacks: Callbacks) -> list[Site]:
+    async with callbacks.pool.acquire() as conn:
+        return await store.list_sites(conn)
+
+
+# --- widget API -----------------------------------------------------------------------------------------
+
+
+@get(
+    "/v1/sites/{site_key:str}/config",
+    tags=["widget"],
+    summary="What the widget shows for this site",
+    cache_control=None,
+)
+async def widget_config(
+    site_key: FromPath[str], callbacks: Callbacks, lang: LangQuery = None
+) -> Response[WidgetConfig]:
+    config = await callbacks.widget_config(site_key, lang)
+    return Response(config, headers={"Cache-Control": "public, max-age=300"})
+
+
+@get("/v1/sites/{site_key:str}/offer", tags=["widget"], summary="The promise we would give now, and slots")
+async def offer(
+    site_key: FromPath[str],
+    callbacks: Callbacks,
+    tz: Annotated[str, QueryParameter(name="tz", description="Visitor's IANA time zone")] = "Europe/Moscow",
+    lang: Annotated[Lang, QueryParameter(name="lang")] = "ru",
+    not_before: Annotated[
+        str | None, QueryParameter(name="not_before", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    ] = None,
+) -> Response[Offer]:
+    try:
+        check_zone(tz, "tz")
+    except ValueError as exc:
+        raise ApiError(400, "invalid_timezone", str(exc).split(": ", 1)[1], "tz") from None
+    result = await callbacks.offer(site_key, tz, lang, not_before)
+    return Response(result, headers={"Cache-Control": "no-store"})
+
+
+@post("/v1/sites/{site_key:str}/callbacks", tags=["widget"], summary="Ask for a callback", status_code=201)
+async def create_callback(
+    site_key: FromPath[str],
+    data: JSONBody[CallbackCreate],
+    request: Request[Any, Any, Any],
+    callbacks: Callbacks,
+    idempotency_key: Annotated[
+        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=100)
+    ] = None,
+) -> Response[CallbackCreated]:
+    client_ip = request.client.host if request.client else "unknown"
+    status_code, created = await callbacks.create(
+        site_key, data, client_ip=client_ip, idempotency_key=idempotency_key
+    )
+    return Response(created, status_code=status_code)
+
+
+@get("/v1/callbacks/{callback_id:uuid}", tags=["widget"], summary="Status of a callback request")
+async def callback_status(
+    callback_id: FromPath[uuid.UUID],
+    callbacks: Callbacks,
+    token: TokenQuery = None,
+    header_token: TokenHeader = None,
+) -> Response[CallbackStatus]:
+    status = await callbacks.status(callback_id, header_token or token)
+    return Response(status, headers={"Cache-Control": "no-store"})
+
+
+@get("/v1/callbacks/{callback_id:uuid}/events", tags=["widget"], summary="Live status (Server-Sent Events)")
+async def callback_events(
+    callback_id: FromPath[uuid.UUID], callbacks: Callbacks, feed: Feed, token: TokenQuery = None
+) -> ServerSentEvent:
+    first = await callbacks.status(callback_id, token)  # 404 before the stream opens
+
+    async def stream() -> AsyncIterator[ServerSentEventMessage]:
+        import msgspec
+
+        last = first
+        yield ServerSentEventMessage(event="status", data=msgspec.json.encode(first).decode())
+        async with feed.watch(callback_id) as wakeups:
+            while last.status not in ("completed", "failed", "cancelled", "expired"):
+                try:
+                    await asyncio.wait_for(wakeups.get(), timeout=15)
+                except TimeoutError:
+                    yield ServerSentEventMessage(comment="keep-alive")
+                    continue
+                current = await callbacks.status(callback_id, token)
+                if (
+                    msgspec.structs.replace(current, updated_at=last.updated_at) != last
+                    or current.text != last.text
+                ):
+                    last = current
+                    yield ServerSentEventMessage(event="status", data=msgspec.json.encode(current).decode())
+
+    return ServerSentEvent(stream(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@post(
+    "/v1/callbacks/{callback_id:uuid}/cancel",
+    tags=["widget"],
+    summary="Cancel a pending request",
+    status_code=200,
+)
+async def cancel_callback(
+    callback_id: FromPath[uuid.UUID],
+    callbacks: Callbacks,
+    token: TokenQuery = None,
+    header_token: TokenHeader = None,
+) -> CallbackStatus:
+    return await callbacks.cancel(callback_id, header_token or token)
+
+
+@post(
+    "/v1/callbacks/{callback_id:uuid}/reschedule",
+    tags=["widget"],
+    summary="Move a pending request",
+    status_code=200,
+)
+async def reschedule_callback(
+    callback_id: FromPath[uuid.UUID],
+    data: JSONBody[Reschedule],
+    callbacks: Callbacks,
+    token: TokenQuery = None,
+    header_token: TokenHeader = None,
+) -> CallbackStatus:
+    return await callbacks.reschedule(callback_id, header_token or token, data)
+
+
+# --- wiring ---------------------------------------------------------------------------------------------
+
+
+class CallbackContext:
+    """Components the CORS middleware needs before the lifespan has built them."""
+
+    def __init__(self) -> None:
+        self.callbacks: Callbacks | None = None
+
+    async def origins_of(self, site_key: FromPath[str]) -> list[str] | None:
+        if self.callbacks is None:
+            return None
+        site = await self.callbacks.sites.get(site_key)
+        return None if site is None else site.settings.allowed_origins
+
+    async def site_of_callback(self, callback_id: FromPath[uuid.UUID]) -> str | None:
+        if self.callbacks is None:
+            return None
+        async with self.callbacks.pool.acquire() as conn:
+            return await store.site_of_callback(conn, callback_id)
+
+
+def make_spec(context: CallbackContext) -> ServiceSpec:
+    stop = asyncio.Event()
+
+    async def start(runtime: Runtime) -> None:
+        protector = DataProtector(runtime.settings.data_key)
+        callbacks = CallbackService(runtime.pool, protector, SiteDirectory(runtime.pool))
+        context.callbacks = callbacks
+        feed = StatusFeed(runtime.bus)
+        await feed.start()
+        runtime.extras.update(callbacks=callbacks, feed=feed)
+        runtime.extras["sweeper"] = asyncio.create_task(periodically(60, callbacks.expire_overdue, stop))
+
+    async def finish(runtime: Runtime) -> None:
+        stop.set()
+        await runtime.extras["feed"].stop()
+        await runtime.extras["sweeper"]
+
+    def add_cors(config: AppConfig) -> AppConfig:
+        config.middleware.insert(0, per_site_cors(context.origins_of, context.site_of_callback))
+        return config
+
+    return ServiceSpec(
+        name="callback",
+        title="Abonent callback",
+        description="Visitors ask for a callback and see an honest promised time; agents are dialed and "
+        'bridged. Every 4xx has the shape {"error": {"code", "message", "field"}}.',
+        route_handlers=[
+            put_site,
+            get_site,
+            list_sites,
+            widget_config,
+            offer,
+            create_callback,
+            callback_status,
+            callback_events,
+            cancel_callback,
+            reschedule_callback,
+        ],
+        migrations_dir=Path(__file__).parent / "migrations",
+        on_startup=[start],
+        on_shutdown=[finish],
+        dependencies={
+            "callbacks": Provide(callbacks_of, sync_to_thread=False),
+            "feed": Provide(feed_of, sync_to_thread=False),
+        },
+        extra_config=add_cors,
+    )
+
+
+SPEC = make_spec(CallbackContext())
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app(SPEC, settings or get_settings())
+    return build_app(make_spec(CallbackContext()), settings or get_settings())

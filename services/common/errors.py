@@ -58,15 +58,16 @@ class ApiError(HTTPException):
 
 
 def _field_of_validation(exc: ValidationException) -> str | None:
+    """The offending field: from msgspec's `$.path`, a `field: ` prefix, or a query/path parameter name."""
     extra = exc.extra
-    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
-        key = extra[0].get("key")
-        if key:
-            return str(key)
-        match = re.search(r"at `\$\.([\w.\[\]]+)`", str(extra[0].get("message", "")))
-        if match:
-            return match.group(1)
-    return None
+    if not (isinstance(extra, list) and extra and isinstance(extra[0], dict)):
+        return None
+    message = str(extra[0].get("message", ""))
+    match = re.search(r"at `\$\.([\w.\[\]]+)`", message) or re.match(r"^([a-z_][\w.]*): ", message)
+    if match:
+        return match.group(1)
+    key = extra[0].get("key")
+    return str(key) if key and key != "data" else None
 
 
 def _validation_message(exc: ValidationException) -> str:

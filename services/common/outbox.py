@@ -97,7 +97,7 @@ class OutboxRelay:
         async with db.transaction(self.pool) as conn:
             rows = await conn.fetch(
                 "select id, subject, payload from outbox where published_at is null"
-                " order by created_at, id limit $1 for update skip locked",
+                " order by seq limit $1 for update skip locked",
                 self.batch,
             )
             for row in rows:

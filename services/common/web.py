@@ -44,6 +44,8 @@ class Runtime:
     relay: OutboxRelay
     consumers: list[busmod.ConsumerRunner] = field(default_factory=list)
     shutting_down: bool = False
+    # A service's own long-lived components (its use-case objects, feeds, timers), set by its hooks.
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 Hook = Callable[[Runtime], Awaitable[None]]

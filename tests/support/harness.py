@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import importlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,39 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(
             [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
         )
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, service: str, log_dir: Path, **env: str) -> AsyncIterator[str]:
+    """The real service as its own process on a free port (real HTTP: SSE, browsers); yields its base URL."""
+    import httpx
+
+    from services.common.embedded import free_port
+
+    port = free_port()
+    extra = {f"ABONENT_{service.upper()}_PORT": str(port), **env}
+    proc = spawn(
+        ["-m", "services.cli", "run", service, "--migrate"],
+        settings_env(settings, **extra),
+        log_dir / f"{service}.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError((log_dir / f"{service}.log").read_text())
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{base}/health/ready")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"{service} not ready:\n" + (log_dir / f"{service}.log").read_text())
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)

@@ -1,0 +1,1 @@
+"""Pure domain of the callback service: calendars, promises, lifecycle, phone numbers (no I/O)."""

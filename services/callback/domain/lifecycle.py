@@ -1,0 +1,65 @@
+"""Callback request state machine: the allowed transitions and the event each one emits."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+__all__ = [
+    "EVENT_FOR_STATE",
+    "TRANSITIONS",
+    "CallbackState",
+    "IllegalTransition",
+    "is_terminal",
+    "transition",
+]
+
+
+class CallbackState(enum.StrEnum):
+    REQUESTED = "requested"
+    SCHEDULED = "scheduled"
+    DIALING = "dialing"
+    CONNECTED = "connected"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+_S = CallbackState
+
+TRANSITIONS: Mapping[CallbackState, frozenset[CallbackState]] = {
+    # ASAP requests go straight to dialing; others wait for their time in scheduled.
+    _S.REQUESTED: frozenset({_S.SCHEDULED, _S.DIALING, _S.CANCELLED, _S.EXPIRED}),
+    _S.SCHEDULED: frozenset({_S.DIALING, _S.CANCELLED, _S.EXPIRED}),
+    # Back to scheduled = retry later after an unanswered or busy attempt; failed = attempts exhausted.
+    _S.DIALING: frozenset({_S.CONNECTED, _S.SCHEDULED, _S.FAILED, _S.CANCELLED}),
+    _S.CONNECTED: frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED}),
+    _S.COMPLETED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.EXPIRED: frozenset(),
+}
+
+# Event published when a request enters the state (callback.requested when it is created).
+EVENT_FOR_STATE: Mapping[CallbackState, str] = {state: f"callback.{state.value}" for state in CallbackState}
+
+
+class IllegalTransition(Exception):
+    """A transition the state machine does not allow."""
+
+    def __init__(self, current: CallbackState, target: CallbackState) -> None:
+        super().__init__(f"illegal callback transition {current.value} -> {target.value}")
+        self.current = current
+        self.target = target
+
+
+def is_terminal(state: CallbackState) -> bool:
+    return not TRANSITIONS[state]
+
+
+def transition(current: CallbackState, target: CallbackState) -> CallbackState:
+    """`target` if the move from `current` is allowed, else IllegalTransition."""
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(current, target)
+    return target

@@ -1,0 +1,331 @@
+"""Promise engine: an honest, calibrated "we'll call you within / at" from live queue state and calendars.
+
+Wait model (see `estimate_wait`). Requests are served FIFO by N agents; a request starts when the
+(ahead + 1)-th agent becomes free, counting Ready agents as free now. Given the live state, that start
+time is a random variable we can sample exactly: each busy agent's remaining time is drawn from the
+recent handle times *conditioned on exceeding what it has already spent on the call* (a call 5 minutes
+in is likely a long one), and every request ahead of ours then takes a fresh handle time. Later arrivals
+never overtake, so nothing else matters. A seeded Monte-Carlo of that N-server FIFO gives the wait
+distribution; `latest` is its `confidence` quantile and `earliest` its 10% quantile, both plus the dial
+overhead (dispatch + ringing). With fewer than 20 handle-time samples the handle time is assumed
+exponential with the configured default mean: that is Erlang C (M/M/N), where remaining times are
+memoryless. `latest` is then rounded up to a display granularity; rounding only ever widens the window.
+
+Why not a closed-form Erlang-C quantile: it ignores how long each busy call has already lasted and how
+many requests are ahead, which is exactly the information that makes the bound tight for this visitor.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import heapq
+import math
+import random
+import statistics
+from collections.abc import Callable
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from services.callback.domain.calendar import (
+    CalleeWindow,
+    SiteCalendar,
+    Slot,
+    as_utc,
+    blocking_constraints,
+    callable_intervals,
+)
+
+__all__ = [
+    "Promise",
+    "PromiseReason",
+    "QueueSnapshot",
+    "WaitEstimate",
+    "estimate_wait",
+    "promise_callback_time",
+    "render_promise_text",
+    "round_up_for_display",
+]
+
+PromiseReason = Literal[
+    "agents_available", "queue", "outside_hours", "callee_window", "not_before", "chosen_slot"
+]
+WaitModel = Literal["immediate", "empirical", "exponential", "no_agents"]
+
+# 600 runs put the 95% quantile's own sampling error at about +-1 percentile point, for ~1-3 ms a call.
+_MONTE_CARLO_RUNS = 600
+_EARLIEST_QUANTILE = 0.10
+# Below this many completed calls an empirical distribution is noise; fall back to Erlang C.
+_MIN_HANDLE_TIME_SAMPLES = 20
+_PROMISE_HORIZON_DAYS = 14
+_TICK = dt.timedelta(microseconds=1)
+
+
+class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What the service knows about one queue at the moment a request arrives."""
+
+    ready_agents: int
+    busy_elapsed_s: tuple[float, ...] = ()
+    ahead: int
+    handle_time_samples_s: tuple[float, ...] = ()
+    default_handle_time_s: float = 180.0
+    dial_overhead_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.ready_agents < 0 or self.ahead < 0:
+            raise ValueError("ready_agents and ahead cannot be negative")
+        if any(elapsed < 0 for elapsed in self.busy_elapsed_s):
+            raise ValueError("busy_elapsed_s cannot be negative")
+        if any(sample <= 0 for sample in self.handle_time_samples_s):
+            raise ValueError("handle_time_samples_s must be positive")
+        if self.default_handle_time_s <= 0 or self.dial_overhead_s < 0:
+            raise ValueError("default_handle_time_s must be positive and dial_overhead_s non-negative")
+
+
+class WaitEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """Seconds from now until the visitor's phone rings; `latest` holds with the requested confidence.
+
+    Both are infinite (model "no_agents") when no agent is logged in: nothing honest can be promised.
+    """
+
+    earliest_s: float
+    latest_s: float
+    model: WaitModel
+
+
+class Promise(msgspec.Struct, frozen=True, kw_only=True):
+    """The callback time shown to the visitor: the phone rings within [earliest, latest] (UTC)."""
+
+    kind: Literal["asap", "scheduled"]
+    earliest: dt.datetime
+    latest: dt.datetime
+    reason: PromiseReason
+
+    def __post_init__(self) -> None:
+        if as_utc(self.latest) < as_utc(self.earliest):
+            raise ValueError(f"promise latest {self.latest} is before its earliest {self.earliest}")
+
+
+def round_up_for_display(seconds: float) -> float:
+    """Round up to 10 s under 2 min, to 1 min under 1 h, to 5 min beyond; never decreases the value."""
+    step = 10.0 if seconds <= 120 else 60.0 if seconds <= 3600 else 300.0
+    return math.ceil(seconds / step) * step
+
+
+class _HandleTimes:
+    """Handle-time distribution: empirical from recent calls, or exponential (Erlang C) without history."""
+
+    def __init__(self, samples: tuple[float, ...], default_mean_s: float) -> None:
+        self.empirical = len(samples) >= _MIN_HANDLE_TIME_SAMPLES
+        self.sorted_samples = sorted(samples) if self.empirical else []
+        self.mean_s = statistics.fmean(samples) if self.empirical else default_mean_s
+
+    def draw_fresh(self, uniforms: list[float]) -> list[float]:
+        if self.empirical:
+            samples, count = self.sorted_samples, len(self.sorted_samples)
+            return [samples[int(u * count)] for u in uniforms]
+        mean = self.mean_s
+        return [-mean * math.log(1.0 - u) for u in uniforms]
+
+    def draw_residuals(self, elapsed_s: float, uniforms: list[float]) -> list[float]:
+        """Remaining time of a call already `elapsed_s` long: handle times conditioned on exceeding it."""
+        if self.empirical:
+            samples, count = self.sorted_samples, len(self.sorted_samples)
+            first_longer = bisect.bisect_right(samples, elapsed_s)
+            longer = count - first_longer
+            if longer > 0:
+                return [samples[first_longer + int(u * longer)] - elapsed_s for u in uniforms]
+        # No history, or the call outlasted every recent call: assume a memoryless remainder.
+        mean = self.mean_s
+        return [-mean * math.log(1.0 - u) for u in uniforms]
+
+
+def _sample_start_times(
+    snapshot: QueueSnapshot, handle_times: _HandleTimes, rng: random.Random
+) -> list[float]:
+    """Monte-Carlo start times of this request (seconds from now), sorted.
+
+    Randomness is drawn step by step across all runs, so with one seed the first k steps are identical
+    whatever `ahead` is: estimates are then monotonic in `ahead` run by run, not just on average.
+    """
+    runs = _MONTE_CARLO_RUNS
+    uniform: Callable[[], float] = rng.random
+    free_at: list[list[float]] = [[0.0] * snapshot.ready_agents for _ in range(runs)]
+    for elapsed in snapshot.busy_elapsed_s:
+        residuals = handle_times.draw_residuals(elapsed, [uniform() for _ in range(runs)])
+        for agents, residual in zip(free_at, residuals, strict=True):
+            agents.append(residual)
+    for agents in free_at:
+        heapq.heapify(agents)
+    for _ in range(snapshot.ahead):
+        services = handle_times.draw_fresh([uniform() for _ in range(runs)])
+        for agents, service in zip(free_at, services, strict=True):
+            heapq.heapreplace(agents, agents[0] + service)
+    return sorted(agents[0] for agents in free_at)
+
+
+def estimate_wait(snapshot: QueueSnapshot, confidence: float = 0.95, rng_seed: int = 0) -> WaitEstimate:
+    """Seconds until the visitor's phone rings if dispatched ASAP; deterministic for a given seed."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    overhead = snapshot.dial_overhead_s
+    if snapshot.ready_agents > snapshot.ahead:
+        return WaitEstimate(
+            earliest_s=float(math.floor(overhead)), latest_s=round_up_for_display(overhead), model="immediate"
+        )
+    if snapshot.ready_agents + len(snapshot.busy_elapsed_s) == 0:
+        return WaitEstimate(earliest_s=math.inf, latest_s=math.inf, model="no_agents")
+    handle_times = _HandleTimes(snapshot.handle_time_samples_s, snapshot.default_handle_time_s)
+    starts = _sample_start_times(snapshot, handle_times, random.Random(rng_seed))
+    # Upper order statistic for `latest` (never optimistic), lower one for `earliest`.
+    latest_wait = starts[min(len(starts) - 1, math.ceil(confidence * len(starts)) - 1)]
+    earliest_wait = starts[int(_EARLIEST_QUANTILE * len(starts))]
+    return WaitEstimate(
+        earliest_s=float(math.floor(earliest_wait + overhead)),
+        latest_s=round_up_for_display(latest_wait + overhead),
+        model="empirical" if handle_times.empirical else "exponential",
+    )
+
+
+def _opening_snapshot(snapshot: QueueSnapshot, agents_at_opening: int | None) -> QueueSnapshot:
+    """The queue as it will be at opening: everyone logged in now is Ready, `ahead` still goes first."""
+    if agents_at_opening is None:
+        agents_at_opening = snapshot.ready_agents + len(snapshot.busy_elapsed_s)
+    # Nobody logged in now says nothing about tomorrow's shift; assume someone comes to work.
+    return msgspec.structs.replace(snapshot, ready_agents=max(1, agents_at_opening), busy_elapsed_s=())
+
+
+def promise_callback_time(
+    now: dt.datetime,
+    snapshot: QueueSnapshot,
+    site: SiteCalendar,
+    callee: CalleeWindow,
+    chosen_slot: Slot | None = None,
+    *,
+    confidence: float = 0.95,
+    agents_at_opening: int | None = None,
+) -> Promise | None:
+    """What to promise a visitor at `now`; None when nothing is callable within 14 days.
+
+    - A chosen slot (already validated against `offer_slots` by the caller) is promised as is.
+    - ASAP only when callable now and the whole window up to `latest` stays inside the current callable
+      interval: a call that might ring after closing time or into the callee's night is not promised.
+    - Otherwise the promise is for the next callable opening T: [T, T + wait], the wait estimated as if
+      at T all agents logged in now (or `agents_at_opening`, at least one) were Ready and the `ahead`
+      requests went first. The reason is the constraint that lifts at T (site hours before the callee's
+      window before `not_before` when several lift together).
+    """
+    now_utc = as_utc(now)
+    if chosen_slot is not None:
+        return Promise(
+            kind="scheduled",
+            earliest=as_utc(chosen_slot.start),
+            latest=as_utc(chosen_slot.end),
+            reason="chosen_slot",
+        )
+    intervals = callable_intervals(now_utc, now_utc + dt.timedelta(days=_PROMISE_HORIZON_DAYS), site, callee)
+    if not intervals:
+        return None
+    if intervals[0][0] == now_utc:
+        wait = estimate_wait(snapshot, confidence)
+        if math.isfinite(wait.latest_s) and now_utc + dt.timedelta(seconds=wait.latest_s) <= intervals[0][1]:
+            return Promise(
+                kind="asap",
+                earliest=now_utc + dt.timedelta(seconds=wait.earliest_s),
+                latest=now_utc + dt.timedelta(seconds=wait.latest_s),
+                reason="agents_available" if wait.model == "immediate" else "queue",
+            )
+        intervals = intervals[1:]
+        if not intervals:
+            return None
+    opening = intervals[0][0]
+    lifted = blocking_constraints(opening - _TICK, site, callee)
+    reason: PromiseReason = lifted[0] if lifted else "outside_hours"
+    wait = estimate_wait(_opening_snapshot(snapshot, agents_at_opening), confidence)
+    return Promise(
+        kind="scheduled",
+        earliest=opening,
+        latest=opening + dt.timedelta(seconds=wait.latest_s),
+        reason=reason,
+    )
+
+
+_EN_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Accusative after "в/во": "в понедельник", "во вторник".
+_RU_WEEKDAYS = (
+    "в понедельник",
+    "во вторник",
+    "в среду",
+    "в четверг",
+    "в пятницу",
+    "в субботу",
+    "в воскресенье",
+)
+_RU_MONTHS_GENITIVE = (
+    "января",
+    "февраля",
+    "марта",
+    "апреля",
+    "мая",
+    "июня",
+    "июля",
+    "августа",
+    "сентября",
+    "октября",
+    "ноября",
+    "декабря",
+)
+
+
+def _ru_genitive(count: int, singular: str, plural: str) -> str:
+    """Noun after "в течение N": 1, 21, 31... take genitive singular, everything else genitive plural."""
+    return singular if count % 10 == 1 and count % 100 != 11 else plural
+
+
+def _en_plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{noun}s"
+
+
+def _within_text(seconds: float, lang: Literal["ru", "en"]) -> str:
+    if seconds < 120:
+        count, en_unit, ru_one, ru_many = math.ceil(seconds), "second", "секунды", "секунд"
+    elif seconds <= 7200:
+        count, en_unit, ru_one, ru_many = math.ceil(seconds / 60), "minute", "минуты", "минут"
+    else:
+        count, en_unit, ru_one, ru_many = math.ceil(seconds / 3600), "hour", "часа", "часов"
+    if lang == "en":
+        return f"We'll call you within {count} {_en_plural(count, en_unit)}"
+    return f"Перезвоним в течение {count} {_ru_genitive(count, ru_one, ru_many)}"
+
+
+def _day_text(day: dt.date, today: dt.date, lang: Literal["ru", "en"]) -> str:
+    days_ahead = (day - today).days
+    if days_ahead == 0:
+        return "today" if lang == "en" else "сегодня"
+    if days_ahead == 1:
+        return "tomorrow" if lang == "en" else "завтра"
+    if lang == "en":
+        year = f" {day.year}" if day.year != today.year else ""
+        return f"on {_EN_WEEKDAYS[day.weekday()]} {day.day} {_EN_MONTHS[day.month - 1]}{year}"
+    year = f" {day.year} г." if day.year != today.year else ""
+    return f"{_RU_WEEKDAYS[day.weekday()]}, {day.day} {_RU_MONTHS_GENITIVE[day.month - 1]}{year},"
+
+
+def render_promise_text(promise: Promise, now: dt.datetime, callee_tz: str, lang: Literal["ru", "en"]) -> str:
+    """The sentence shown to the visitor, with times on the callee's own clock."""
+    if promise.kind == "asap":
+        return _within_text(max(1.0, (as_utc(promise.latest) - as_utc(now)).total_seconds()), lang)
+    zone = ZoneInfo(callee_tz)
+    start = as_utc(promise.earliest).astimezone(zone)
+    day = _day_text(start.date(), as_utc(now).astimezone(zone).date(), lang)
+    if promise.reason == "chosen_slot":
+        end = as_utc(promise.latest).astimezone(zone)
+        if lang == "en":
+            return f"We'll call you {day} between {start:%H:%M} and {end:%H:%M} your time"
+        return f"Перезвоним {day} с {start:%H:%M} до {end:%H:%M} по вашему времени"
+    if lang == "en":
+        return f"We'll call you {day} at {start:%H:%M} your time"
+    return f"Перезвоним {day} в {start:%H:%M} по вашему времени"

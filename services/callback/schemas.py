@@ -1,0 +1,236 @@
+"""HTTP contracts of the callback service: request and response bodies as msgspec Structs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import phonenumbers
+
+Lang = Literal["ru", "en"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+SiteKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9\-]{1,62}$", examples=["shop-42"])]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["10:00"])]
+TimeZoneName = Annotated[str, msgspec.Meta(max_length=64, examples=["Asia/Novosibirsk"])]
+
+
+def check_zone(name: str, field: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{field}: unknown time zone {name!r}") from exc
+    return name
+
+
+class CallingWindow(msgspec.Struct, kw_only=True, frozen=True):
+    """When callees may be called, in THEIR local time."""
+
+    start: ClockTime = "09:00"
+    end: Annotated[str, msgspec.Meta(examples=["21:00"])] = "21:00"
+
+    def __post_init__(self) -> None:
+        if not _HHMM.match(self.end) or self.end <= self.start:
+            raise ValueError("calling_window.end: must be HH:MM after start")
+
+
+class ConsentSettings(msgspec.Struct, kw_only=True, frozen=True):
+    required: bool = True
+    text: dict[str, str] = msgspec.field(
+        default_factory=lambda: {
+            "ru": "Я согласен на обработку номера телефона для обратного звонка",
+            "en": "I agree to the processing of my phone number for this callback",
+        }
+    )
+    version: Annotated[str, msgspec.Meta(max_length=40)] = "1"
+
+
+class ThemeSettings(msgspec.Struct, kw_only=True, frozen=True):
+    color: str = "#0a66ff"
+    position: Literal["bottom-right", "bottom-left"] = "bottom-right"
+
+    def __post_init__(self) -> None:
+        if not _COLOR.match(self.color):
+            raise ValueError("theme.color: must be #rrggbb")
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
+    """How often a visitor is redialed: bounded attempts, spacing by outcome, never outside their window."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=5)] = 3
+    busy_retry_s: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 120
+    no_answer_retry_s: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 600
+    failed_retry_s: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 60
+
+
+class AbuseSettings(msgspec.Struct, kw_only=True, frozen=True):
+    per_ip_10min: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 5
+    per_phone_day: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    daily_cap: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2000
+    # Bots submit forms faster than people can type a phone number.
+    min_fill_ms: Annotated[int, msgspec.Meta(ge=0, le=60000)] = 1500
+    # 0 = off; 16 ≈ 65k SHA-256 hashes in the visitor's browser (well under a second).
+    proof_of_work_bits: Annotated[int, msgspec.Meta(ge=0, le=24)] = 0
+
+
+def _default_hours() -> dict[str, list[list[str]]]:
+    return {day: [["09:00", "18:00"]] for day in WEEKDAYS[:5]}
+
+
+class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """A site (tenant) as the operator's back office configures it."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Demo shop"])]
+    allowed_origins: Annotated[list[str], msgspec.Meta(examples=[["https://shop.example"]])]
+    timezone: TimeZoneName = "Europe/Moscow"
+    # Site-local working hours per weekday: {"mon": [["09:00", "18:00"]], ...}; missing days are closed.
+    working_hours: dict[str, list[list[str]]] = msgspec.field(default_factory=_default_hours)
+    holidays: list[dt.date] = msgspec.field(default_factory=list)
+    allowed_countries: list[str] = msgspec.field(default_factory=lambda: ["RU"])
+    calling_window: CallingWindow = msgspec.field(default_factory=CallingWindow)
+    queue: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,40}$")] = "default"
+    # Agents assumed Ready while nobody is signed in to the agent console (simple deployments, demos).
+    staffed_agents: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    dial_order: Literal["agent_first", "customer_first"] = "agent_first"
+    default_lang: Lang = "ru"
+    # Overrides of the widget's texts per language: {"en": {"title": "Call me back"}}.
+    texts: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
+    consent: ConsentSettings = msgspec.field(default_factory=ConsentSettings)
+    theme: ThemeSettings = msgspec.field(default_factory=ThemeSettings)
+    retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    abuse: AbuseSettings = msgspec.field(default_factory=AbuseSettings)
+    crm_webhook_url: str = ""
+
+    def __post_init__(self) -> None:
+        check_zone(self.timezone, "timezone")
+        for origin in self.allowed_origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"allowed_origins: {origin!r} is not scheme://host[:port]")
+        for day, ranges in self.working_hours.items():
+            if day not in WEEKDAYS:
+                raise ValueError(f"working_hours: {day!r} is not one of {', '.join(WEEKDAYS)}")
+            for pair in ranges:
+                if len(pair) != 2 or not all(_HHMM.match(t) for t in pair) or pair[1] <= pair[0]:
+                    raise ValueError(
+                        f"working_hours.{day}: {pair!r} must be [HH:MM, HH:MM] with end after start"
+                    )
+        supported = phonenumbers.SUPPORTED_REGIONS
+        for country in self.allowed_countries:
+            if country not in supported:
+                raise ValueError(f"allowed_countries: {country!r} is not an ISO 3166 region code")
+
+
+class Site(msgspec.Struct, kw_only=True):
+    site_key: str
+    settings: SiteSettings
+    updated_at: dt.datetime
+
+
+class PromiseView(msgspec.Struct, kw_only=True):
+    kind: Literal["asap", "scheduled"]
+    earliest: dt.datetime
+    latest: dt.datetime
+    text: str
+
+
+class SlotView(msgspec.Struct, kw_only=True):
+    start: dt.datetime
+    end: dt.datetime
+    label: str
+
+
+class PowChallenge(msgspec.Struct, kw_only=True):
+    bits: int
+
+
+class Offer(msgspec.Struct, kw_only=True):
+    """What we would promise right now, plus slots for later, in the visitor's zone."""
+
+    open_now: bool
+    promise: PromiseView | None
+    slots: list[SlotView]
+    form_token: str
+    pow: PowChallenge | None = None
+
+
+class WidgetConfig(msgspec.Struct, kw_only=True):
+    site_key: str
+    name: str
+    lang: Lang
+    texts: dict[str, str]
+    consent: ConsentSettings
+    theme: ThemeSettings
+    allowed_countries: list[str]
+    default_country: str
+
+
+class CallbackCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A visitor's request to be called back."""
+
+    phone: Annotated[str, msgspec.Meta(min_length=1, max_length=40, examples=["+7 912 345-67-89"])]
+    visitor_tz: TimeZoneName
+    form_token: Annotated[str, msgspec.Meta(max_length=400)]
+    lang: Lang = "ru"
+    slot_start: dt.datetime | None = None
+    not_before: ClockTime | None = None
+    consent: bool = False
+    page_url: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    referrer: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    utm: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=10)] = (
+        msgspec.field(default_factory=dict)
+    )
+    visitor_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_\-]*$")] | None = None
+    pow_nonce: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    # Honeypot: hidden from people; bots fill every field.
+    website: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+    def __post_init__(self) -> None:
+        check_zone(self.visitor_tz, "visitor_tz")
+        if self.slot_start is not None and self.slot_start.tzinfo is None:
+            raise ValueError("slot_start: must carry a UTC offset")
+
+
+class CallbackCreated(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    status_token: str
+    status: str
+    merged: bool
+    promise: PromiseView
+
+
+class RetryPlan(msgspec.Struct, kw_only=True):
+    attempts_left: int
+    next_attempt_at: dt.datetime | None
+    last_attempt_by: dt.datetime | None
+
+
+class CallbackStatus(msgspec.Struct, kw_only=True):
+    """What the visitor sees about their request."""
+
+    id: uuid.UUID
+    status: str
+    text: str
+    promise: PromiseView
+    attempts: int
+    max_attempts: int
+    retry_plan: RetryPlan | None
+    outcome: str | None
+    updated_at: dt.datetime
+
+
+class Reschedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    slot_start: dt.datetime | None = None
+    not_before: ClockTime | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot_start is None and self.not_before is None:
+            raise ValueError("slot_start: give slot_start or not_before")
+        if self.slot_start is not None and self.slot_start.tzinfo is None:
+            raise ValueError("slot_start: must carry a UTC offset")

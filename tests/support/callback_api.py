@@ -1,0 +1,51 @@
+"""Driving the callback API as the widget and the back office do (shared by callback and widget tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from support.harness import TEST_ADMIN_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+ALL_WEEK = {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+
+
+def site_body(**overrides: Any) -> dict[str, Any]:
+    """An always-open site whose callees may be called at any hour: tests choose their own constraints."""
+    body: dict[str, Any] = {
+        "name": "Test shop",
+        "allowed_origins": ["https://shop.example"],
+        "timezone": "Europe/Moscow",
+        "working_hours": ALL_WEEK,
+        "calling_window": {"start": "00:00", "end": "24:00"},
+        "allowed_countries": ["RU", "KZ"],
+        "staffed_agents": 2,
+        "abuse": {"min_fill_ms": 0},
+    }
+    body.update(overrides)
+    return body
+
+
+async def put_site(client: AsyncTestClient[Any], key: str = "shop", **overrides: Any) -> dict[str, Any]:
+    response = await client.put(f"/v1/admin/sites/{key}", json=site_body(**overrides), headers=ADMIN)
+    assert response.status_code in (200, 201), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def ask(
+    client: AsyncTestClient[Any],
+    key: str = "shop",
+    phone: str = "+7 912 345-67-89",
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> Any:
+    """Fetch an offer (for its form token) and submit a request, as the widget does."""
+    offer = await client.get(
+        f"/v1/sites/{key}/offer", params={"tz": fields.get("visitor_tz", "Europe/Moscow")}
+    )
+    token = offer.json()["form_token"] if offer.status_code == 200 else "x"
+    body = {"phone": phone, "visitor_tz": "Europe/Moscow", "consent": True, "form_token": token, "lang": "en"}
+    body.update(fields)
+    return await client.post(f"/v1/sites/{key}/callbacks", json=body, headers=headers or {})
