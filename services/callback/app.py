@@ -19,7 +19,9 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.callback import store
+from services.callback.console import CONSOLE_ROUTES, admin_routes
 from services.callback.cors import per_site_cors
+from services.callback.dialing import Dialer
 from services.callback.live import StatusFeed
 from services.callback.schemas import (
     CallbackCreate,
@@ -34,7 +36,8 @@ from services.callback.schemas import (
     WidgetConfig,
     check_zone,
 )
-from services.callback.usecases import CallbackService, SiteDirectory, periodically
+from services.callback.telephony import SimConfig, TelephonySettings, build_adapter
+from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError
 from services.common.settings import Settings, get_settings
@@ -149,6 +152,8 @@ async def create_callback(
     status_code, created = await callbacks.create(
         site_key, data, client_ip=client_ip, idempotency_key=idempotency_key
     )
+    runtime: Runtime = request.app.state.runtime
+    runtime.extras["dialer"].wake()  # a hot lead: try to dispatch now, not at the next tick
     return Response(created, status_code=status_code)
 
 
@@ -226,6 +231,17 @@ async def reschedule_callback(
 # --- wiring ---------------------------------------------------------------------------------------------
 
 
+def telephony_settings(settings: Settings) -> TelephonySettings:
+    """The simulated PBX behaves like people: agents answer, most visitors pick up after a few rings."""
+    return TelephonySettings(
+        sim=SimConfig(
+            ring_s=3.0, visitor_answer_p=0.85, busy_p=0.1, voicemail_p=0.05, talk_s=20.0,
+            manual=settings.sim_manual,
+        ),
+        sim_time_scale=settings.sim_time_scale,
+    )
+
+
 class CallbackContext:
     """Components the CORS middleware needs before the lifespan has built them."""
 
@@ -250,15 +266,20 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
 
     async def start(runtime: Runtime) -> None:
         protector = DataProtector(runtime.settings.data_key)
-        callbacks = CallbackService(runtime.pool, protector, SiteDirectory(runtime.pool))
+        sites = SiteDirectory(runtime.pool)
+        callbacks = CallbackService(runtime.pool, protector, sites, agents=PresenceAgents(runtime.pool))
         context.callbacks = callbacks
         feed = StatusFeed(runtime.bus)
         await feed.start()
-        runtime.extras.update(callbacks=callbacks, feed=feed)
+        adapter = build_adapter(runtime.settings.telephony, telephony_settings(runtime.settings))
+        dialer = Dialer(runtime.pool, protector, sites, adapter)
+        await dialer.start()
+        runtime.extras.update(callbacks=callbacks, feed=feed, dialer=dialer)
         runtime.extras["sweeper"] = asyncio.create_task(periodically(60, callbacks.expire_overdue, stop))
 
     async def finish(runtime: Runtime) -> None:
         stop.set()
+        await runtime.extras["dialer"].stop()
         await runtime.extras["feed"].stop()
         await runtime.extras["sweeper"]
 
@@ -282,7 +303,10 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
             callback_events,
             cancel_callback,
             reschedule_callback,
+            *admin_routes(admin_only),
+            *CONSOLE_ROUTES,
         ],
+        links=[("agent console", "/agent"), ("punctuality dashboard", "/agent/dashboard")],
         migrations_dir=Path(__file__).parent / "migrations",
         on_startup=[start],
         on_shutdown=[finish],

@@ -46,6 +46,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
     consent_version: str | None
     merged_count: int
     updated_at: dt.datetime
+    last_attempt_by: dt.datetime | None = None
 
 
 _CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
@@ -309,4 +310,283 @@ async def queue_figures(conn: Connection, queue: str, now: dt.datetime, history:
         waiting_due=int(waiting or 0),
         busy_elapsed_s=tuple(max(float(r["elapsed"]), 0.0) for r in busy),
         handle_times_s=tuple(float(r["seconds"]) for r in handled),
+    )
+
+
+# --- agents and presence ------------------------------------------------------------------------------
+
+PRESENCE_TTL_S = 15  # a closed console tab stops heartbeats; the agent is gone this many seconds later
+
+
+class AgentRow(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    login: str
+    name: str
+    password_hash: str
+    queues: list[str]
+    endpoint: str
+
+
+class PresenceRow(msgspec.Struct, kw_only=True):
+    status: str
+    online: bool
+    current_callback: uuid.UUID | None
+    current_attempt: uuid.UUID | None
+
+
+async def upsert_agent(conn: Connection, agent: AgentRow) -> bool:
+    created = await conn.fetchval(
+        "insert into agents (id, login, name, password_hash, queues, endpoint)"
+        " values ($1, $2, $3, $4, $5, $6)"
+        " on conflict (login) do update set name = excluded.name, password_hash = excluded.password_hash,"
+        " queues = excluded.queues, endpoint = excluded.endpoint returning (xmax = 0)",
+        agent.id,
+        agent.login,
+        agent.name,
+        agent.password_hash,
+        agent.queues,
+        agent.endpoint,
+    )
+    await conn.execute(
+        "insert into agent_presence (agent_id) select id from agents where login = $1 on conflict do nothing",
+        agent.login,
+    )
+    return bool(created)
+
+
+async def agent_by_login(conn: Connection, login: str) -> AgentRow | None:
+    record = await conn.fetchrow(
+        "select id, login, name, password_hash, queues, endpoint from agents where login = $1", login
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def agent_by_id(conn: Connection, agent_id: uuid.UUID) -> AgentRow | None:
+    record = await conn.fetchrow(
+        "select id, login, name, password_hash, queues, endpoint from agents where id = $1", agent_id
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def set_presence(conn: Connection, agent_id: uuid.UUID, status: str) -> None:
+    """Ready restarts the idle clock only when the agent was not already ready."""
+    await conn.execute(
+        "update agent_presence set status = $2, last_seen_at = now(),"
+        " ready_since = case when $2 = 'ready' and (status <> 'ready' or ready_since is null)"
+        " then now() when $2 = 'ready' then ready_since else null end where agent_id = $1",
+        agent_id,
+        status,
+    )
+
+
+async def heartbeat(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None:
+    record = await conn.fetchrow(
+        "update agent_presence set last_seen_at = now() where agent_id = $1"
+        " returning status, true as online, current_callback, current_attempt",
+        agent_id,
+    )
+    return None if record is None else msgspec.convert(dict(record), PresenceRow)
+
+
+async def presence(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None:
+    record = await conn.fetchrow(
+        f"select status, last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds' as online,"
+        " current_callback, current_attempt from agent_presence where agent_id = $1",
+        agent_id,
+    )
+    return None if record is None else msgspec.convert(dict(record), PresenceRow)
+
+
+async def ready_agent_count(conn: Connection, queue: str) -> int | None:
+    """Ready, online, idle agents of a queue; None when nobody of this queue used the console today."""
+    record = await conn.fetchrow(
+        "select count(*) filter (where p.status = 'ready' and p.current_attempt is null"
+        f"   and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds') as ready,"
+        " count(*) filter (where p.last_seen_at > now() - interval '1 day') as recent"
+        " from agents a join agent_presence p on p.agent_id = a.id where $1 = any(a.queues)",
+        queue,
+    )
+    assert record is not None
+    return None if record["recent"] == 0 else int(record["ready"])
+
+
+# --- dispatch and attempts ----------------------------------------------------------------------------
+
+
+async def due_callbacks(conn: Connection, now: dt.datetime, limit: int) -> list[CallbackRow]:
+    """Requests whose time has come, oldest original request first; rows are locked for this dispatcher."""
+    records = await conn.fetch(
+        f"select {_CALLBACK_COLUMNS} from callbacks where status = 'scheduled' and due_at <= $1"
+        " order by requested_at limit $2 for update skip locked",
+        now,
+        limit,
+    )
+    return [_row(r) for r in records]
+
+
+async def reserve_agent(conn: Connection, queue: str) -> AgentRow | None:
+    """The longest-idle ready agent of the queue, locked; another dispatcher skips it."""
+    record = await conn.fetchrow(
+        "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint"
+        " from agent_presence p join agents a on a.id = p.agent_id"
+        " where p.status = 'ready' and p.current_attempt is null and $1 = any(a.queues)"
+        f" and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds'"
+        " order by p.ready_since nulls last limit 1 for update of p skip locked",
+        queue,
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def assign_agent(
+    conn: Connection, agent_id: uuid.UUID, callback_id: uuid.UUID, attempt_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        "update agent_presence set current_callback = $2, current_attempt = $3 where agent_id = $1",
+        agent_id,
+        callback_id,
+        attempt_id,
+    )
+
+
+async def release_agent(conn: Connection, attempt_id: uuid.UUID, status: str | None = None) -> None:
+    """Free the agent of this attempt; back to the end of the idle line (or to `status`, e.g. break)."""
+    await conn.execute(
+        "update agent_presence set current_callback = null, current_attempt = null,"
+        " status = coalesce($2, status), ready_since = now() where current_attempt = $1",
+        attempt_id,
+        status,
+    )
+
+
+class AttemptRow(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    callback_id: uuid.UUID
+    attempt_no: int
+    agent_id: uuid.UUID | None
+    adapter: str
+    state: str
+    provider_call_id: str | None
+    outcome: str | None
+    started_at: dt.datetime
+    connected_at: dt.datetime | None
+
+
+_ATTEMPT_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(AttemptRow))
+
+
+async def insert_attempt(
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    callback_id: uuid.UUID,
+    attempt_no: int,
+    agent_id: uuid.UUID | None,
+    *,
+    adapter: str,
+    now: dt.datetime,
+) -> None:
+    await conn.execute(
+        "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at)"
+        " values ($1, $2, $3, $4, $5, 'placing', $6)",
+        attempt_id,
+        callback_id,
+        attempt_no,
+        agent_id,
+        adapter,
+        now,
+    )
+
+
+async def get_attempt(
+    conn: Connection, attempt_id: uuid.UUID, *, for_update: bool = False
+) -> AttemptRow | None:
+    record = await conn.fetchrow(
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where id = $1" + (" for update" if for_update else ""),
+        attempt_id,
+    )
+    return None if record is None else msgspec.convert(dict(record), AttemptRow)
+
+
+async def update_attempt(conn: Connection, attempt_id: uuid.UUID, **changes: Any) -> None:
+    allowed = {"state", "provider_call_id", "outcome", "placed_at", "connected_at", "ended_at"}
+    if set(changes) - allowed:
+        raise ValueError(f"not attempt columns: {sorted(set(changes) - allowed)}")
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+    await conn.execute(f"update dial_attempts set {assignments} where id = $1", attempt_id, *changes.values())
+
+
+async def stale_attempts(
+    conn: Connection, placing_before: dt.datetime, silent_before: dt.datetime
+) -> list[AttemptRow]:
+    """Attempts a crashed dispatcher left behind: never placed, or placed but silent far too long."""
+    records = await conn.fetch(
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where state <> 'ended' and ("
+        " (state = 'placing' and started_at < $1) or (state <> 'placing' and state <> 'connected'"
+        " and started_at < $2)) for update skip locked",
+        placing_before,
+        silent_before,
+    )
+    return [msgspec.convert(dict(r), AttemptRow) for r in records]
+
+
+# --- client card and punctuality ------------------------------------------------------------------------
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    site_key: str
+    requested_at: dt.datetime
+    status: str
+    outcome: str | None
+    attempts: int
+    page_url: str
+
+
+async def earlier_requests(conn: Connection, callback: CallbackRow, limit: int = 10) -> list[HistoryEntry]:
+    """The visitor's earlier requests, recognised by phone (any site) or by visitor id (this site)."""
+    records = await conn.fetch(
+        "select id, site_key, requested_at, status, outcome, attempts, page_url from callbacks"
+        " where id <> $1 and (phone_hash = $2 or (site_key = $3 and visitor_id = $4))"
+        " order by requested_at desc limit $5",
+        callback.id,
+        callback.phone_hash,
+        callback.site_key,
+        callback.visitor_id,
+        limit,
+    )
+    return [msgspec.convert(dict(r), HistoryEntry) for r in records]
+
+
+class Punctuality(msgspec.Struct, kw_only=True):
+    site_key: str
+    requests: int
+    dialed: int
+    kept: int
+    kept_pct: float | None
+    time_to_dial_p50_s: float | None
+    time_to_dial_p90_s: float | None
+
+
+async def punctuality(conn: Connection, site_key: str, since: dt.datetime) -> Punctuality:
+    """Promises kept = first dial no later than the promised latest; time to dial for ASAP requests."""
+    record = await conn.fetchrow(
+        "select count(*) as requests, count(first_dial_at) as dialed,"
+        " count(*) filter (where first_dial_at <= promised_latest) as kept,"
+        " percentile_cont(0.5) within group (order by extract(epoch from first_dial_at - requested_at))"
+        "   filter (where promise_kind = 'asap' and first_dial_at is not null) as p50,"
+        " percentile_cont(0.9) within group (order by extract(epoch from first_dial_at - requested_at))"
+        "   filter (where promise_kind = 'asap' and first_dial_at is not null) as p90"
+        " from callbacks where site_key = $1 and requested_at >= $2",
+        site_key,
+        since,
+    )
+    assert record is not None
+    dialed = int(record["dialed"])
+    return Punctuality(
+        site_key=site_key,
+        requests=int(record["requests"]),
+        dialed=dialed,
+        kept=int(record["kept"]),
+        kept_pct=round(100.0 * record["kept"] / dialed, 1) if dialed else None,
+        time_to_dial_p50_s=None if record["p50"] is None else round(float(record["p50"]), 1),
+        time_to_dial_p90_s=None if record["p90"] is None else round(float(record["p90"]), 1),
     )

@@ -84,6 +84,17 @@ class AgentAvailability(Protocol):
     async def ready_agents(self, queue: str) -> int | None: ...
 
 
+class PresenceAgents:
+    """Ready agents from the console's presence; None (use staffed_agents) where nobody signs in."""
+
+    def __init__(self, pool: db.Pool) -> None:
+        self.pool = pool
+
+    async def ready_agents(self, queue: str) -> int | None:
+        async with self.pool.acquire() as conn:
+            return await store.ready_agent_count(conn, queue)
+
+
 class StaffedAgents:
     """Until agents sign in, a site's `staffed_agents` setting stands for its agents."""
 
@@ -261,7 +272,7 @@ class CallbackService:
             retry_plan = RetryPlan(
                 attempts_left=max(row.max_attempts - row.attempts, 0),
                 next_attempt_at=row.due_at if row.status == "scheduled" else None,
-                last_attempt_by=None,
+                last_attempt_by=row.last_attempt_by,
             )
         return CallbackStatus(
             id=row.id,

@@ -76,6 +76,8 @@ class CallbackScheduled(CallbackEvent, frozen=True, kw_only=True, tag="callback.
     promised_earliest: dt.datetime
     promised_latest: dt.datetime
     reason: str = ""
+    # For retries: when the last remaining attempt happens if none connects (the visitor's retry plan).
+    last_attempt_by: dt.datetime | None = None
 
 
 class CallbackMerged(CallbackEvent, frozen=True, kw_only=True, tag="callback.merged.v1"):
@@ -87,6 +89,15 @@ class CallbackMerged(CallbackEvent, frozen=True, kw_only=True, tag="callback.mer
 class CallbackDialing(CallbackEvent, frozen=True, kw_only=True, tag="callback.dialing.v1"):
     SUBJECT = "callback.dialing"
     attempt: int
+    agent_id: str = ""
+
+
+class CallbackCallProgress(CallbackEvent, frozen=True, kw_only=True, tag="callback.progress.v1"):
+    """A dialing step inside one attempt: agent ringing, agent answered, visitor ringing, ..."""
+
+    SUBJECT = "callback.progress"
+    attempt: int
+    step: str
     agent_id: str = ""
 
 
@@ -126,6 +137,7 @@ AnyEvent = (
     | CallbackScheduled
     | CallbackMerged
     | CallbackDialing
+    | CallbackCallProgress
     | CallbackConnected
     | CallbackCompleted
     | CallbackFailed

@@ -50,7 +50,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Bearer token for the operator's back-office admin API.
     admin_token: str = ""
     # Telephony adapter for callback dialing: sim | asterisk | mango.
-    telephony: str = "sim"
+    telephony: Literal["sim", "asterisk", "mango"] = "sim"
+    # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.
+    sim_time_scale: float = 1.0
+    sim_manual: bool = False
 
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {

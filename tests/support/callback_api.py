@@ -49,3 +49,24 @@ async def ask(
     body = {"phone": phone, "visitor_tz": "Europe/Moscow", "consent": True, "form_token": token, "lang": "en"}
     body.update(fields)
     return await client.post(f"/v1/sites/{key}/callbacks", json=body, headers=headers or {})
+
+
+async def sign_in_agent(
+    client: AsyncTestClient[Any], login: str = "olga", queues: list[str] | None = None, *, ready: bool = True
+) -> None:
+    """Register an agent through the admin API, sign in through the console form, go Ready."""
+    body = {
+        "name": login.title(),
+        "password": "correct horse",
+        "queues": queues or ["default"],
+        "endpoint": "sim",
+    }
+    registered = await client.put(f"/v1/admin/agents/{login}", json=body, headers=ADMIN)
+    assert registered.status_code in (200, 201), registered.text
+    signed_in = await client.post(
+        "/agent/login", data={"login": login, "password": "correct horse"}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    if ready:
+        state = await client.post("/agent/api/presence", json={"status": "ready"})
+        assert state.json()["status"] == "ready"

@@ -1,0 +1,370 @@
+"""The agent console: sign-in, presence, the live call with its client card, and the punctuality dashboard."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from jinja2 import Environment, PackageLoader, select_autoescape
+from litestar import Request, Response, get, post, put
+from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, JSONBody
+from litestar.response import Redirect
+
+from services.callback import store
+from services.callback.dialing import Dialer
+from services.callback.telephony import SimulatedPbx
+from services.callback.usecases import PHONE_CONTEXT, CallbackService
+from services.common.crypto import hash_password, verify_password
+from services.common.errors import ApiError
+from services.common.web import Runtime
+
+SESSION_COOKIE = "abonent_agent"
+SESSION_TTL_S = 12 * 3600
+STATIC_DIR = Path(__file__).parent / "static"
+# Pages of the console are same-origin only; the CSP keeps injected markup from running anything.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self';"
+    " frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
+
+_templates = Environment(
+    loader=PackageLoader("services.callback", "templates"), autoescape=select_autoescape()
+)
+
+Callbacks = NamedDependency[CallbackService]
+
+
+class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An agent as the back office registers it."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Olga"])]
+    password: Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
+    queues: list[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,40}$")]] = msgspec.field(
+        default_factory=lambda: ["default"]
+    )
+    endpoint: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["PJSIP/101"])] = "sim"
+
+
+class AgentView(msgspec.Struct, kw_only=True):
+    login: str
+    name: str
+    queues: list[str]
+    endpoint: str
+
+
+class PresenceChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    status: Literal["ready", "break", "offline"]
+
+
+class ClientCard(msgspec.Struct, kw_only=True):
+    """What the agent sees before the visitor's phone rings."""
+
+    callback_id: uuid.UUID
+    phone: str
+    site_key: str
+    site_name: str
+    page_url: str
+    referrer: str
+    utm: dict[str, str]
+    requested_at: dt.datetime
+    promised_latest: dt.datetime
+    waited_s: float
+    attempt: int
+    max_attempts: int
+    earlier: list[store.HistoryEntry]
+
+
+class CallView(msgspec.Struct, kw_only=True):
+    attempt_id: uuid.UUID
+    stage: str
+    card: ClientCard
+
+
+class ConsoleState(msgspec.Struct, kw_only=True):
+    login: str
+    name: str
+    status: str
+    online: bool
+    call: CallView | None
+    can_simulate: bool
+
+
+# --- sessions -------------------------------------------------------------------------------------------
+
+
+def _callbacks(state: State) -> CallbackService:
+    runtime: Runtime = state.runtime
+    service: CallbackService = runtime.extras["callbacks"]
+    return service
+
+
+def _dialer(state: State) -> Dialer:
+    runtime: Runtime = state.runtime
+    dialer: Dialer = runtime.extras["dialer"]
+    return dialer
+
+
+def _session_mac(callbacks: CallbackService, agent_id: str, expires: int) -> str:
+    mac = callbacks.protector.sign(f"agent-session|{agent_id}|{expires}".encode())[:18]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def session_cookie(callbacks: CallbackService, agent_id: uuid.UUID) -> Cookie:
+    expires = int(time.time()) + SESSION_TTL_S
+    value = f"{agent_id}.{expires}.{_session_mac(callbacks, str(agent_id), expires)}"
+    return Cookie(
+        key=SESSION_COOKIE,
+        value=value,
+        httponly=True,
+        samesite="strict",
+        path="/agent",
+        max_age=SESSION_TTL_S,
+    )
+
+
+def session_agent_id(request: Request[Any, Any, Any]) -> uuid.UUID | None:
+    raw = request.cookies.get(SESSION_COOKIE, "")
+    try:
+        agent_id, expires, mac = raw.split(".")
+        if int(expires) < time.time():
+            return None
+        if not hmac.compare_digest(mac, _session_mac(_callbacks(request.app.state), agent_id, int(expires))):
+            return None
+        return uuid.UUID(agent_id)
+    except ValueError:
+        return None
+
+
+async def signed_in_agent(request: Request[Any, Any, Any]) -> store.AgentRow:
+    agent_id = session_agent_id(request)
+    agent = None
+    if agent_id is not None:
+        async with _callbacks(request.app.state).pool.acquire() as conn:
+            agent = await store.agent_by_id(conn, agent_id)
+    if agent is None:
+        raise ApiError(401, "unauthorized", "Sign in to the agent console first")
+    return agent
+
+
+def page(template: str, **context: Any) -> Response[str]:
+    html = _templates.get_template(template).render(**context)
+    return Response(html, media_type="text/html", headers=PAGE_HEADERS)
+
+
+# --- back office -------------------------------------------------------------------------------------------
+
+
+def admin_routes(guard: Any) -> list[Any]:
+    @put("/v1/admin/agents/{login:str}", guards=[guard], tags=["admin"], summary="Create or replace an agent")
+    async def put_agent(
+        login: FromPath[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9._\-]{2,64}$")]],
+        data: JSONBody[AgentSettings],
+        callbacks: Callbacks,
+    ) -> Response[AgentView]:
+        agent = store.AgentRow(
+            id=uuid.uuid4(),
+            login=login,
+            name=data.name,
+            password_hash=hash_password(data.password),
+            queues=data.queues,
+            endpoint=data.endpoint,
+        )
+        async with callbacks.pool.acquire() as conn:
+            created = await store.upsert_agent(conn, agent)
+        view = AgentView(login=login, name=data.name, queues=data.queues, endpoint=data.endpoint)
+        return Response(view, status_code=201 if created else 200)
+
+    @get(
+        "/v1/admin/sites/{site_key:str}/punctuality",
+        guards=[guard],
+        tags=["admin"],
+        summary="Promises kept and time to dial (last 30 days)",
+    )
+    async def site_punctuality(site_key: FromPath[str], callbacks: Callbacks) -> store.Punctuality:
+        async with callbacks.pool.acquire() as conn:
+            if await store.get_site(conn, site_key) is None:
+                raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
+            return await store.punctuality(conn, site_key, dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
+
+    return [put_agent, site_punctuality]
+
+
+# --- pages ---------------------------------------------------------------------------------------------
+
+
+@get("/agent", include_in_schema=False)
+async def console_page(request: Request[Any, Any, Any]) -> Response[str] | Redirect:
+    if session_agent_id(request) is None:
+        return Redirect("/agent/login")
+    return page("agent_console.html")
+
+
+@get("/agent/login", include_in_schema=False)
+async def login_page() -> Response[str]:
+    return page("agent_login.html", error=None)
+
+
+class LoginForm(msgspec.Struct, kw_only=True):
+    login: str = ""
+    password: str = ""
+
+
+@post("/agent/login", include_in_schema=False, status_code=303)
+async def login(
+    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)], callbacks: Callbacks
+) -> Response[str] | Redirect:
+    async with callbacks.pool.acquire() as conn:
+        agent = await store.agent_by_login(conn, data.login.strip().lower())
+    if agent is None or not verify_password(data.password, agent.password_hash):
+        response = page("agent_login.html", error="Wrong login or password")
+        response.status_code = 401
+        return response
+    redirect = Redirect("/agent", status_code=303)
+    redirect.cookies.append(session_cookie(callbacks, agent.id))
+    return redirect
+
+
+@get("/agent/dashboard", include_in_schema=False)
+async def dashboard(request: Request[Any, Any, Any], callbacks: Callbacks) -> Response[str] | Redirect:
+    if session_agent_id(request) is None:
+        return Redirect("/agent/login")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    async with callbacks.pool.acquire() as conn:
+        rows = [await store.punctuality(conn, site.site_key, since) for site in await store.list_sites(conn)]
+    return page("agent_dashboard.html", rows=rows)
+
+
+@get("/agent/static/{name:str}", include_in_schema=False)
+async def static_file(name: FromPath[str]) -> Response[bytes]:
+    if name not in ("console.js", "console.css"):
+        raise ApiError(404, "not_found", "No such file")
+    media = "text/javascript" if name.endswith(".js") else "text/css"
+    return Response(
+        (STATIC_DIR / name).read_bytes(), media_type=media, headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+# --- console API ---------------------------------------------------------------------------------------
+
+
+async def console_state(request: Request[Any, Any, Any], agent: store.AgentRow) -> ConsoleState:
+    callbacks = _callbacks(request.app.state)
+    dialer = _dialer(request.app.state)
+    async with callbacks.pool.acquire() as conn:
+        presence = await store.heartbeat(conn, agent.id)
+        call = None
+        if (
+            presence is not None
+            and presence.current_attempt is not None
+            and presence.current_callback is not None
+        ):
+            attempt = await store.get_attempt(conn, presence.current_attempt)
+            row = await store.get_callback(conn, presence.current_callback)
+            if attempt is not None and row is not None:
+                site = await callbacks.sites.require(row.site_key)
+                call = CallView(
+                    attempt_id=attempt.id,
+                    stage=attempt.state,
+                    card=ClientCard(
+                        callback_id=row.id,
+                        phone=callbacks.protector.decrypt(row.phone_enc, PHONE_CONTEXT),
+                        site_key=row.site_key,
+                        site_name=site.settings.name,
+                        page_url=row.page_url,
+                        referrer=row.referrer,
+                        utm=row.utm,
+                        requested_at=row.requested_at,
+                        promised_latest=row.promised_latest,
+                        waited_s=round((callbacks.clock() - row.requested_at).total_seconds(), 1),
+                        attempt=attempt.attempt_no,
+                        max_attempts=row.max_attempts,
+                        earlier=await store.earlier_requests(conn, row),
+                    ),
+                )
+    return ConsoleState(
+        login=agent.login,
+        name=agent.name,
+        status=presence.status if presence else "offline",
+        online=presence is not None,
+        call=call,
+        can_simulate=isinstance(dialer.adapter, SimulatedPbx),
+    )
+
+
+@post(
+    "/agent/api/heartbeat",
+    tags=["agent"],
+    summary="Keep presence alive; returns the console state",
+    status_code=200,
+)
+async def heartbeat(request: Request[Any, Any, Any]) -> ConsoleState:
+    agent = await signed_in_agent(request)
+    return await console_state(request, agent)
+
+
+@post("/agent/api/presence", tags=["agent"], summary="Ready, break or offline", status_code=200)
+async def change_presence(request: Request[Any, Any, Any], data: JSONBody[PresenceChange]) -> ConsoleState:
+    agent = await signed_in_agent(request)
+    callbacks = _callbacks(request.app.state)
+    async with callbacks.pool.acquire() as conn:
+        await store.set_presence(conn, agent.id, data.status)
+    if data.status == "ready":
+        _dialer(request.app.state).wake()
+    return await console_state(request, agent)
+
+
+@post(
+    "/agent/api/offline", tags=["agent"], summary="The console tab is closing (sendBeacon)", status_code=204
+)
+async def going_offline(request: Request[Any, Any, Any]) -> None:
+    agent = await signed_in_agent(request)
+    async with _callbacks(request.app.state).pool.acquire() as conn:
+        await store.set_presence(conn, agent.id, "offline")
+
+
+@post(
+    "/agent/api/call/{action:str}",
+    tags=["agent"],
+    summary="Answer (simulated PBX) or hang up",
+    status_code=200,
+)
+async def call_action(request: Request[Any, Any, Any], action: FromPath[str]) -> ConsoleState:
+    agent = await signed_in_agent(request)
+    state = await console_state(request, agent)
+    if state.call is None:
+        raise ApiError(409, "no_call", "There is no call to act on")
+    adapter = _dialer(request.app.state).adapter
+    attempt = state.call.attempt_id.hex
+    if action == "hangup":
+        await adapter.hangup(attempt)
+    elif action in ("answer", "visitor-answer") and isinstance(adapter, SimulatedPbx):
+        try:
+            await adapter.answer(attempt, "agent" if action == "answer" else "visitor")
+        except ValueError as exc:
+            raise ApiError(409, "not_ringing", str(exc)) from None
+    else:
+        raise ApiError(404, "not_found", f"Unknown call action {action!r}")
+    return await console_state(request, agent)
+
+
+CONSOLE_ROUTES = [
+    console_page,
+    login_page,
+    login,
+    dashboard,
+    static_file,
+    heartbeat,
+    change_presence,
+    going_offline,
+    call_action,
+]
