@@ -132,6 +132,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             overrides["data_key"] = _ensure_data_key(data_dir)
         settings = load_settings(None, **overrides)
         asyncio.run(migrate_all(settings))
+        urls: dict[str, str] = {
+            name: f"http://{settings.host}:{settings.port_of(name)}" for name in SERVICE_NAMES
+        }
+        seeded: list[tuple[str, str]] = []
+        for name in SERVICE_NAMES:
+            seed = service_spec(name).dev_seed
+            if seed is not None:
+                seeded += asyncio.run(seed(settings, urls[name]))
 
         env = dict(os.environ)
         env.update(
@@ -142,13 +150,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "ABONENT_LOG_FORMAT": os.environ.get("ABONENT_LOG_FORMAT", "text"),
             }
         )
-        urls: dict[str, str] = {}
         for name in SERVICE_NAMES:
             # Own session: Ctrl-C reaches only us, so we stop services before the servers they use.
             children[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "run", name], env=env, start_new_session=True
             )
-            urls[name] = f"http://{settings.host}:{settings.port_of(name)}"
         ready = _wait_ready(urls)
         elapsed = time.monotonic() - started_at
         rows = [("service", "url", "status")]
@@ -157,6 +163,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         rows += [
             (label, f"{urls[n]}{path}", "") for n in SERVICE_NAMES for label, path in service_spec(n).links
         ]
+        rows += [(label, value, "") for label, value in seeded]
         rows += [
             ("postgres", settings.database_url, "embedded" if postgres else "external"),
             ("nats", settings.nats_url, "embedded" if nats else "external"),

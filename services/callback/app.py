@@ -36,8 +36,17 @@ from services.callback.schemas import (
     WidgetConfig,
     check_zone,
 )
-from services.callback.telephony import SimConfig, TelephonySettings, build_adapter
+from services.callback.seed import seed_demo
+from services.callback.telephony import (
+    AriConfig,
+    MangoConfig,
+    MangoOfficeAdapter,
+    SimConfig,
+    TelephonySettings,
+    build_adapter,
+)
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
+from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError
 from services.common.settings import Settings, get_settings
@@ -228,6 +237,24 @@ async def reschedule_callback(
     return await callbacks.reschedule(callback_id, header_token or token, data)
 
 
+@post(
+    "/telephony/mango/{path:path}",
+    tags=["telephony"],
+    summary="Mango Office call-event webhooks",
+    status_code=200,
+)
+async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Mango signs every notification with sha256(api_key + json + salt); unsigned ones are refused."""
+    runtime: Runtime = request.app.state.runtime
+    adapter = runtime.extras["dialer"].adapter
+    if not isinstance(adapter, MangoOfficeAdapter):
+        raise ApiError(404, "not_found", "Mango Office telephony is not configured")
+    form = {key: str(value) for key, value in (await request.form()).items()}
+    if not await adapter.handle_webhook(path, form):
+        raise ApiError(403, "bad_signature", "The notification signature does not match")
+    return {"result": "ok"}
+
+
 # --- wiring ---------------------------------------------------------------------------------------------
 
 
@@ -235,10 +262,31 @@ def telephony_settings(settings: Settings) -> TelephonySettings:
     """The simulated PBX behaves like people: agents answer, most visitors pick up after a few rings."""
     return TelephonySettings(
         sim=SimConfig(
-            ring_s=3.0, visitor_answer_p=0.85, busy_p=0.1, voicemail_p=0.05, talk_s=20.0,
+            ring_s=3.0,
+            visitor_answer_p=0.85,
+            busy_p=0.1,
+            voicemail_p=0.05,
+            talk_s=20.0,
             manual=settings.sim_manual,
         ),
         sim_time_scale=settings.sim_time_scale,
+        asterisk=AriConfig(
+            base_url=settings.ari_url,
+            username=settings.ari_user,
+            password=settings.ari_password,
+            app=settings.ari_app,
+            visitor_endpoint_template=settings.ari_visitor_endpoint,
+        )
+        if settings.telephony == "asterisk"
+        else None,
+        mango=MangoConfig(
+            api_key=settings.mango_api_key,
+            api_salt=settings.mango_api_salt,
+            base_url=settings.mango_url,
+            default_line_number=settings.mango_line_number or None,
+        )
+        if settings.telephony == "mango"
+        else None,
     )
 
 
@@ -304,9 +352,16 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
             cancel_callback,
             reschedule_callback,
             *admin_routes(admin_only),
+            mango_webhook,
+            *WIDGET_ROUTES,
             *CONSOLE_ROUTES,
         ],
-        links=[("agent console", "/agent"), ("punctuality dashboard", "/agent/dashboard")],
+        links=[
+            ("demo shop", "/demo"),
+            ("agent console", "/agent"),
+            ("punctuality dashboard", "/agent/dashboard"),
+        ],
+        dev_seed=seed_demo,
         migrations_dir=Path(__file__).parent / "migrations",
         on_startup=[start],
         on_shutdown=[finish],

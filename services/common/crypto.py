@@ -76,7 +76,11 @@ def verify_password(password: str, stored: str) -> bool:
             return False
         expected = base64.urlsafe_b64decode(digest)
         actual = hashlib.scrypt(
-            password.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n), r=int(r), p=int(p),
+            password.encode(),
+            salt=base64.urlsafe_b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
             dklen=len(expected),
         )
     except (ValueError, binascii.Error):

@@ -51,6 +51,13 @@ async def create_pool(database_url: str, schema: str, *, max_size: int = 10, min
     return pool
 
 
+async def connect(database_url: str, schema: str) -> asyncpg.Connection[asyncpg.Record]:
+    """One connection outside a pool (scripts, seeding), configured like pooled ones."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": f"{schema},public"})
+    await _init_connection(conn)
+    return conn
+
+
 @contextlib.asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     """A connection inside a transaction: state change and outbox rows commit together or not at all."""

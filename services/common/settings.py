@@ -54,6 +54,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.
     sim_time_scale: float = 1.0
     sim_manual: bool = False
+    # Asterisk ARI (ABONENT_TELEPHONY=asterisk).
+    ari_url: str = ""
+    ari_user: str = ""
+    ari_password: str = ""
+    ari_app: str = "abonent-callback"
+    ari_visitor_endpoint: str = "PJSIP/{digits}@trunk"
+    # Mango Office VPBX (ABONENT_TELEPHONY=mango); its webhooks go to /telephony/mango/events/call etc.
+    mango_api_key: str = ""
+    mango_api_salt: str = ""
+    mango_url: str = "https://app.mango-office.ru/vpbx"
+    mango_line_number: str = ""
 
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {

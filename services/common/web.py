@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,9 @@ class ServiceSpec:
     dependencies: dict[str, Provide] = field(default_factory=dict)
     # Pages for people, printed by `abonent up`: (label, path).
     links: Sequence[tuple[str, str]] = ()
+    # `abonent up` only: create demo data; gets the settings and the service's base URL, returns
+    # (label, value) lines to print (e.g. demo credentials).
+    dev_seed: Callable[[Settings, str], Coroutine[Any, Any, list[tuple[str, str]]]] | None = None
     extra_config: Callable[[AppConfig], AppConfig] = lambda c: c
 
 
