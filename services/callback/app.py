@@ -15,7 +15,9 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.callback import store
@@ -48,7 +50,7 @@ from services.callback.telephony import (
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
-from services.common.errors import ApiError
+from services.common.errors import ApiError, ErrorResponse
 from services.common.settings import Settings, get_settings
 from services.common.web import Runtime, ServiceSpec, build_app
 
@@ -58,6 +60,74 @@ TokenHeader = Annotated[
     HeaderParameter(name="X-Status-Token", required=False, description="Status token (or ?token=)"),
 ]
 Callbacks = NamedDependency[CallbackService]
+
+_PROMISE_EXAMPLE = {
+    "kind": "asap",
+    "earliest": "2026-11-23T09:00:20Z",
+    "latest": "2026-11-23T09:00:40Z",
+    "text": "We'll call you within 40 seconds",
+}
+CREATE_EXAMPLE = Example(
+    summary="A visitor asks for a call as soon as possible",
+    value={
+        "phone": "+7 912 345-67-89",
+        "visitor_tz": "Asia/Novosibirsk",
+        "lang": "en",
+        "consent": True,
+        "not_before": "10:00",
+        "page_url": "https://shop.example/p/42",
+        "utm": {"source": "ya"},
+        "visitor_id": "v-7f3a",
+        "form_token": "<from the offer>",
+        "website": "",
+    },
+)
+CREATED_EXAMPLE = Example(
+    summary="Accepted with a promise",
+    value={
+        "id": "0f8b1c8e-3c1d-4a53-9a3f-0d1b2c3d4e5f",
+        "status_token": "<secret>",
+        "status": "scheduled",
+        "merged": False,
+        "promise": _PROMISE_EXAMPLE,
+    },
+)
+OFFER_EXAMPLE = Example(
+    summary="Agents are free",
+    value={
+        "open_now": True,
+        "promise": _PROMISE_EXAMPLE,
+        "slots": [
+            {"start": "2026-11-23T10:00:00Z", "end": "2026-11-23T10:30:00Z", "label": "Mon 23 Nov, 17:00"}
+        ],
+        "form_token": "<opaque>",
+        "pow": None,
+    },
+)
+STATUS_EXAMPLE = Example(
+    summary="Retrying after no answer",
+    value={
+        "id": "0f8b1c8e-3c1d-4a53-9a3f-0d1b2c3d4e5f",
+        "status": "scheduled",
+        "text": "We'll call you within 9 minutes",
+        "promise": _PROMISE_EXAMPLE,
+        "attempts": 1,
+        "max_attempts": 3,
+        "retry_plan": {
+            "attempts_left": 2,
+            "next_attempt_at": "2026-11-23T09:10:40Z",
+            "last_attempt_by": "2026-11-23T09:20:40Z",
+        },
+        "outcome": "visitor_no_answer",
+        "updated_at": "2026-11-23T09:00:55Z",
+    },
+)
+ERROR_EXAMPLE = Example(
+    summary="One error shape for every 4xx",
+    value={
+        "error": {"code": "invalid_phone", "message": "This is not a valid phone number", "field": "phone"}
+    },
+)
 Feed = NamedDependency[StatusFeed]
 LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
 
@@ -129,7 +199,15 @@ async def widget_config(
     return Response(config, headers={"Cache-Control": "public, max-age=300"})
 
 
-@get("/v1/sites/{site_key:str}/offer", tags=["widget"], summary="The promise we would give now, and slots")
+@get(
+    "/v1/sites/{site_key:str}/offer",
+    tags=["widget"],
+    summary="The promise we would give now, and slots",
+    responses={
+        200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
+        400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
+    },
+)
 async def offer(
     site_key: FromPath[str],
     callbacks: Callbacks,
@@ -147,10 +225,20 @@ async def offer(
     return Response(result, headers={"Cache-Control": "no-store"})
 
 
-@post("/v1/sites/{site_key:str}/callbacks", tags=["widget"], summary="Ask for a callback", status_code=201)
+@post(
+    "/v1/sites/{site_key:str}/callbacks",
+    tags=["widget"],
+    summary="Ask for a callback",
+    status_code=201,
+    responses={
+        201: ResponseSpec(CallbackCreated, examples=[CREATED_EXAMPLE], description="Accepted"),
+        400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Invalid input"),
+        429: ResponseSpec(ErrorResponse, description="A budget is exhausted; see Retry-After"),
+    },
+)
 async def create_callback(
     site_key: FromPath[str],
-    data: JSONBody[CallbackCreate],
+    data: Annotated[CallbackCreate, Body(examples=[CREATE_EXAMPLE])],
     request: Request[Any, Any, Any],
     callbacks: Callbacks,
     idempotency_key: Annotated[
@@ -166,7 +254,12 @@ async def create_callback(
     return Response(created, status_code=status_code)
 
 
-@get("/v1/callbacks/{callback_id:uuid}", tags=["widget"], summary="Status of a callback request")
+@get(
+    "/v1/callbacks/{callback_id:uuid}",
+    tags=["widget"],
+    summary="Status of a callback request",
+    responses={200: ResponseSpec(CallbackStatus, examples=[STATUS_EXAMPLE], description="The status")},
+)
 async def callback_status(
     callback_id: FromPath[uuid.UUID],
     callbacks: Callbacks,

@@ -111,9 +111,7 @@ async def test_request_lifecycle_starts_scheduled_with_status_and_events(
     assert row is not None
     assert b"79123456789" not in row["phone_enc"]
     assert row["phone_masked"] == "+7912*****89"
-    subjects = [
-        r["subject"] for r in await db.fetch("select subject from callback.outbox order by seq")
-    ]
+    subjects = [r["subject"] for r in await db.fetch("select subject from callback.outbox order by seq")]
     assert subjects == ["callback.requested", "callback.scheduled"]
     assert await db.fetchval("select count(*) from callback.promises") == 1
 
@@ -281,9 +279,7 @@ async def test_cancel_and_reschedule(client: Client, db: asyncpg.Connection) -> 
     assert_error(
         await client.post(f"/v1/callbacks/{created['id']}/cancel", headers=token), 409, "already_finished"
     )
-    subjects = [
-        r["subject"] for r in await db.fetch("select subject from callback.outbox order by seq")
-    ]
+    subjects = [r["subject"] for r in await db.fetch("select subject from callback.outbox order by seq")]
     assert subjects[-2:] == ["callback.scheduled", "callback.cancelled"]
 
 
@@ -342,6 +338,12 @@ async def test_openapi_documents_every_endpoint(client: Client) -> None:
         "/v1/admin/sites",
     ):
         assert path in schema["paths"], path
+    create = schema["paths"]["/v1/sites/{site_key}/callbacks"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["examples"]
+    assert create["responses"]["201"]["content"]["application/json"]["examples"]
+    assert schema["paths"]["/v1/sites/{site_key}/offer"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]["examples"]
 
 
 @pytest.mark.parametrize(
