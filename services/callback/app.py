@@ -52,7 +52,7 @@ from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.settings import Settings, get_settings
-from services.common.web import Runtime, ServiceSpec, build_app
+from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
 TokenHeader = Annotated[
@@ -133,15 +133,11 @@ LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
 
 
 def callbacks_of(state: State) -> CallbackService:
-    runtime: Runtime = state.runtime
-    service: CallbackService = runtime.extras["callbacks"]
-    return service
+    return runtime_extra(state, "callbacks", CallbackService)
 
 
 def feed_of(state: State) -> StatusFeed:
-    runtime: Runtime = state.runtime
-    feed: Feed = runtime.extras["feed"]
-    return feed
+    return runtime_extra(state, "feed", StatusFeed)
 
 
 async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

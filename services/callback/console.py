@@ -25,7 +25,7 @@ from services.callback.telephony import SimulatedPbx
 from services.callback.usecases import PHONE_CONTEXT, CallbackService
 from services.common.crypto import hash_password, verify_password
 from services.common.errors import ApiError
-from services.common.web import Runtime
+from services.common.web import runtime_extra
 
 SESSION_COOKIE = "abonent_agent"
 SESSION_TTL_S = 12 * 3600
@@ -103,15 +103,11 @@ class ConsoleState(msgspec.Struct, kw_only=True):
 
 
 def _callbacks(state: State) -> CallbackService:
-    runtime: Runtime = state.runtime
-    service: CallbackService = runtime.extras["callbacks"]
-    return service
+    return runtime_extra(state, "callbacks", CallbackService)
 
 
 def _dialer(state: State) -> Dialer:
-    runtime: Runtime = state.runtime
-    dialer: Dialer = runtime.extras["dialer"]
-    return dialer
+    return runtime_extra(state, "dialer", Dialer)
 
 
 def _session_mac(callbacks: CallbackService, agent_id: str, expires: int) -> str:

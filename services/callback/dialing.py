@@ -25,11 +25,18 @@ from prometheus_client import Counter
 
 from services.callback import store
 from services.callback.domain.calendar import is_callable_at, next_callable_instant
-from services.callback.domain.lifecycle import CallbackState, transition
+from services.callback.domain.lifecycle import CallbackState
 from services.callback.domain.retry import Outcome, RetrySpacing, decide_retry, last_attempt_by
 from services.callback.schemas import SiteSettings
 from services.callback.telephony import CallEvent, CallEventKind, CallOrder, TelephonyAdapter, TelephonyError
-from services.callback.usecases import PHONE_CONTEXT, SiteDirectory, callee_window, site_calendar, utc_now
+from services.callback.usecases import (
+    PHONE_CONTEXT,
+    SiteDirectory,
+    advance_callback,
+    callee_window,
+    site_calendar,
+    utc_now,
+)
 from services.common import db, outbox
 from services.common.crypto import DataProtector
 from services.common.events import (
@@ -160,16 +167,10 @@ class Dialer:
                     conn, attempt_id, row.id, attempt_no, agent.id, adapter=self.adapter.name, now=now
                 )
                 await store.assign_agent(conn, agent.id, row.id, attempt_id)
-                transition(CallbackState(row.status), CallbackState.DIALING)
-                await store.update_callback(
+                await advance_callback(
                     conn,
-                    row.id,
-                    status=CallbackState.DIALING,
-                    attempts=attempt_no,
-                    first_dial_at=row.first_dial_at or now,
-                )
-                await outbox.append(
-                    conn,
+                    row,
+                    CallbackState.DIALING,
                     CallbackDialing(
                         callback_id=row.id,
                         site_key=row.site_key,
@@ -177,6 +178,8 @@ class Dialer:
                         attempt=attempt_no,
                         agent_id=str(agent.id),
                     ),
+                    attempts=attempt_no,
+                    first_dial_at=row.first_dial_at or now,
                 )
                 orders.append(
                     CallOrder(
@@ -288,10 +291,10 @@ class Dialer:
             await store.update_attempt(conn, attempt_id, state="connected", connected_at=now)
             if row.status != CallbackState.DIALING:
                 return  # cancelled meanwhile: the call goes on, the request stays as the visitor left it
-            transition(CallbackState(row.status), CallbackState.CONNECTED)
-            await store.update_callback(conn, row.id, status=CallbackState.CONNECTED, connected_at=now)
-            await outbox.append(
+            await advance_callback(
                 conn,
+                row,
+                CallbackState.CONNECTED,
                 CallbackConnected(
                     callback_id=row.id,
                     site_key=row.site_key,
@@ -299,6 +302,7 @@ class Dialer:
                     attempt=attempt.attempt_no,
                     agent_id=str(attempt.agent_id or ""),
                 ),
+                connected_at=now,
             )
 
     async def finish_attempt(self, attempt_id: uuid.UUID, outcome: Outcome) -> None:
@@ -320,14 +324,15 @@ class Dialer:
                 return  # cancelled or finished meanwhile
             if outcome == "connected":
                 talk = (now - (attempt.connected_at or now)).total_seconds()
-                await store.update_callback(
-                    conn, row.id, status=CallbackState.COMPLETED, outcome=outcome, ended_at=now
-                )
-                await outbox.append(
+                await advance_callback(
                     conn,
+                    row,
+                    CallbackState.COMPLETED,
                     CallbackCompleted(
                         callback_id=row.id, site_key=row.site_key, state="completed", talk_seconds=talk
                     ),
+                    outcome=outcome,
+                    ended_at=now,
                 )
                 return
             await self._after_failed_attempt(conn, row, outcome, now)
@@ -350,12 +355,11 @@ class Dialer:
         if not decision.counts_as_attempt:
             attempts -= 1
         if decision.next_at is None:
-            await store.update_callback(
-                conn, row.id, status=CallbackState.FAILED, outcome=outcome, ended_at=now, attempts=attempts
-            )
             phone = self.protector.decrypt(row.phone_enc, PHONE_CONTEXT)
-            await outbox.append(
+            await advance_callback(
                 conn,
+                row,
+                CallbackState.FAILED,
                 CallbackFailed(
                     callback_id=row.id,
                     site_key=row.site_key,
@@ -365,6 +369,9 @@ class Dialer:
                     outcome=outcome,
                     attempts=attempts,
                 ),
+                outcome=outcome,
+                ended_at=now,
+                attempts=attempts,
             )
             return
         await store.update_callback(conn, row.id, outcome=outcome, attempts=attempts)
@@ -383,16 +390,18 @@ class Dialer:
     ) -> None:
         if due_at is None:
             # No callable time in the next two weeks: say so rather than hold the request forever.
-            transition(CallbackState(row.status), CallbackState.EXPIRED)
-            await store.update_callback(conn, row.id, status=CallbackState.EXPIRED, ended_at=self.clock())
-            await outbox.append(
-                conn, CallbackExpired(callback_id=row.id, site_key=row.site_key, state="expired")
+            await advance_callback(
+                conn,
+                row,
+                CallbackState.EXPIRED,
+                CallbackExpired(callback_id=row.id, site_key=row.site_key, state="expired"),
+                ended_at=self.clock(),
             )
             return
-        transition(CallbackState(row.status), CallbackState.SCHEDULED)
-        await store.update_callback(conn, row.id, status=CallbackState.SCHEDULED, due_at=due_at)
-        await outbox.append(
+        await advance_callback(
             conn,
+            row,
+            CallbackState.SCHEDULED,
             CallbackScheduled(
                 callback_id=row.id,
                 site_key=row.site_key,
@@ -403,4 +412,5 @@ class Dialer:
                 reason=reason,
                 last_attempt_by=last_by,
             ),
+            due_at=due_at,
         )

@@ -110,6 +110,20 @@ def refuse(
     return ApiError(status, code, message, field, headers)
 
 
+async def advance_callback(
+    conn: db.Connection,
+    row: store.CallbackRow,
+    target: CallbackState,
+    event: CallbackEvent,
+    **changes: object,
+) -> None:
+    """One lifecycle step in the caller's transaction: the state machine must allow it, and the row
+    change and its event commit together."""
+    transition(CallbackState(row.status), target)
+    await store.update_callback(conn, row.id, status=target, **changes)
+    await outbox.append(conn, event)
+
+
 def site_calendar(settings: SiteSettings) -> SiteCalendar:
     return SiteCalendar(
         tz=settings.timezone,
@@ -569,14 +583,17 @@ class CallbackService:
             row = await self._authorised(conn, callback_id, token)
             row = await self._locked(conn, row.id)
             try:
-                transition(CallbackState(row.status), CallbackState.CANCELLED)
+                await advance_callback(
+                    conn,
+                    row,
+                    CallbackState.CANCELLED,
+                    CallbackCancelled(
+                        callback_id=row.id, site_key=row.site_key, state="cancelled", by="visitor"
+                    ),
+                    ended_at=self.clock(),
+                )
             except IllegalTransition:
                 raise ApiError(409, "already_finished", f"This request is already {row.status}") from None
-            await store.update_callback(conn, row.id, status=CallbackState.CANCELLED, ended_at=self.clock())
-            await outbox.append(
-                conn,
-                CallbackCancelled(callback_id=row.id, site_key=row.site_key, state="cancelled", by="visitor"),
-            )
             row = await self._locked(conn, row.id)
         return self.status_view(row)
 
@@ -636,22 +653,6 @@ class CallbackService:
             )
             row = await self._locked(conn, row.id)
         return self.status_view(row)
-
-    async def move(
-        self,
-        callback_id: uuid.UUID,
-        target: CallbackState,
-        event: Callable[[store.CallbackRow], CallbackEvent],
-        **changes: object,
-    ) -> store.CallbackRow:
-        """Apply one lifecycle transition with its event in one transaction (used by dispatching)."""
-        async with db.transaction(self.pool) as conn:
-            row = await self._locked(conn, callback_id)
-            transition(CallbackState(row.status), target)
-            await store.update_callback(conn, callback_id, status=target, **changes)
-            row = await self._locked(conn, callback_id)
-            await outbox.append(conn, event(row))
-        return row
 
     async def expire_overdue(self) -> int:
         """Pending requests nobody dialed long after their promise: tell the visitor, don't wait forever."""

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar, MediaType, Response, get
@@ -29,6 +29,8 @@ from services.common.outbox import OutboxRelay
 from services.common.settings import ServiceName, Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HTTP_REQUESTS = Counter("abonent_http_requests_total", "HTTP requests", ["service", "method", "status"])
 
@@ -137,6 +139,15 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             HTTP_REQUESTS.labels(service, scope.get("method", ""), str(status_holder[0])).inc()
 
     return middleware
+
+
+def runtime_extra(state: State, key: str, kind: type[T]) -> T:
+    """A service's own component from app.state.runtime.extras, checked against the expected type."""
+    runtime: Runtime = state.runtime
+    value = runtime.extras[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"runtime extra {key!r} is {type(value).__name__}, expected {kind.__name__}")
+    return value
 
 
 def _provide_runtime(state: State) -> Runtime:
