@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
@@ -48,6 +49,7 @@ from services.callback.telephony import (
     build_adapter,
 )
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
+from services.callback.webhooks import WebhookSender, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
@@ -411,12 +413,19 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         adapter = build_adapter(runtime.settings.telephony, telephony_settings(runtime.settings))
         dialer = Dialer(runtime.pool, protector, sites, adapter)
         await dialer.start()
-        runtime.extras.update(callbacks=callbacks, feed=feed, dialer=dialer)
+        webhook_http = httpx.AsyncClient(follow_redirects=False)
+        webhooks = WebhookSender(runtime.pool, webhook_http)
+        await webhooks.start()
+        runtime.extras.update(
+            callbacks=callbacks, feed=feed, dialer=dialer, webhooks=webhooks, webhook_http=webhook_http
+        )
         runtime.extras["sweeper"] = asyncio.create_task(periodically(60, callbacks.expire_overdue, stop))
 
     async def finish(runtime: Runtime) -> None:
         stop.set()
         await runtime.extras["dialer"].stop()
+        await runtime.extras["webhooks"].stop()
+        await runtime.extras["webhook_http"].aclose()
         await runtime.extras["feed"].stop()
         await runtime.extras["sweeper"]
 
@@ -441,6 +450,7 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
             cancel_callback,
             reschedule_callback,
             *admin_routes(admin_only),
+            *webhook_routes(admin_only),
             mango_webhook,
             *WIDGET_ROUTES,
             *CONSOLE_ROUTES,
@@ -452,6 +462,7 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         ],
         dev_seed=seed_demo,
         migrations_dir=Path(__file__).parent / "migrations",
+        consumers=lambda _runtime: [webhook_consumer_spec()],
         on_startup=[start],
         on_shutdown=[finish],
         dependencies={

@@ -106,7 +106,9 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     theme: ThemeSettings = msgspec.field(default_factory=ThemeSettings)
     retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     abuse: AbuseSettings = msgspec.field(default_factory=AbuseSettings)
-    crm_webhook_url: str = ""
+    # CRM webhooks: every callback.* event is POSTed here, signed with HMAC-SHA256 (see README).
+    crm_webhook_url: Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^(https?://.+)?$")] = ""
+    crm_webhook_secret: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
     def __post_init__(self) -> None:
         check_zone(self.timezone, "timezone")
