@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
@@ -272,27 +273,24 @@ async def callback_status(
 async def callback_events(
     callback_id: FromPath[uuid.UUID], callbacks: Callbacks, feed: Feed, token: TokenQuery = None
 ) -> ServerSentEvent:
-    first = await callbacks.status(callback_id, token)  # 404 before the stream opens
+    await callbacks.status(callback_id, token)  # 404 before the stream opens
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
-        import msgspec
-
-        last = first
-        yield ServerSentEventMessage(event="status", data=msgspec.json.encode(first).decode())
+        # Watch first, then read: a change between the two still wakes us. Every wake-up and every
+        # keep-alive re-reads the row, so a missed notification costs at most one keep-alive period.
         async with feed.watch(callback_id) as wakeups:
-            while last.status not in ("completed", "failed", "cancelled", "expired"):
+            last: CallbackStatus | None = None
+            while True:
+                current = await callbacks.status(callback_id, token)
+                if last is None or (current.status, current.updated_at) != (last.status, last.updated_at):
+                    last = current
+                    yield ServerSentEventMessage(event="status", data=msgspec.json.encode(current).decode())
+                if current.status in ("completed", "failed", "cancelled", "expired"):
+                    return
                 try:
                     await asyncio.wait_for(wakeups.get(), timeout=15)
                 except TimeoutError:
                     yield ServerSentEventMessage(comment="keep-alive")
-                    continue
-                current = await callbacks.status(callback_id, token)
-                if (
-                    msgspec.structs.replace(current, updated_at=last.updated_at) != last
-                    or current.text != last.text
-                ):
-                    last = current
-                    yield ServerSentEventMessage(event="status", data=msgspec.json.encode(current).decode())
 
     return ServerSentEvent(stream(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

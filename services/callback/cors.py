@@ -24,7 +24,8 @@ _SITE_PATH = re.compile(r"^/v1/sites/([^/]+)/")
 _CALLBACK_PATH = re.compile(r"^/v1/callbacks/([0-9a-fA-F\-]{36})(/|$)")
 
 ALLOWED_HEADERS = "content-type, idempotency-key, x-status-token, x-request-id"
-EXPOSED_HEADERS = "retry-after, x-request-id"
+# Date lets the widget correct a visitor's wrong device clock for its countdown.
+EXPOSED_HEADERS = "retry-after, x-request-id, date"
 
 # Allowed origins of a site, or None when the site does not exist (the handler answers 404).
 OriginLookup = Callable[[str], Awaitable[list[str] | None]]

@@ -80,6 +80,13 @@ class AbuseSettings(msgspec.Struct, kw_only=True, frozen=True):
     proof_of_work_bits: Annotated[int, msgspec.Meta(ge=0, le=24)] = 0
 
 
+class WidgetFields(msgspec.Struct, kw_only=True, frozen=True):
+    """Optional parts of the form a site can switch off."""
+
+    slot_picker: bool = True
+    not_before: bool = True
+
+
 def _default_hours() -> dict[str, list[list[str]]]:
     return {day: [["09:00", "18:00"]] for day in WEEKDAYS[:5]}
 
@@ -106,6 +113,7 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     theme: ThemeSettings = msgspec.field(default_factory=ThemeSettings)
     retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     abuse: AbuseSettings = msgspec.field(default_factory=AbuseSettings)
+    widget_fields: WidgetFields = msgspec.field(default_factory=WidgetFields)
     # CRM webhooks: every callback.* event is POSTed here, signed with HMAC-SHA256 (see README).
     crm_webhook_url: Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^(https?://.+)?$")] = ""
     crm_webhook_secret: Annotated[str, msgspec.Meta(max_length=200)] = ""
@@ -171,6 +179,7 @@ class WidgetConfig(msgspec.Struct, kw_only=True):
     theme: ThemeSettings
     allowed_countries: list[str]
     default_country: str
+    fields: WidgetFields
 
 
 class CallbackCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -47,6 +47,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
     merged_count: int
     updated_at: dt.datetime
     last_attempt_by: dt.datetime | None = None
+    promise_reason: str = "queue"
 
 
 _CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))

@@ -11,7 +11,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -24,6 +24,7 @@ from services.callback.domain.lifecycle import CallbackState, IllegalTransition,
 from services.callback.domain.phone import PhoneRejected, normalize_phone
 from services.callback.domain.promise import (
     Promise,
+    PromiseReason,
     QueueSnapshot,
     promise_callback_time,
     render_promise_text,
@@ -211,6 +212,7 @@ class CallbackService:
             theme=settings.theme,
             allowed_countries=settings.allowed_countries,
             default_country=settings.allowed_countries[0] if settings.allowed_countries else "RU",
+            fields=settings.widget_fields,
         )
 
     async def _snapshot(self, conn: db.Connection, settings: SiteSettings, now: dt.datetime) -> QueueSnapshot:
@@ -274,7 +276,7 @@ class CallbackService:
             kind="asap" if row.promise_kind == "asap" else "scheduled",
             earliest=row.promised_earliest,
             latest=row.promised_latest,
-            reason="queue",
+            reason=cast(PromiseReason, row.promise_reason),
         )
 
     def status_view(self, row: store.CallbackRow) -> CallbackStatus:
@@ -488,6 +490,7 @@ class CallbackService:
             requested_at=now,
             due_at=now if promise.kind == "asap" else promise.earliest,
             promise_kind=promise.kind,
+            promise_reason=promise.reason,
             promised_earliest=promise.earliest,
             promised_latest=promise.latest,
             attempts=0,
@@ -625,6 +628,7 @@ class CallbackService:
                 not_before=not_before,
                 due_at=due_at,
                 promise_kind=promise.kind,
+                promise_reason=promise.reason,
                 promised_earliest=promise.earliest,
                 promised_latest=promise.latest,
                 status=CallbackState.SCHEDULED,

@@ -1,0 +1,167 @@
+"""Fixtures for widget tests: headless Chromium, the real callback service (a child process on its own
+database and NATS namespace), and a "customer site" on another port serving host pages cross-origin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support.harness import REPO, make_settings, settings_env, spawn
+from widget_support import HostSite, Stack
+
+from services.common.embedded import free_port
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "test-artifacts" / "widget"
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("ABONENT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    path = chromium_path()
+    if path is None:
+        reason = (
+            "WIDGET BROWSER TESTS NOT RUN: headless Chromium not found at /usr/bin/chromium "
+            "(install it with `apt-get install -y chromium`, or point ABONENT_CHROMIUM at a binary)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_executable: str) -> Iterator[Any]:
+    """One Chromium per module; each test gets a new context (no shared storage or cache).
+
+    Module scope, not session: the sync API keeps an event loop running in this thread while it is
+    open, and async tests that run after it (pytest-asyncio) would find that loop and fail.
+
+    A plain launch runs on a fresh temporary profile that Playwright creates and deletes itself (it
+    refuses a --user-data-dir argument; that is what launch_persistent_context is for)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+# --- the callback service -------------------------------------------------------------------------------
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"callback service exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"callback service not ready in {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The real callback service as a container runs it (`abonent run callback --migrate`), once per
+    session; tests isolate themselves by using their own site keys."""
+    database_url = str(postgres_server.create_database(f"w_{uuid.uuid4().hex[:12]}"))
+    # Manual simulated PBX: calls ring until a test answers or hangs up through the agent console API.
+    settings = make_settings(database_url, nats_url, f"w{uuid.uuid4().hex[:10]}", sim_manual=True)
+    port = free_port()
+    log = tmp_path_factory.mktemp("widget-service") / "callback.log"
+    proc = spawn(
+        ["-m", "services.cli", "run", "callback", "--migrate"],
+        settings_env(settings, ABONENT_CALLBACK_PORT=str(port)),
+        log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, log)
+        paths = httpx.get(f"{base}/schema/openapi.json", timeout=10).json().get("paths", {})
+        probe = httpx.get(f"{base}/widget/v1/widget.js", timeout=10)
+        if "/v1/sites/{site_key}/offer" not in paths or probe.status_code != 200:
+            pytest.fail(
+                "the callback service does not serve the widget API and assets yet: "
+                "services/callback/app.py must include WIDGET_ROUTES from services/callback/widget_assets.py"
+            )
+        with httpx.Client(base_url=base, timeout=15) as http:
+            yield Stack(base=base, http=http, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the customer's site (another origin) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def host_site() -> Iterator[HostSite]:
+    port = free_port()
+    site = HostSite(origin=f"http://127.0.0.1:{port}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = site.pages.get(self.path.split("?", 1)[0])
+            if found is None:
+                self.send_error(404)
+                return
+            html, headers = found
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="widget-host-site", daemon=True)
+    thread.start()
+    yield site
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,89 @@
+"""The widget script and demo page as the service serves them (no browser, no database)."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from services.callback.widget_assets import DEMO_CSP, WIDGET_DIR, WIDGET_ROUTES, build_widget
+
+SIZE_BUDGET = 15 * 1024
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Any]]:
+    with TestClient(app=Litestar(route_handlers=WIDGET_ROUTES)) as test_client:
+        yield test_client
+
+
+def test_widget_gzipped_size_within_budget(client: TestClient[Any]) -> None:
+    served = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "identity"})
+    assert served.status_code == 200
+    size = len(gzip.compress(served.content, 9))
+    assert size <= SIZE_BUDGET, f"widget.js is {size} bytes gzipped; the budget is {SIZE_BUDGET}"
+    # What goes over the wire to a browser that accepts gzip is that small too.
+    raw = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "gzip"})
+    assert raw.headers["content-encoding"] == "gzip"
+    assert int(raw.headers["content-length"]) <= SIZE_BUDGET
+    assert raw.content == served.content  # httpx decoded it
+
+
+def test_widget_versioned_path_is_immutable_with_etag(client: TestClient[Any]) -> None:
+    first = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "identity"})
+    assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert first.headers["content-type"].startswith("text/javascript")
+    etag = first.headers["etag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
+    again = client.get("/widget/v1/widget.js", headers={"If-None-Match": etag, "Accept-Encoding": "identity"})
+    assert again.status_code == 304
+    assert again.content == b""
+    gz = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "gzip"})
+    assert gz.headers["etag"] != etag  # another representation, another strong ETag
+    assert gz.headers["vary"] == "Accept-Encoding"
+
+
+def test_widget_unversioned_path_is_short_lived(client: TestClient[Any]) -> None:
+    latest = client.get("/widget/widget.js")
+    assert latest.headers["cache-control"] == "public, max-age=300"
+    assert latest.content == client.get("/widget/v1/widget.js").content
+
+
+def test_widget_source_stays_csp_safe() -> None:
+    """No eval, no HTML strings, no inline styles: the widget must run under script/style-src 'self'."""
+    body = build_widget(
+        (WIDGET_DIR / "src" / "widget.js").read_text(), (WIDGET_DIR / "src" / "widget.css").read_text()
+    ).decode()
+    forbidden = ("eval(", "new Function", "innerHTML", "outerHTML", "insertAdjacentHTML", ".style.")
+    for pattern in forbidden:
+        assert pattern not in body, pattern
+    assert "__ABONENT_CSS__" not in body
+    assert "adoptedStyleSheets" in body
+    assert body.isascii()
+
+
+def test_widget_demo_page_under_strict_csp(client: TestClient[Any]) -> None:
+    page = client.get("/demo", params={"site_key": "shop-7", "lang": "en"})
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == DEMO_CSP
+    html = page.text
+    assert '<html lang="en">' in html
+    assert '<script src="/widget/v1/widget.js" data-site-key="shop-7" async></script>' in html
+    assert '<link rel="stylesheet" href="/demo/shop.css">' in html
+    # Nothing inline that the CSP would block.
+    assert re.search(r"<script(?![^>]*\bsrc=)", html) is None
+    assert "<style" not in html
+    assert " style=" not in html
+    assert client.get("/demo/shop.css").headers["content-type"].startswith("text/css")
+
+
+def test_widget_demo_page_defaults_and_rejects_odd_keys(client: TestClient[Any]) -> None:
+    html = client.get("/demo", params={"site_key": '"><script>alert(1)</script>'}).text
+    assert 'data-site-key="demo"' in html
+    assert "alert(1)" not in html
+    assert '<html lang="ru">' in html
