@@ -6,6 +6,7 @@ import datetime as dt
 import random
 
 import pytest
+from support.calendars import MOSCOW_SITE, UTC, WEEKDAY_HOURS, msk, utc
 
 from services.callback.domain.calendar import (
     CalleeWindow,
@@ -19,29 +20,6 @@ from services.callback.domain.calendar import (
     offer_slots,
 )
 
-UTC = dt.UTC
-MSK = dt.timezone(dt.timedelta(hours=3))  # Europe/Moscow has had no DST since 2014
-
-
-def utc(  # noqa: PLR0917 - mirrors datetime()
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> dt.datetime:
-    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
-
-
-def msk(  # noqa: PLR0917 - mirrors datetime()
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> dt.datetime:
-    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=MSK).astimezone(UTC)
-
-
-WEEKDAY_HOURS = [TimeRange.parse("09:00", "18:00")]
-MOSCOW_SITE = SiteCalendar(
-    tz="Europe/Moscow",
-    weekly={0: WEEKDAY_HOURS, 1: WEEKDAY_HOURS, 2: WEEKDAY_HOURS, 3: WEEKDAY_HOURS, 4: WEEKDAY_HOURS}
-    | {5: [TimeRange.parse("10:00", "15:00")]},
-    holidays=frozenset(dt.date(2027, 1, day) for day in range(1, 9)),
-)
 ALWAYS_OPEN_SITE = SiteCalendar(
     tz="UTC", weekly={day: [TimeRange.parse("00:00", "24:00")] for day in range(7)}
 )

@@ -7,6 +7,7 @@ import math
 import time
 
 import pytest
+from support.calendars import MOSCOW_SITE, msk, utc
 
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, Slot, TimeRange
 from services.callback.domain.promise import (
@@ -19,29 +20,7 @@ from services.callback.domain.promise import (
     round_up_for_display,
 )
 
-UTC = dt.UTC
-MSK = dt.timezone(dt.timedelta(hours=3))
 MONDAY = (2026, 11, 23)
-
-
-def utc(  # noqa: PLR0917 - mirrors datetime()
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> dt.datetime:
-    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
-
-
-def msk(  # noqa: PLR0917 - mirrors datetime()
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> dt.datetime:
-    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=MSK).astimezone(UTC)
-
-
-WEEKDAY_HOURS = [TimeRange.parse("09:00", "18:00")]
-MOSCOW_SITE = SiteCalendar(
-    tz="Europe/Moscow",
-    weekly=dict.fromkeys(range(5), WEEKDAY_HOURS) | {5: [TimeRange.parse("10:00", "15:00")]},
-    holidays=frozenset(dt.date(2027, 1, day) for day in range(1, 9)),
-)
 
 
 def callee(tz: str, not_before: str | None = None) -> CalleeWindow:

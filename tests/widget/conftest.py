@@ -51,7 +51,7 @@ def chromium_executable() -> str:
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     return path
 
 
