@@ -7,8 +7,9 @@ Rules (msgspec schema evolution):
 - An incompatible change is a new Struct with tag v<N+1>, published alongside v<N> until every consumer
   reads v<N+1>.
 - `event_id` is the Nats-Msg-Id and the inbox key: the same logical event always keeps its id.
-- Personal data: events may carry a phone number where a consumer must act on it (the notifier); the
-  JetStream store is encrypted at rest and logs mask it.
+- Personal data: only events a consumer must act on carry a phone number (callback.requested and
+  callback.failed, for the notifier). Logs mask it; CRM webhooks mask it. The embedded dev NATS stores
+  streams unencrypted: production must enable JetStream encryption at rest (server `jetstream.cipher`).
 """
 
 from __future__ import annotations
