@@ -389,15 +389,6 @@ async def heartbeat(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None
     return None if record is None else msgspec.convert(dict(record), PresenceRow)
 
 
-async def presence(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None:
-    record = await conn.fetchrow(
-        f"select status, last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds' as online,"
-        " current_callback, current_attempt from agent_presence where agent_id = $1",
-        agent_id,
-    )
-    return None if record is None else msgspec.convert(dict(record), PresenceRow)
-
-
 async def ready_agent_count(conn: Connection, queue: str) -> int | None:
     """Ready, online, idle agents of a queue; None when nobody of this queue used the console today."""
     record = await conn.fetchrow(

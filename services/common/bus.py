@@ -42,9 +42,6 @@ class Namespace:
     def subject(self, logical: str) -> str:
         return f"{self.prefix}.{logical}" if self.prefix else logical
 
-    def logical_subject(self, subject: str) -> str:
-        return subject.removeprefix(f"{self.prefix}.") if self.prefix else subject
-
     def stream(self, logical: str) -> str:
         return f"{self.prefix.upper()}_{logical}" if self.prefix else logical
 

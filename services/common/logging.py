@@ -24,7 +24,7 @@ def mask_phone(phone: str) -> str:
     """Keep the country code and last two digits (+7912*****89): matchable by eye, useless to a thief."""
     digits = re.sub(r"\D", "", phone)
     if len(digits) < 6:
-        return "*" * len(digits)
+        return "*" * len(phone)  # not a phone number: hide all of it
     return ("+" if phone.strip().startswith("+") else "") + digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
 
 

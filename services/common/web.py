@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Litestar, MediaType, Response, get
+from litestar import Litestar, Response, get
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -225,7 +225,3 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
         debug=False,
     )
     return Litestar.from_config(spec.extra_config(config))
-
-
-def plain_text(text: str, status: int = 200) -> Response[str]:
-    return Response(text, media_type=MediaType.TEXT, status_code=status)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.callback.domain.phone import PhoneRejected, mask_phone, normalize_phone
+from services.callback.domain.phone import PhoneRejected, normalize_phone
+from services.common.logging import mask_phone
 
 
 @pytest.mark.parametrize(

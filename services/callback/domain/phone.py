@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Literal
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
 
-__all__ = ["PhoneRejected", "PhoneRejectionCode", "mask_phone", "normalize_phone"]
+__all__ = ["PhoneRejected", "PhoneRejectionCode", "normalize_phone"]
 
 PhoneRejectionCode = Literal["invalid_phone", "country_not_allowed", "number_type_not_allowed"]
 
@@ -20,7 +19,6 @@ _CALLABLE_TYPES = frozenset(
 )
 # Far longer than any phone number with formatting; bounds the parser's work on hostile input.
 _MAX_RAW_LENGTH = 64
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
 
 
 class PhoneRejected(ValueError):
@@ -58,11 +56,3 @@ def normalize_phone(raw: str, allowed_countries: Collection[str], default_region
     if phonenumbers.number_type(number) not in _CALLABLE_TYPES:
         raise PhoneRejected("number_type_not_allowed", "only mobile and landline numbers can be called back")
     return phonenumbers.format_number(number, PhoneNumberFormat.E164)
-
-
-def mask_phone(e164: str) -> str:
-    """ "+79123456789" -> "+7912*****89": enough to tell numbers apart in logs, not enough to dial."""
-    if not _E164.fullmatch(e164):
-        return "*" * len(e164)
-    digits = e164[1:]
-    return f"+{digits[:4]}{'*' * (len(digits) - 6)}{digits[-2:]}"
