@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -382,20 +383,32 @@ def telephony_settings(settings: Settings) -> TelephonySettings:
 class CallbackContext:
     """Components the CORS middleware needs before the lifespan has built them."""
 
-    def __init__(self) -> None:
-        self.callbacks: Callbacks | None = None
+    # A callback never changes site: remember the answer instead of querying on every status poll.
+    SITE_CACHE_SIZE = 10_000
 
-    async def origins_of(self, site_key: FromPath[str]) -> list[str] | None:
+    def __init__(self) -> None:
+        self.callbacks: CallbackService | None = None
+        self._site_of: OrderedDict[uuid.UUID, str] = OrderedDict()
+
+    async def origins_of(self, site_key: str) -> list[str] | None:
         if self.callbacks is None:
             return None
         site = await self.callbacks.sites.get(site_key)
         return None if site is None else site.settings.allowed_origins
 
-    async def site_of_callback(self, callback_id: FromPath[uuid.UUID]) -> str | None:
+    async def site_of_callback(self, callback_id: uuid.UUID) -> str | None:
         if self.callbacks is None:
             return None
+        if (cached := self._site_of.get(callback_id)) is not None:
+            self._site_of.move_to_end(callback_id)
+            return cached
         async with self.callbacks.pool.acquire() as conn:
-            return await store.site_of_callback(conn, callback_id)
+            site_key = await store.site_of_callback(conn, callback_id)
+        if site_key is not None:
+            self._site_of[callback_id] = site_key
+            if len(self._site_of) > self.SITE_CACHE_SIZE:
+                self._site_of.popitem(last=False)
+        return site_key
 
 
 def make_spec(context: CallbackContext) -> ServiceSpec:

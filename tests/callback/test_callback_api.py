@@ -289,19 +289,8 @@ async def test_status_stream_pushes_changes(settings: Settings, tmp_path: Path) 
         running_service(settings, "callback", tmp_path) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
-        await http.put("/v1/admin/sites/shop", json=site_body(), headers=ADMIN)
-        offer = (await http.get("/v1/sites/shop/offer")).json()
-        created = (
-            await http.post(
-                "/v1/sites/shop/callbacks",
-                json={
-                    "phone": "+79123456789",
-                    "visitor_tz": "Europe/Moscow",
-                    "consent": True,
-                    "form_token": offer["form_token"],
-                },
-            )
-        ).json()
+        await put_site(http)
+        created = (await ask(http, phone="+79123456789")).json()
         seen: list[str] = []
         first_seen = asyncio.Event()
 

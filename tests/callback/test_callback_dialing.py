@@ -304,24 +304,9 @@ async def test_dispatcher_killed_after_reserving_redials_the_same_attempt_once(
         settings, "callback", tmp_path, ABONENT_FAILPOINTS="dialer.after_reserve", **fast
     ) as base:
         async with httpx.AsyncClient(base_url=base) as http:
-            await http.put("/v1/admin/sites/shop", json=site_body(), headers=ADMIN)
-            await http.put(
-                "/v1/admin/agents/olga", json={"name": "Olga", "password": "correct horse"}, headers=ADMIN
-            )
-            await http.post("/agent/login", data={"login": "olga", "password": "correct horse"})
-            await http.post("/agent/api/presence", json={"status": "ready"})
-            offer = (await http.get("/v1/sites/shop/offer")).json()
-            created = (
-                await http.post(
-                    "/v1/sites/shop/callbacks",
-                    json={
-                        "phone": "+79123456789",
-                        "visitor_tz": "Europe/Moscow",
-                        "consent": True,
-                        "form_token": offer["form_token"],
-                    },
-                )
-            ).json()
+            await put_site(http)
+            await sign_in_agent(http)
+            created = (await ask(http, phone="+79123456789")).json()
         # The service died at the failpoint: reservation committed, nothing dialed yet.
         log = (tmp_path / "callback.log").read_text()
         for _ in range(100):

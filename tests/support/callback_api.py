@@ -1,10 +1,10 @@
-"""Driving the callback API as the widget and the back office do (shared by callback and widget tests)."""
+"""Driving the callback API as the widget and the back office do, in process or over real HTTP."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar.testing import AsyncTestClient
+import httpx
 from support.harness import TEST_ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
@@ -27,7 +27,7 @@ def site_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-async def put_site(client: AsyncTestClient[Any], key: str = "shop", **overrides: Any) -> dict[str, Any]:
+async def put_site(client: httpx.AsyncClient, key: str = "shop", **overrides: Any) -> dict[str, Any]:
     response = await client.put(f"/v1/admin/sites/{key}", json=site_body(**overrides), headers=ADMIN)
     assert response.status_code in (200, 201), response.text
     result: dict[str, Any] = response.json()
@@ -35,7 +35,7 @@ async def put_site(client: AsyncTestClient[Any], key: str = "shop", **overrides:
 
 
 async def ask(
-    client: AsyncTestClient[Any],
+    client: httpx.AsyncClient,
     key: str = "shop",
     phone: str = "+7 912 345-67-89",
     headers: dict[str, str] | None = None,
@@ -52,7 +52,7 @@ async def ask(
 
 
 async def sign_in_agent(
-    client: AsyncTestClient[Any], login: str = "olga", queues: list[str] | None = None, *, ready: bool = True
+    client: httpx.AsyncClient, login: str = "olga", queues: list[str] | None = None, *, ready: bool = True
 ) -> None:
     """Register an agent through the admin API, sign in through the console form, go Ready."""
     body = {

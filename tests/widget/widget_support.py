@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support.harness import TEST_ADMIN_TOKEN
-
-ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-ALL_WEEK = {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+from support.callback_api import ADMIN, site_body
 
 
 @dataclass
@@ -20,17 +17,9 @@ class Stack:
     log: Path
 
     def put_site(self, key: str, allowed_origins: list[str], **overrides: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": "Widget test shop",
-            "allowed_origins": [self.base, *allowed_origins],
-            "timezone": "Europe/Moscow",
-            "working_hours": ALL_WEEK,
-            "calling_window": {"start": "00:00", "end": "24:00"},
-            "allowed_countries": ["RU", "KZ"],
-            "staffed_agents": 2,
-            "abuse": {"min_fill_ms": 0},
-        }
-        body.update(overrides)
+        body = site_body(
+            **{"name": "Widget test shop", "allowed_origins": [self.base, *allowed_origins], **overrides}
+        )
         response = self.http.put(f"/v1/admin/sites/{key}", json=body, headers=ADMIN)
         assert response.status_code in (200, 201), response.text
         result: dict[str, Any] = response.json()
