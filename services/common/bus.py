@@ -217,7 +217,7 @@ async def dead_letter(
     log.error("event dead-lettered", extra={"consumer": spec.name, "reason": reason, "subject": subject})
 
 
-async def apply_message(pool: db.Pool, bus: Bus, spec: ConsumerSpec, msg: Msg) -> None:
+async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
     """Decode, apply once (inbox), then ack; nak with delay on transient errors; term poison."""
     meta = msg.metadata
     delivered = meta.num_delivered
@@ -341,7 +341,7 @@ class ConsumerRunner:
                     continue
                 failures = 0
                 for msg in msgs:
-                    await apply_message(self.pool, self.bus, self.spec, msg)
+                    await apply_message(self.pool, self.spec, msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
