@@ -51,12 +51,13 @@ from services.callback.telephony import (
     build_adapter,
 )
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
-from services.callback.webhooks import WebhookSender, webhook_consumer_spec, webhook_routes
+from services.callback.webhooks import CRM_WEBHOOKS, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.settings import Settings, get_settings
 from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
+from services.common.webhooks import WebhookSender
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
 TokenHeader = Annotated[
@@ -425,7 +426,7 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         dialer = Dialer(runtime.pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
-        webhooks = WebhookSender(runtime.pool, webhook_http)
+        webhooks = WebhookSender(runtime.pool, webhook_http, CRM_WEBHOOKS)
         await webhooks.start()
         runtime.extras.update(
             callbacks=callbacks, feed=feed, dialer=dialer, webhooks=webhooks, webhook_http=webhook_http

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zlib
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from services.callback.schemas import Site, SiteSettings
 from services.common.db import Connection
+from services.common.webhooks import Endpoint
 
 PENDING_STATES = ("requested", "scheduled", "dialing", "connected")
 
@@ -584,164 +585,24 @@ async def punctuality(conn: Connection, site_key: str, since: dt.datetime) -> Pu
     )
 
 
-# --- CRM webhook deliveries ---------------------------------------------------------------------------
+# --- CRM webhooks -------------------------------------------------------------------------------------
 
 
-DeliveryStatus = Literal["pending", "delivered", "failed"]
+async def crm_webhook_endpoint(conn: Connection, site_key: str) -> Endpoint | None:
+    """The site's CRM webhook URL and secret now; None when it has no URL (or there is no such site).
 
-
-class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
-    """A due delivery this sender holds the lease on, with the site's current URL and secret."""
-
-    id: uuid.UUID
-    site_key: str
-    event_type: str
-    payload: bytes
-    attempts: int
-    url: str
-    secret: str
-
-
-class WebhookDelivery(msgspec.Struct, kw_only=True, frozen=True):
-    """A delivery as the back office sees it (the payload and URL stay out of listings)."""
-
-    id: uuid.UUID
-    event_id: uuid.UUID
-    event_type: str
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: dt.datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: dt.datetime
-    delivered_at: dt.datetime | None
-
-
-_DELIVERY_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(WebhookDelivery))
-
-
-def _delivery(record: Any) -> WebhookDelivery:
-    return msgspec.convert(dict(record), WebhookDelivery)
-
-
-async def insert_delivery_if_enabled(
-    conn: Connection,
-    *,
-    delivery_id: uuid.UUID,
-    site_key: str,
-    event_id: uuid.UUID,
-    event_type: str,
-    payload: bytes,
-) -> bool:
-    """Queue a delivery if the site has a webhook URL and this event is not queued yet; True if queued."""
-    # `settings` is read as jsonb text on purpose: crm_webhook_secret is not in SiteSettings yet.
-    queued = await conn.fetchval(
-        "insert into webhook_deliveries (id, site_key, event_id, event_type, url, payload)"
-        " select $1, site_key, $3, $4, settings->>'crm_webhook_url', $5 from sites"
-        " where site_key = $2 and coalesce(settings->>'crm_webhook_url', '') <> ''"
-        " on conflict (site_key, event_id) do nothing returning true",
-        delivery_id,
-        site_key,
-        event_id,
-        event_type,
-        payload,
-    )
-    return bool(queued)
-
-
-async def claim_due_deliveries(
-    conn: Connection, *, now: dt.datetime, lease_until: dt.datetime, limit: int
-) -> list[ClaimedDelivery]:
-    """Lease due deliveries to the caller: their next_attempt_at moves to `lease_until` in the same statement.
-
-    A lease instead of a transaction held over the POSTs: no connection or row lock waits on a slow CRM.
+    The only place the secret is read: the webhook channel's resolver and the consumer both come here.
     """
-    records = await conn.fetch(
-        "with due as ("
-        "  select d.id,"
-        "   coalesce(s.settings->>'crm_webhook_url', '') as url,"
-        "   coalesce(s.settings->>'crm_webhook_secret', '') as secret"
-        "  from webhook_deliveries d join sites s on s.site_key = d.site_key"
-        "  where d.status = 'pending' and d.next_attempt_at <= $1"
-        "  order by d.next_attempt_at limit $3"
-        "  for update of d skip locked"
-        ")"
-        " update webhook_deliveries w set next_attempt_at = $2 from due where w.id = due.id"
-        " returning w.id, w.site_key, w.event_type, w.payload, w.attempts, due.url, due.secret",
-        now,
-        lease_until,
-        limit,
+    # `settings` is read as jsonb text on purpose: crm_webhook_secret is not in SiteSettings yet.
+    record = await conn.fetchrow(
+        "select coalesce(settings->>'crm_webhook_url', '') as url,"
+        " coalesce(settings->>'crm_webhook_secret', '') as secret from sites where site_key = $1",
+        site_key,
     )
-    return [msgspec.convert(dict(r), ClaimedDelivery) for r in records]
-
-
-async def record_attempt(
-    conn: Connection,
-    delivery_id: uuid.UUID,
-    *,
-    url: str,
-    attempted_at: dt.datetime,
-    status: DeliveryStatus,
-    next_attempt_at: dt.datetime | None,
-    status_code: int | None,
-    error: str | None,
-    duration_ms: int,
-) -> None:
-    """Log one attempt and move the delivery on (delivered, scheduled again, or failed)."""
-    await conn.execute(
-        "insert into webhook_attempts (delivery_id, attempted_at, status_code, error, duration_ms)"
-        " values ($1, $2, $3, $4, $5)",
-        delivery_id,
-        attempted_at,
-        status_code,
-        error,
-        duration_ms,
-    )
-    await conn.execute(
-        "update webhook_deliveries set status = $2, attempts = attempts + 1, next_attempt_at = $3,"
-        " last_status_code = $4, last_error = $5, url = case when $6 = '' then url else $6 end,"
-        " delivered_at = case when $2 = 'delivered' then $7 else delivered_at end"
-        " where id = $1 and status = 'pending'",
-        delivery_id,
-        status,
-        next_attempt_at,
-        status_code,
-        error,
-        url,
-        attempted_at,
-    )
+    if record is None or not record["url"]:
+        return None
+    return Endpoint(url=record["url"], secret=record["secret"])
 
 
 async def site_exists(conn: Connection, site_key: str) -> bool:
     return bool(await conn.fetchval("select true from sites where site_key = $1", site_key))
-
-
-async def list_deliveries(
-    conn: Connection, site_key: str, *, status: DeliveryStatus | None, limit: int
-) -> list[WebhookDelivery]:
-    records = await conn.fetch(
-        f"select {_DELIVERY_COLUMNS} from webhook_deliveries"
-        " where site_key = $1 and ($2::text is null or status = $2)"
-        " order by created_at desc, id limit $3",
-        site_key,
-        status,
-        limit,
-    )
-    return [_delivery(r) for r in records]
-
-
-async def get_delivery_for_update(conn: Connection, delivery_id: uuid.UUID) -> WebhookDelivery | None:
-    record = await conn.fetchrow(
-        f"select {_DELIVERY_COLUMNS} from webhook_deliveries where id = $1 for update", delivery_id
-    )
-    return None if record is None else _delivery(record)
-
-
-async def requeue_delivery(conn: Connection, delivery_id: uuid.UUID) -> WebhookDelivery:
-    record = await conn.fetchrow(
-        "update webhook_deliveries set status = 'pending', attempts = 0, next_attempt_at = now()"
-        f" where id = $1 returning {_DELIVERY_COLUMNS}",
-        delivery_id,
-    )
-    assert record is not None
-    return _delivery(record)

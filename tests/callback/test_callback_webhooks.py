@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -29,11 +30,8 @@ from support.harness import migrate_service
 
 from services.callback.schemas import SiteSettings
 from services.callback.webhooks import (
-    MAX_ATTEMPTS,
-    RETRY_DELAYS_S,
-    WebhookSender,
+    CRM_WEBHOOKS,
     enqueue_webhook,
-    retry_delay,
     webhook_consumer_spec,
     webhook_routes,
 )
@@ -51,10 +49,12 @@ from services.common.events import (
 )
 from services.common.logging import mask_phone
 from services.common.settings import Settings
+from services.common.webhooks import RETRY_DELAYS_S, WebhookSender
 
 PHONE = "+79123456789"
 SECRET = "whsec_0123456789abcdef"
 SITE = "shop-1"
+MAX_ATTEMPTS = CRM_WEBHOOKS.max_attempts
 
 Answer = int | Literal["hang"]
 
@@ -128,7 +128,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def sender(pool: dbmod.Pool, http: httpx.AsyncClient) -> WebhookSender:
-    return WebhookSender(pool, http)
+    return WebhookSender(pool, http, CRM_WEBHOOKS)
 
 
 async def add_site(db: asyncpg.Connection, site_key: str, url: str, secret: str = SECRET) -> None:
@@ -183,13 +183,16 @@ async def publish(bus: busmod.Bus, *events: CallbackEvent) -> None:
 
 async def deliveries(db: asyncpg.Connection, site_key: str = SITE) -> list[asyncpg.Record]:
     return await db.fetch(
-        "select * from callback.webhook_deliveries where site_key = $1 order by created_at", site_key
+        "select * from callback.outbound_webhooks where channel = 'crm' and subscriber = $1"
+        " order by created_at",
+        site_key,
     )
 
 
 async def attempt_codes(db: asyncpg.Connection, delivery_id: uuid.UUID) -> list[int | None]:
     rows = await db.fetch(
-        "select status_code from callback.webhook_attempts where delivery_id = $1 order by id", delivery_id
+        "select status_code from callback.outbound_webhook_attempts where delivery_id = $1 order by id",
+        delivery_id,
     )
     return [r["status_code"] for r in rows]
 
@@ -197,7 +200,7 @@ async def attempt_codes(db: asyncpg.Connection, delivery_id: uuid.UUID) -> list[
 async def make_due(db: asyncpg.Connection) -> None:
     """Skip the backoff wait: the retry is due now."""
     await db.execute(
-        "update callback.webhook_deliveries set next_attempt_at = now() - interval '1 second'"
+        "update callback.outbound_webhooks set next_attempt_at = now() - interval '1 second'"
         " where status = 'pending'"
     )
 
@@ -254,6 +257,7 @@ async def test_events_are_posted_once_signed_and_without_the_phone(
     for event_type, request in by_type.items():
         assert request.headers["content-type"] == "application/json"
         assert request.headers["x-abonent-delivery"] == str(ids[event_type])
+        assert request.headers["idempotency-key"] == str(ids[event_type])
         assert independently_verified(SECRET, request.headers["x-abonent-signature"], request.body)
         assert not independently_verified(
             "another secret", request.headers["x-abonent-signature"], request.body
@@ -292,7 +296,7 @@ async def test_a_failed_attempt_is_retried_with_backoff_until_it_succeeds(
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
     assert row["last_error"] == "HTTP 500: crm says no"
     [attempted_at] = await db.fetch(
-        "select attempted_at from callback.webhook_attempts where delivery_id = $1", row["id"]
+        "select attempted_at from callback.outbound_webhook_attempts where delivery_id = $1", row["id"]
     )
     wait = row["next_attempt_at"] - attempted_at["attempted_at"]
     assert dt.timedelta(seconds=8) <= wait <= dt.timedelta(seconds=12)
@@ -362,7 +366,7 @@ async def test_timeouts_and_refused_connections_are_failed_attempts(
     receiver.answers = ["hang"]
     await publish(bus, requested("slow-crm"), requested("no-crm"))
 
-    sender = WebhookSender(pool, http, request_timeout_s=0.5)
+    sender = WebhookSender(pool, http, dataclasses.replace(CRM_WEBHOOKS, request_timeout_s=0.5))
     assert await sender.deliver_due() == 2
     [slow] = await deliveries(db, "slow-crm")
     [refused] = await deliveries(db, "no-crm")
@@ -384,7 +388,7 @@ async def test_two_senders_deliver_each_event_once(
     await add_site(db, SITE, receiver.url)
     await publish(bus, *(requested() for _ in range(24)))
     other_pool = await dbmod.create_pool(settings.database_url, "callback")
-    racing = (sender, WebhookSender(other_pool, sender.http))
+    racing = (sender, WebhookSender(other_pool, sender.http, CRM_WEBHOOKS))
     tried = 0
     try:
         # Rounds in lockstep: both claims reach PostgreSQL at the same moment, every round.
@@ -411,7 +415,7 @@ async def test_sites_without_a_webhook_queue_nothing(
     async with dbmod.transaction(pool) as conn:
         await enqueue_webhook(conn, SystemProbe())
 
-    assert await db.fetchval("select count(*) from callback.webhook_deliveries") == 0
+    assert await db.fetchval("select count(*) from callback.outbound_webhooks") == 0
     assert await db.fetchval("select count(*) from callback.inbox where consumer = 'crm_webhooks'") == 2
     assert await sender.deliver_due() == 0
 
@@ -445,7 +449,7 @@ async def test_the_sender_loop_delivers_until_stopped(
     http: httpx.AsyncClient,
 ) -> None:
     await add_site(db, SITE, receiver.url)
-    sender = WebhookSender(pool, http, poll_interval_s=0.05)
+    sender = WebhookSender(pool, http, CRM_WEBHOOKS, poll_interval_s=0.05)
     await sender.start()
     try:
         await publish(bus, requested())
@@ -504,8 +508,8 @@ async def test_admin_lists_deliveries_and_requeues_a_failed_one(
     receiver.answers = [410]
     await publish(bus, requested(), requested())
     assert await sender.deliver_due() == 2
-    failed_id = await db.fetchval("select id from callback.webhook_deliveries where status = 'failed'")
-    delivered_id = await db.fetchval("select id from callback.webhook_deliveries where status = 'delivered'")
+    failed_id = await db.fetchval("select id from callback.outbound_webhooks where status = 'failed'")
+    delivered_id = await db.fetchval("select id from callback.outbound_webhooks where status = 'delivered'")
 
     async with AsyncTestClient(app=admin_app(settings, allow)) as client:
         listed = await client.get(f"/v1/admin/sites/{SITE}/webhook-deliveries")
@@ -544,7 +548,7 @@ async def test_admin_lists_deliveries_and_requeues_a_failed_one(
 
     assert await sender.deliver_due() == 1
     assert (
-        await db.fetchval("select status from callback.webhook_deliveries where id = $1", failed_id)
+        await db.fetchval("select status from callback.outbound_webhooks where id = $1", failed_id)
         == "delivered"
     )
     assert await attempt_codes(db, failed_id) == [410, 200]
@@ -558,5 +562,5 @@ async def test_admin_lists_deliveries_and_requeues_a_failed_one(
 def test_the_retry_schedule_spans_about_a_day() -> None:
     assert MAX_ATTEMPTS == 12
     assert dt.timedelta(hours=20) < dt.timedelta(seconds=sum(RETRY_DELAYS_S)) < dt.timedelta(hours=26)
-    assert dt.timedelta(seconds=8) <= retry_delay(1) <= dt.timedelta(seconds=12)
-    assert retry_delay(MAX_ATTEMPTS + 5) <= dt.timedelta(seconds=RETRY_DELAYS_S[-1] * 1.2)
+    assert dt.timedelta(seconds=8) <= CRM_WEBHOOKS.retry_delay(1) <= dt.timedelta(seconds=12)
+    assert CRM_WEBHOOKS.retry_delay(MAX_ATTEMPTS + 5) <= dt.timedelta(seconds=RETRY_DELAYS_S[-1] * 1.2)
