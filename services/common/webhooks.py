@@ -131,7 +131,7 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WebhookChannel:
-    """One use of the engine ("crm", "billing", "corporate"): its rows, endpoints, schedule and metrics.
+    """One use of the engine (e.g. "billing"): its rows, endpoint resolver, retry schedule and metrics.
 
     Deliveries belong to a `subscriber`, an opaque key the service chooses and `resolver` understands.
     Several channels can share a schema: each claims, lists and re-queues only its own rows.

@@ -28,6 +28,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import AsyncTestClient
 from support.harness import migrate_service
 
+from services.callback.app import SPEC
 from services.callback.schemas import SiteSettings
 from services.callback.webhooks import (
     CRM_WEBHOOKS,
@@ -48,6 +49,7 @@ from services.common.events import (
     encode_event,
 )
 from services.common.logging import mask_phone
+from services.common.migrate import discover, migrate
 from services.common.settings import Settings
 from services.common.webhooks import RETRY_DELAYS_S, WebhookSender
 
@@ -564,3 +566,69 @@ def test_the_retry_schedule_spans_about_a_day() -> None:
     assert dt.timedelta(hours=20) < dt.timedelta(seconds=sum(RETRY_DELAYS_S)) < dt.timedelta(hours=26)
     assert dt.timedelta(seconds=8) <= CRM_WEBHOOKS.retry_delay(1) <= dt.timedelta(seconds=12)
     assert CRM_WEBHOOKS.retry_delay(MAX_ATTEMPTS + 5) <= dt.timedelta(seconds=RETRY_DELAYS_S[-1] * 1.2)
+
+
+# What a deployment had applied before CRM webhooks moved onto the common engine.
+BEFORE_COMMON_WEBHOOKS = {
+    "plumbing/0001_plumbing",
+    "plumbing/0002_outbox_order",
+    "service/0001_callbacks",
+    "service/0002_agents",
+    "service/0003_webhooks",
+    "service/0004_promise_reason",
+}
+
+
+async def test_upgrading_moves_queued_deliveries_and_their_log_onto_the_common_engine(
+    db: asyncpg.Connection, settings: Settings, receiver: CrmReceiver, http: httpx.AsyncClient
+) -> None:
+    every = discover(SPEC.migrations_dir)
+    await migrate(
+        settings.database_url, "callback", [m for m in every if m.version in BEFORE_COMMON_WEBHOOKS]
+    )
+    await add_site(db, SITE, receiver.url)
+    pending, failed = uuid.uuid4(), uuid.uuid4()
+    for delivery_id, status, attempts in ((pending, "pending", 1), (failed, "failed", 12)):
+        await db.execute(
+            "insert into callback.webhook_deliveries (id, site_key, event_id, event_type, url, payload,"
+            " status, attempts, next_attempt_at, last_status_code, last_error)"
+            " values ($1, $2, $3, 'callback.requested.v1', $4, $5, $6, $7,"
+            "  case when $6 = 'pending' then now() - interval '1 second' end, 503, 'HTTP 503')",
+            delivery_id,
+            SITE,
+            uuid.uuid4(),
+            receiver.url,
+            b'{"old":true}',
+            status,
+            attempts,
+        )
+        await db.execute(
+            "insert into callback.webhook_attempts (delivery_id, attempted_at, status_code, duration_ms)"
+            " select $1, now() - make_interval(mins => n), 503, 7 from generate_series(1, $2) n",
+            delivery_id,
+            attempts,
+        )
+
+    applied = await migrate(settings.database_url, "callback", every)
+    assert "plumbing/0006_webhooks" in applied
+    assert "service/0007_webhooks_common" in applied
+    for old in ("webhook_deliveries", "webhook_attempts"):
+        assert await db.fetchval("select to_regclass($1)", f"callback.{old}") is None
+    assert len(await attempt_codes(db, failed)) == 12
+
+    pool = await dbmod.create_pool(settings.database_url, "callback")
+    try:
+        async with pool.acquire() as conn:
+            listed = await CRM_WEBHOOKS.list_deliveries(conn, SITE)
+        assert {(d.id, d.status, d.attempts, d.last_status_code) for d in listed} == {
+            (pending, "pending", 1, 503),
+            (failed, "failed", 12, 503),
+        }
+        # The moved pending delivery goes on where it stopped: its second attempt, to the site's CRM.
+        assert await WebhookSender(pool, http, CRM_WEBHOOKS).deliver_due() == 1
+    finally:
+        await pool.close()
+    assert [r.body for r in receiver.requests] == [b'{"old":true}']
+    [moved] = [r for r in await deliveries(db) if r["id"] == pending]
+    assert (moved["status"], moved["attempts"]) == ("delivered", 2)
+    assert await attempt_codes(db, pending) == [503, 200]

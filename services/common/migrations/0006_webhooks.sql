@@ -1,16 +1,17 @@
 -- Outbound webhooks (services/common/webhooks.py): every signed POST a service owes someone outside is one
 -- delivery row, sent by a leasing sender, retried with backoff until delivered or given up (failed).
--- Names differ from callback's old webhook_deliveries/webhook_attempts: plumbing runs first on a fresh
--- database, and callback's 0007 migration moves those rows here before dropping them.
+-- The names are new on purpose: plumbing runs before a service's own migrations on a fresh database, so
+-- a service that had webhook tables of its own (webhook_deliveries, webhook_attempts) moves its rows here
+-- in a later migration of its own and drops them.
 create table outbound_webhooks (
     id uuid primary key,                  -- sent as X-Abonent-Delivery and Idempotency-Key
-    -- The use this delivery belongs to ("crm", "billing", "corporate"): each has its own sender, endpoint
-    -- resolver, retry schedule and metrics label, and only claims its own rows.
+    -- The use this delivery belongs to (a name the service picks, e.g. "billing"): each use has its own
+    -- sender, endpoint resolver, retry schedule and metrics label, and only claims its own rows.
     channel text not null,
-    -- Whom it goes to, an opaque key the channel's resolver understands (a site key, a company id, …).
+    -- Whom it goes to, an opaque key the channel's resolver understands (an account, a company id, …).
     subscriber text not null,
     event_id uuid not null,
-    event_type text not null,             -- sent as X-Abonent-Event, e.g. callback.requested.v1
+    event_type text not null,             -- sent as X-Abonent-Event, e.g. <service>.<event>.v1
     -- The exact bytes POSTed and signed.
     payload bytea not null,
     -- Where the latest attempt went (each attempt asks the resolver again, so a fixed URL applies).
