@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 from fakes.asgi import Receive, Scope, Send, read_body, send_response, serve_asgi
+from support.harness import REPO
 
 from services.common import db as dbmod
 from services.common.errors import ApiError
@@ -151,6 +152,15 @@ def verified(secret: str, request: Received) -> bool:
     )
 
 
+def documented_verifier() -> Callable[..., Any]:
+    """The receiver's verifier exactly as docs/webhooks.md prints it."""
+    block = (REPO / "docs" / "webhooks.md").read_text().split("```python\n")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "docs/webhooks.md", "exec"), namespace)  # noqa: S102 - our own docs
+    verify: Callable[..., Any] = namespace["verify"]
+    return verify
+
+
 class Clock:
     """An injectable clock the test moves forward instead of waiting out backoffs and leases."""
 
@@ -199,6 +209,13 @@ async def test_two_uses_share_a_schema_idempotently_and_never_cross(
         receiver.to("/billing/commands"),
     )
     assert to_acme.body == b'{"for":"acme"}'
+    verify = documented_verifier()
+    signature = to_acme.headers["x-abonent-signature"]
+    assert verify("acme-secret", signature, to_acme.body) == {"for": "acme"}
+    with pytest.raises(ValueError, match="bad signature"):
+        verify("acme-secret", signature, b'{"for":"evil"}')
+    with pytest.raises(ValueError, match="replay"):
+        verify("acme-secret", signature, to_acme.body, now=time.time() + 301)
     assert verified("acme-secret", to_acme)
     assert not verified(BILLING_SECRET, to_acme)
     assert "x-abonent-signature" not in to_globex.headers  # no secret: sent unsigned
