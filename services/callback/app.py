@@ -42,14 +42,8 @@ from services.callback.schemas import (
     check_zone,
 )
 from services.callback.seed import seed_demo
-from services.callback.telephony import (
-    AriConfig,
-    MangoConfig,
-    MangoOfficeAdapter,
-    SimConfig,
-    TelephonySettings,
-    build_adapter,
-)
+from services.callback.settings import CallbackSettings, get_callback_settings
+from services.callback.telephony import MangoOfficeAdapter, build_adapter
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
 from services.callback.webhooks import WebhookSender, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
@@ -348,38 +342,6 @@ async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) ->
 # --- wiring ---------------------------------------------------------------------------------------------
 
 
-def telephony_settings(settings: Settings) -> TelephonySettings:
-    """The simulated PBX behaves like people: agents answer, most visitors pick up after a few rings."""
-    return TelephonySettings(
-        sim=SimConfig(
-            ring_s=3.0,
-            visitor_answer_p=0.85,
-            busy_p=0.1,
-            voicemail_p=0.05,
-            talk_s=20.0,
-            manual=settings.sim_manual,
-        ),
-        sim_time_scale=settings.sim_time_scale,
-        asterisk=AriConfig(
-            base_url=settings.ari_url,
-            username=settings.ari_user,
-            password=settings.ari_password,
-            app=settings.ari_app,
-            visitor_endpoint_template=settings.ari_visitor_endpoint,
-        )
-        if settings.telephony == "asterisk"
-        else None,
-        mango=MangoConfig(
-            api_key=settings.mango_api_key,
-            api_salt=settings.mango_api_salt,
-            base_url=settings.mango_url,
-            default_line_number=settings.mango_line_number or None,
-        )
-        if settings.telephony == "mango"
-        else None,
-    )
-
-
 class CallbackContext:
     """Components the CORS middleware needs before the lifespan has built them."""
 
@@ -411,8 +373,12 @@ class CallbackContext:
         return site_key
 
 
-def make_spec(context: CallbackContext) -> ServiceSpec:
+def make_spec(context: CallbackContext, section: CallbackSettings | None = None) -> ServiceSpec:
+    """`section` None: this process's ABONENT_* environment, read when the app is built."""
     stop = asyncio.Event()
+
+    def own_settings() -> CallbackSettings:
+        return section or get_callback_settings()
 
     async def start(runtime: Runtime) -> None:
         protector = DataProtector(runtime.settings.data_key)
@@ -421,7 +387,8 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         context.callbacks = callbacks
         feed = StatusFeed(runtime.bus)
         await feed.start()
-        adapter = build_adapter(runtime.settings.telephony, telephony_settings(runtime.settings))
+        own = own_settings()
+        adapter = build_adapter(own.telephony, own.telephony_config())
         dialer = Dialer(runtime.pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
@@ -481,11 +448,15 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
             "feed": Provide(feed_of, sync_to_thread=False),
         },
         extra_config=add_cors,
+        settings_section=CallbackSettings,
     )
 
 
 SPEC = make_spec(CallbackContext())
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app(make_spec(CallbackContext()), settings or get_settings())
+def create_app(
+    settings: Settings | None = None, callback_settings: CallbackSettings | None = None
+) -> Litestar:
+    """The callback app; each settings section defaults to this process's environment."""
+    return build_app(make_spec(CallbackContext(), callback_settings), settings or get_settings())

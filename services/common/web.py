@@ -26,7 +26,7 @@ from services.common import db
 from services.common.errors import EXCEPTION_HANDLERS
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
-from services.common.settings import ServiceName, Settings
+from services.common.settings import ServiceName, Settings, SettingsSection
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ class ServiceSpec:
     # (label, value) lines to print (e.g. demo credentials).
     dev_seed: Callable[[Settings, str], Coroutine[Any, Any, list[tuple[str, str]]]] | None = None
     extra_config: Callable[[AppConfig], AppConfig] = lambda c: c
+    # The service's own settings section (read from ABONENT_* like the shared one); `abonent run`/`up`
+    # load it at start so a bad value stops the process before it serves anything.
+    settings_section: type[SettingsSection] | None = None
 
 
 class ReadinessBody(msgspec.Struct):
