@@ -50,7 +50,14 @@ from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.settings import Settings, get_settings
-from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
+from services.common.web import (
+    RATE_LIMITED,
+    Runtime,
+    ServiceSpec,
+    build_app,
+    rate_limit_per_ip,
+    runtime_extra,
+)
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
 TokenHeader = Annotated[
@@ -200,7 +207,10 @@ async def widget_config(
     responses={
         200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
+        429: ResponseSpec(ErrorResponse, description="Too many offers for this IP; see Retry-After"),
     },
+    # Each offer runs the promise simulation: the cheapest thing for a scraper to hammer.
+    opt={RATE_LIMITED: "offer"},
 )
 async def offer(
     site_key: FromPath[str],
@@ -407,8 +417,9 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         await runtime.extras["feed"].stop()
         await runtime.extras["sweeper"]
 
-    def add_cors(config: AppConfig) -> AppConfig:
+    def add_cors_and_limits(config: AppConfig) -> AppConfig:
         config.middleware.insert(0, per_site_cors(context.origins_of, context.site_of_callback))
+        config.middleware.append(rate_limit_per_ip("offer", own_settings().offer_rate_limit_per_minute))
         return config
 
     return ServiceSpec(
@@ -447,7 +458,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             "callbacks": Provide(callbacks_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),
         },
-        extra_config=add_cors,
+        extra_config=add_cors_and_limits,
         settings_section=CallbackSettings,
     )
 

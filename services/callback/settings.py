@@ -29,8 +29,9 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     mango_api_salt: str = ""
     mango_url: str = "https://app.mango-office.ru/vpbx"
     mango_line_number: str = ""
-    # GET /v1/sites/{key}/offer: requests per minute from one client IP (per process; see docs).
-    offer_rate_limit_per_minute: int = 120
+    # GET /v1/sites/{key}/offer: requests per minute from one client IP, counted per process. Generous:
+    # mobile visitors share carrier NAT addresses.
+    offer_rate_limit_per_minute: int = 300
 
     def __post_init__(self) -> None:
         if self.sim_time_scale <= 0:
