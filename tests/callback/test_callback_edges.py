@@ -1,7 +1,8 @@
-"""Edges of the callback HTTP API: the access log keeps secrets out, /offer is rate limited per IP."""
+"""Edges of the callback API: secret-free access log, /offer rate limit, the RU production calendar opt-in."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -9,13 +10,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from support.callback_api import put_site
+from support.callback_api import ADMIN, put_site
 from support.harness import migrate_service
 
 from services.callback.app import create_app
+from services.callback.schemas import SiteSettings
 from services.callback.settings import CallbackSettings
+from services.callback.usecases import site_calendar
 from services.common.logging import JsonFormatter
 from services.common.settings import Settings
 
@@ -113,3 +117,19 @@ async def test_cors_headers_reach_a_rate_limited_browser(limited_client: Client)
     assert limited.status_code == 429
     assert limited.headers["access-control-allow-origin"] == "https://shop.example"
     assert "retry-after" in limited.headers["access-control-expose-headers"]
+
+
+async def test_a_site_can_opt_into_the_ru_production_calendar(client: Client) -> None:
+    created = await put_site(client, production_calendar="RU", working_hours={"mon": [["09:00", "18:00"]]})
+    assert created["settings"]["production_calendar"] == "RU"
+    stored = await client.get("/v1/admin/sites/shop", headers=ADMIN)
+    settings = msgspec.convert(stored.json()["settings"], SiteSettings)
+    calendar = site_calendar(settings)
+    # Saturday 1 November 2025 was worked for Monday 3 November, which was a day off.
+    assert calendar.is_open_at(dt.datetime(2025, 11, 1, 8, tzinfo=dt.UTC))  # 11:00 Moscow
+    assert not calendar.is_open_at(dt.datetime(2025, 11, 3, 8, tzinfo=dt.UTC))
+    assert calendar.next_opening(dt.datetime(2025, 11, 2, tzinfo=dt.UTC)) == dt.datetime(
+        2025, 11, 10, 6, tzinfo=dt.UTC
+    )
+    plain = site_calendar(msgspec.structs.replace(settings, production_calendar=None))
+    assert plain.is_open_at(dt.datetime(2025, 11, 3, 8, tzinfo=dt.UTC))
