@@ -27,6 +27,7 @@ from services.common.settings import (
     ServiceName,
     Settings,
     SettingsError,
+    get_section,
     get_settings,
     load_settings,
 )
@@ -48,6 +49,14 @@ async def migrate_all(
     return applied
 
 
+def validate_sections(names: Sequence[ServiceName]) -> None:
+    """Read each named service's own settings section now: a bad value stops us before anything starts."""
+    for name in names:
+        section = service_spec(name).settings_section
+        if section is not None:
+            get_section(section)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = get_settings()
     if not settings.database_url:
@@ -63,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     name: ServiceName = args.service
+    validate_sections([name])
     configure_logging(name, settings.log_level, settings.log_format)
     if args.migrate:
         asyncio.run(migrate_all(settings, [name]))
@@ -106,6 +116,7 @@ def _wait_ready(urls: dict[str, str], timeout: float = 30.0) -> dict[str, bool]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
+    validate_sections(SERVICE_NAMES)
     data_dir = Path(settings.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     started_at = time.monotonic()

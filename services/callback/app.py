@@ -42,21 +42,22 @@ from services.callback.schemas import (
     check_zone,
 )
 from services.callback.seed import seed_demo
-from services.callback.telephony import (
-    AriConfig,
-    MangoConfig,
-    MangoOfficeAdapter,
-    SimConfig,
-    TelephonySettings,
-    build_adapter,
-)
+from services.callback.settings import CallbackSettings, get_callback_settings
+from services.callback.telephony import MangoOfficeAdapter, build_adapter
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
 from services.callback.webhooks import CRM_WEBHOOKS, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.settings import Settings, get_settings
-from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
+from services.common.web import (
+    RATE_LIMITED,
+    Runtime,
+    ServiceSpec,
+    build_app,
+    rate_limit_per_ip,
+    runtime_extra,
+)
 from services.common.webhooks import WebhookSender
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
@@ -207,7 +208,10 @@ async def widget_config(
     responses={
         200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
+        429: ResponseSpec(ErrorResponse, description="Too many offers for this IP; see Retry-After"),
     },
+    # Each offer runs the promise simulation: the cheapest thing for a scraper to hammer.
+    opt={RATE_LIMITED: "offer"},
 )
 async def offer(
     site_key: FromPath[str],
@@ -349,38 +353,6 @@ async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) ->
 # --- wiring ---------------------------------------------------------------------------------------------
 
 
-def telephony_settings(settings: Settings) -> TelephonySettings:
-    """The simulated PBX behaves like people: agents answer, most visitors pick up after a few rings."""
-    return TelephonySettings(
-        sim=SimConfig(
-            ring_s=3.0,
-            visitor_answer_p=0.85,
-            busy_p=0.1,
-            voicemail_p=0.05,
-            talk_s=20.0,
-            manual=settings.sim_manual,
-        ),
-        sim_time_scale=settings.sim_time_scale,
-        asterisk=AriConfig(
-            base_url=settings.ari_url,
-            username=settings.ari_user,
-            password=settings.ari_password,
-            app=settings.ari_app,
-            visitor_endpoint_template=settings.ari_visitor_endpoint,
-        )
-        if settings.telephony == "asterisk"
-        else None,
-        mango=MangoConfig(
-            api_key=settings.mango_api_key,
-            api_salt=settings.mango_api_salt,
-            base_url=settings.mango_url,
-            default_line_number=settings.mango_line_number or None,
-        )
-        if settings.telephony == "mango"
-        else None,
-    )
-
-
 class CallbackContext:
     """Components the CORS middleware needs before the lifespan has built them."""
 
@@ -412,8 +384,12 @@ class CallbackContext:
         return site_key
 
 
-def make_spec(context: CallbackContext) -> ServiceSpec:
+def make_spec(context: CallbackContext, section: CallbackSettings | None = None) -> ServiceSpec:
+    """`section` None: this process's ABONENT_* environment, read when the app is built."""
     stop = asyncio.Event()
+
+    def own_settings() -> CallbackSettings:
+        return section or get_callback_settings()
 
     async def start(runtime: Runtime) -> None:
         protector = DataProtector(runtime.settings.data_key)
@@ -422,7 +398,8 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         context.callbacks = callbacks
         feed = StatusFeed(runtime.bus)
         await feed.start()
-        adapter = build_adapter(runtime.settings.telephony, telephony_settings(runtime.settings))
+        own = own_settings()
+        adapter = build_adapter(own.telephony, own.telephony_config())
         dialer = Dialer(runtime.pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
@@ -441,8 +418,9 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
         await runtime.extras["feed"].stop()
         await runtime.extras["sweeper"]
 
-    def add_cors(config: AppConfig) -> AppConfig:
+    def add_cors_and_limits(config: AppConfig) -> AppConfig:
         config.middleware.insert(0, per_site_cors(context.origins_of, context.site_of_callback))
+        config.middleware.append(rate_limit_per_ip("offer", own_settings().offer_rate_limit_per_minute))
         return config
 
     return ServiceSpec(
@@ -481,12 +459,16 @@ def make_spec(context: CallbackContext) -> ServiceSpec:
             "callbacks": Provide(callbacks_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),
         },
-        extra_config=add_cors,
+        extra_config=add_cors_and_limits,
+        settings_section=CallbackSettings,
     )
 
 
 SPEC = make_spec(CallbackContext())
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app(make_spec(CallbackContext()), settings or get_settings())
+def create_app(
+    settings: Settings | None = None, callback_settings: CallbackSettings | None = None
+) -> Litestar:
+    """The callback app; each settings section defaults to this process's environment."""
+    return build_app(make_spec(CallbackContext(), callback_settings), settings or get_settings())

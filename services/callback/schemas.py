@@ -100,6 +100,9 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Site-local working hours per weekday: {"mon": [["09:00", "18:00"]], ...}; missing days are closed.
     working_hours: dict[str, list[list[str]]] = msgspec.field(default_factory=_default_hours)
     holidays: list[dt.date] = msgspec.field(default_factory=list)
+    # "RU": the official production calendar closes the site on public holidays and transferred days off,
+    # and opens it on weekend days worked by decree (with the hours of the weekday they stand in for).
+    production_calendar: Literal["RU"] | None = None
     allowed_countries: list[str] = msgspec.field(default_factory=lambda: ["RU"])
     calling_window: CallingWindow = msgspec.field(default_factory=CallingWindow)
     queue: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,40}$")] = "default"

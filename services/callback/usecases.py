@@ -133,6 +133,7 @@ def site_calendar(settings: SiteSettings) -> SiteCalendar:
             for day, ranges in settings.working_hours.items()
         },
         holidays=frozenset(settings.holidays),
+        production_calendar=settings.production_calendar,
     )
 
 

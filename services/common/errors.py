@@ -88,6 +88,14 @@ def error_response(
     )
 
 
+def with_retry_after(status: int, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Every 429 says when to come back; Litestar's rate limiter only sends its RateLimit-Reset seconds."""
+    if status != 429 or any(name.lower() == "retry-after" for name in headers or {}):
+        return headers
+    reset = next((v for k, v in (headers or {}).items() if k.lower() == "ratelimit-reset"), "1")
+    return {**(headers or {}), "Retry-After": str(max(int(reset), 1)) if reset.isdigit() else "1"}
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.detail, exc.field, exc.headers)
@@ -98,7 +106,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         if status >= 500:
             log.error("http %s: %s", status, exc.detail)
         code = _CODES_BY_STATUS.get(status, "error")
-        return error_response(status, code, exc.detail, headers=exc.headers)
+        return error_response(status, code, exc.detail, headers=with_retry_after(status, exc.headers))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side")
 

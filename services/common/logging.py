@@ -99,6 +99,9 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Access logs carry query strings (phones, tokens): keep them out; our middleware logs masked ones.
+    # Uvicorn's access log carries raw paths and query strings (phones, tokens): ours, written by
+    # services/common/web.py, logs route templates instead.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("nats").setLevel("WARNING")
+    # httpx logs every outbound URL at INFO; webhook and provider URLs can carry secrets.
+    logging.getLogger("httpx").setLevel("WARNING")

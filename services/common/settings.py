@@ -1,4 +1,4 @@
-"""Settings from ABONENT_* environment variables, validated once at start-up."""
+"""Settings from ABONENT_* environment variables: a shared section and each service's own, validated once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -20,8 +20,19 @@ class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message names the environment variable."""
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    """Everything configurable. Each field is read from ABONENT_<FIELD_NAME_UPPER>."""
+class SettingsSection(msgspec.Struct, kw_only=True, frozen=True):
+    """Base of every settings section: each field is read from ABONENT_<FIELD_NAME_UPPER>.
+
+    Field names are global across sections (they become environment variable names), so a service's
+    section must not reuse a shared field's name.
+    """
+
+
+SectionT = TypeVar("SectionT", bound=SettingsSection)
+
+
+class Settings(SettingsSection, kw_only=True, frozen=True):
+    """What every service reads: where the servers are, ports, logs, the bus, the pool, keys."""
 
     # Where to find the servers. Empty means "start the embedded ones" (`abonent up` only).
     database_url: str = ""
@@ -32,8 +43,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     callback_port: int = 8001
     verification_port: int = 8002
     notifier_port: int = 8003
-    # Public base URL of the callback service as seen by browsers (widget, SSE, links).
-    public_callback_url: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     # JetStream stream replicas: 1 on one server, 3 in a cluster.
@@ -49,22 +58,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     data_key: str = ""
     # Bearer token for the operator's back-office admin API.
     admin_token: str = ""
-    # Telephony adapter for callback dialing: sim | asterisk | mango.
-    telephony: Literal["sim", "asterisk", "mango"] = "sim"
-    # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.
-    sim_time_scale: float = 1.0
-    sim_manual: bool = False
-    # Asterisk ARI (ABONENT_TELEPHONY=asterisk).
-    ari_url: str = ""
-    ari_user: str = ""
-    ari_password: str = ""
-    ari_app: str = "abonent-callback"
-    ari_visitor_endpoint: str = "PJSIP/{digits}@trunk"
-    # Mango Office VPBX (ABONENT_TELEPHONY=mango); its webhooks go to /telephony/mango/events/call etc.
-    mango_api_key: str = ""
-    mango_api_salt: str = ""
-    mango_url: str = "https://app.mango-office.ru/vpbx"
-    mango_line_number: str = ""
 
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {
@@ -91,26 +84,54 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Build Settings from the environment; raise SettingsError naming the bad variable."""
+def load_section(
+    section: type[SectionT], environ: Mapping[str, str] | None = None, **overrides: object
+) -> SectionT:
+    """Build one settings section from the environment; raise SettingsError naming the bad variable.
+
+    `overrides` are field values (not variable names) that win over the environment.
+    """
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
-    for field in msgspec.structs.fields(Settings):
+    for field in msgspec.structs.fields(section):
         name = env_name(field.name)
         if name in env:
             raw[field.name] = env[name]
+    # A misspelt override would otherwise be dropped without a word.
+    unknown = set(overrides) - {field.name for field in msgspec.structs.fields(section)}
+    if unknown:
+        raise SettingsError(f"{section.__name__} has no setting {', '.join(sorted(unknown))}")
     raw.update(overrides)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        return msgspec.convert(raw, section, strict=False)
     except msgspec.ValidationError as exc:
         # msgspec says "... - at `$.callback_port`"; translate the path into the variable name.
-        match = re.search(r"at `\$\.(\w+)`", str(exc))
-        bad_field = match.group(1) if match else "?"
+        # Checks in __post_init__ already name their variable and arrive here as "... - at `$`".
         reason = str(exc).split(" - at ")[0]
-        raise SettingsError(f"{env_name(bad_field)}: {reason}") from None
+        match = re.search(r"at `\$\.(\w+)`", str(exc))
+        if match is None:
+            raise SettingsError(reason) from None
+        raise SettingsError(f"{env_name(match.group(1))}: {reason}") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """The shared section from the environment; raise SettingsError naming the bad variable."""
+    return load_section(Settings, environ, **overrides)
 
 
 @functools.cache
 def get_settings() -> Settings:
-    """Settings of this process, read once."""
+    """Shared settings of this process, read once."""
     return load_settings()
+
+
+_sections: dict[type[SettingsSection], SettingsSection] = {}
+
+
+def get_section(section: type[SectionT]) -> SectionT:
+    """A service's own settings section of this process, read once."""
+    if section not in _sections:
+        _sections[section] = load_section(section)
+    loaded = _sections[section]
+    assert isinstance(loaded, section)  # keyed by its own type above
+    return loaded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
+from litestar.exceptions import TooManyRequestsException
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,12 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import bus as busmod
 from services.common import db
-from services.common.errors import EXCEPTION_HANDLERS
+from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
-from services.common.settings import ServiceName, Settings
+from services.common.settings import ServiceName, Settings, SettingsSection
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("abonent.access")
 
 T = TypeVar("T")
 
@@ -73,6 +77,9 @@ class ServiceSpec:
     # (label, value) lines to print (e.g. demo credentials).
     dev_seed: Callable[[Settings, str], Coroutine[Any, Any, list[tuple[str, str]]]] | None = None
     extra_config: Callable[[AppConfig], AppConfig] = lambda c: c
+    # The service's own settings section (read from ABONENT_* like the shared one); `abonent run`/`up`
+    # load it at start so a bad value stops the process before it serves anything.
+    settings_section: type[SettingsSection] | None = None
 
 
 class ReadinessBody(msgspec.Struct):
@@ -113,13 +120,18 @@ async def metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Take X-Request-ID from the caller or make one; log lines and the response carry it."""
+def request_id_middleware(app: ASGIApp, service: str) -> ASGIApp:
+    """Take X-Request-ID from the caller or make one; log lines and the response carry it.
+
+    Writes the access log: one line per request with the route's path template, never the raw path or
+    query string, which carry status tokens, phones and site keys.
+    """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
+        started = time.perf_counter()
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
         request_id = incoming or uuid.uuid4().hex
         token = request_id_var.set(request_id)
@@ -134,9 +146,73 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
+            method = scope.get("method", "")
+            # Set by the router once a route matched; unmatched paths (404/405) are logged without one.
+            route = scope.get("path_template") or None
+            # No response started: the client went away or the server failed before answering.
+            status = status_holder[0] or 500
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            access_log.info(
+                "%s %s %s %.1fms",
+                method,
+                route or "(no route)",
+                status,
+                duration_ms,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "service": service,
+                },
+            )
             request_id_var.reset(token)
-            service = scope["app"].state.get("service_name", "?")
-            HTTP_REQUESTS.labels(service, scope.get("method", ""), str(status_holder[0])).inc()
+            HTTP_REQUESTS.labels(service, method, str(status_holder[0])).inc()
+
+    return middleware
+
+
+RATE_LIMITED = "rate_limited"
+
+
+def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp]:
+    """Litestar's built-in rate limiting, per client IP, for routes that carry `opt={"rate_limited": name}`.
+
+    Counts live in the app's "rate_limit" store (process memory unless the app registers another):
+    each replica counts on its own. `name` keeps separately limited routes from sharing counts.
+    Answers 429 in the one error shape with Retry-After.
+    """
+
+    def limited(request: Request[Any, Any, Any]) -> bool:
+        return bool(request.route_handler.opt.get(RATE_LIMITED) == name)
+
+    def identifier(request: Request[Any, Any, Any]) -> str:
+        return f"{name}:{get_remote_address(request)}"
+
+    config = RateLimitConfig(
+        rate_limit=("minute", per_minute),
+        check_throttle_handler=limited,
+        identifier_for_request=identifier,
+    )
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        limiter = RateLimitMiddleware(app, config)
+
+        async def answer_here(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await limiter(scope, receive, send)
+            except TooManyRequestsException as exc:
+                # Route handlers' own errors never get here (Litestar answers them inside). Left to
+                # propagate, the limiter's 429 would be answered outside every route middleware, without
+                # the CORS headers that let a browser widget read it and its Retry-After.
+                response = error_response(
+                    429, "rate_limited", exc.detail, headers=with_retry_after(429, exc.headers)
+                )
+                litestar_app: Litestar = scope["litestar_app"]
+                request = litestar_app.request_class(scope)
+                await response.to_asgi_response(None, request)(scope, receive, send)
+
+        return answer_here
 
     return middleware
 
@@ -211,7 +287,6 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             "bus": Provide(_provide_bus, sync_to_thread=False),
             **spec.dependencies,
         },
-        middleware=[request_id_middleware],
         openapi_config=OpenAPIConfig(
             title=spec.title,
             version="1.0.0",
@@ -224,4 +299,8 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
         request_max_body_size=64 * 1024,
         debug=False,
     )
-    return Litestar.from_config(spec.extra_config(config))
+    app = Litestar.from_config(spec.extra_config(config))
+    # Outside Litestar's router and exception handling rather than in `middleware` (which Litestar runs
+    # per matched route): so unmatched paths, 405s and errors get a request id and an access-log line too.
+    app.asgi_handler = request_id_middleware(app.asgi_handler, spec.name)
+    return app

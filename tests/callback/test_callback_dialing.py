@@ -23,6 +23,7 @@ from services.callback import store
 from services.callback.app import create_app
 from services.callback.dialing import Dialer
 from services.callback.schemas import CallbackCreate, SiteSettings
+from services.callback.settings import CallbackSettings
 from services.callback.telephony import CallOutcome, SimConfig, SimulatedPbx
 from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory
 from services.common import db as dbmod
@@ -44,18 +45,19 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> A
 @pytest.fixture
 async def manual_client(settings: Settings) -> AsyncIterator[Client]:
     """The app with a simulated PBX in manual mode: the test plays agent and visitor through the console."""
-    manual = msgspec.structs.replace(settings, sim_manual=True, sim_time_scale=0.01)
-    await migrate_service(manual, "callback")
-    async with AsyncTestClient(app=create_app(manual)) as test_client:
+    manual = CallbackSettings(sim_manual=True, sim_time_scale=0.01)
+    await migrate_service(settings, "callback")
+    async with AsyncTestClient(app=create_app(settings, manual)) as test_client:
         yield test_client
 
 
 @pytest.fixture
 async def fast_client(settings: Settings) -> AsyncIterator[Client]:
     """The app with an automatic simulated PBX running 100x faster than life."""
-    fast = msgspec.structs.replace(settings, sim_time_scale=0.01)
-    await migrate_service(fast, "callback")
-    async with AsyncTestClient(app=create_app(fast)) as test_client:
+    await migrate_service(settings, "callback")
+    async with AsyncTestClient(
+        app=create_app(settings, CallbackSettings(sim_time_scale=0.01))
+    ) as test_client:
         yield test_client
 
 

@@ -95,12 +95,12 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
     session; tests isolate themselves by using their own site keys."""
     database_url = str(postgres_server.create_database(f"w_{uuid.uuid4().hex[:12]}"))
     # Manual simulated PBX: calls ring until a test answers or hangs up through the agent console API.
-    settings = make_settings(database_url, nats_url, f"w{uuid.uuid4().hex[:10]}", sim_manual=True)
+    settings = make_settings(database_url, nats_url, f"w{uuid.uuid4().hex[:10]}")
     port = free_port()
     log = tmp_path_factory.mktemp("widget-service") / "callback.log"
     proc = spawn(
         ["-m", "services.cli", "run", "callback", "--migrate"],
-        settings_env(settings, ABONENT_CALLBACK_PORT=str(port)),
+        settings_env(settings, ABONENT_CALLBACK_PORT=str(port), ABONENT_SIM_MANUAL="true"),
         log,
     )
     base = f"http://127.0.0.1:{port}"

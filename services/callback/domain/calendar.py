@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
+
+from services.common.calendar import (
+    Interval,
+    OpeningHours,
+    TimeRange,
+    as_utc,
+    intersect_intervals,
+    offset_segments,
+    wall_ranges_to_utc,
+    zone,
+)
 
 __all__ = [
     "CalleeWindow",
@@ -25,87 +35,15 @@ __all__ = [
 ]
 
 UTC = dt.UTC
-Interval = tuple[dt.datetime, dt.datetime]
 # Why a callee cannot be called at some instant, in the order promise reasons prefer them.
 Constraint = Literal["outside_hours", "callee_window", "not_before"]
 
-_DAY = dt.timedelta(days=1)
 _MINUTES_PER_DAY = 24 * 60
-_TICK = dt.timedelta(microseconds=1)
-# An end of 23:59:59 (or later) is how "until midnight" is spelled in a single-day range.
-_UNTIL_MIDNIGHT = dt.time(23, 59, 59)
-# UTC offsets are probed this often to find DST transitions; real zones never change twice within an hour.
-_OFFSET_PROBE_STEP = dt.timedelta(hours=1)
 
 
-def _zone(key: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {key!r}") from exc
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """The same instant in UTC; naive datetimes are refused because their instant is unknowable."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: pass a tz-aware datetime")
-    return value.astimezone(UTC)
-
-
-class TimeRange(msgspec.Struct, frozen=True, kw_only=True):
-    """Half-open wall-clock range [start, end) within one day; an end of 23:59:59 or later means midnight."""
-
-    start: dt.time
-    end: dt.time
-
-    def __post_init__(self) -> None:
-        if self.start.tzinfo is not None or self.end.tzinfo is not None:
-            raise ValueError("TimeRange takes naive wall-clock times; the zone belongs to the calendar")
-        if self.end <= self.start:
-            raise ValueError(f"TimeRange end {self.end} must be after start {self.start} on the same day")
-
-    @classmethod
-    def parse(cls, start: str, end: str) -> TimeRange:
-        """Build from "HH:MM[:SS]" strings; "24:00" is accepted as an end meaning midnight."""
-        end_time = _UNTIL_MIDNIGHT if end in {"24:00", "24:00:00"} else dt.time.fromisoformat(end)
-        return cls(start=dt.time.fromisoformat(start), end=end_time)
-
-    @property
-    def until_midnight(self) -> bool:
-        return self.end >= _UNTIL_MIDNIGHT
-
-    def contains(self, wall: dt.time) -> bool:
-        return self.start <= wall and (self.until_midnight or wall < self.end)
-
-    def wall_bounds(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-        """Naive wall-clock [start, end) of this range on `day`."""
-        start = dt.datetime.combine(day, self.start)
-        if self.until_midnight:
-            return start, dt.datetime.combine(day + _DAY, dt.time())
-        return start, dt.datetime.combine(day, self.end)
-
-
-class SiteCalendar(msgspec.Struct, frozen=True, kw_only=True):
-    """When a site's agents work: weekly ranges (0=Monday) and holiday dates, all in the site's zone."""
-
-    tz: str
-    weekly: dict[int, list[TimeRange]]
-    holidays: frozenset[dt.date] = frozenset()
-
-    def __post_init__(self) -> None:
-        _zone(self.tz)
-        bad_days = [day for day in self.weekly if not 0 <= day <= 6]
-        if bad_days:
-            raise ValueError(f"weekday keys must be 0 (Monday) .. 6 (Sunday), got {bad_days}")
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return _zone(self.tz)
-
-    def ranges_on(self, day: dt.date) -> Sequence[TimeRange]:
-        if day in self.holidays:
-            return ()
-        return self.weekly.get(day.weekday(), ())
+class SiteCalendar(OpeningHours, frozen=True, kw_only=True):
+    """When a site's agents work: weekly ranges (0=Monday) and holiday dates, all in the site's zone;
+    with `production_calendar="RU"` the official days off close it too (services/common/calendar.py)."""
 
 
 class CalleeWindow(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,13 +57,13 @@ class CalleeWindow(msgspec.Struct, frozen=True, kw_only=True):
     not_before: dt.time | None = None
 
     def __post_init__(self) -> None:
-        _zone(self.tz)
+        zone(self.tz)
         if self.not_before is not None and self.not_before.tzinfo is not None:
             raise ValueError("not_before is a naive callee-local wall-clock time")
 
     @property
     def zone(self) -> ZoneInfo:
-        return _zone(self.tz)
+        return zone(self.tz)
 
     def daily_range(self) -> TimeRange | None:
         """The window narrowed by `not_before`; None when `not_before` leaves nothing of it."""
@@ -167,92 +105,6 @@ def is_callable_at(at: dt.datetime, site: SiteCalendar, callee: CalleeWindow) ->
     return not blocking_constraints(at, site, callee)
 
 
-def _offset_at(zone: ZoneInfo, instant: dt.datetime) -> dt.timedelta:
-    offset = instant.astimezone(zone).utcoffset()
-    if offset is None:  # pragma: no cover - ZoneInfo always knows its offset
-        raise ValueError(f"zone {zone.key} has no offset at {instant}")
-    return offset
-
-
-def _offset_segments(
-    zone: ZoneInfo, start: dt.datetime, end: dt.datetime
-) -> list[tuple[Interval, dt.timedelta]]:
-    """Split UTC [start, end) into pieces of constant UTC offset in `zone`, exact to the microsecond."""
-    segments: list[tuple[Interval, dt.timedelta]] = []
-    segment_start, offset = start, _offset_at(zone, start)
-    probe = start
-    while probe < end:
-        next_probe = min(probe + _OFFSET_PROBE_STEP, end)
-        if _offset_at(zone, next_probe) == offset:
-            probe = next_probe
-            continue
-        # Bisect (probe, next_probe] for the first instant with a different offset.
-        low, high = probe, next_probe
-        while high - low > _TICK:
-            middle = low + (high - low) // 2
-            if _offset_at(zone, middle) == offset:
-                low = middle
-            else:
-                high = middle
-        segments.append(((segment_start, high), offset))
-        segment_start, offset, probe = high, _offset_at(zone, high), high
-    segments.append(((segment_start, end), offset))
-    return segments
-
-
-def _merge(intervals: list[Interval]) -> list[Interval]:
-    merged: list[Interval] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _intersect(left: list[Interval], right: list[Interval]) -> list[Interval]:
-    """Intersection of two merged, sorted interval lists."""
-    result: list[Interval] = []
-    i = j = 0
-    while i < len(left) and j < len(right):
-        start = max(left[i][0], right[j][0])
-        end = min(left[i][1], right[j][1])
-        if start < end:
-            result.append((start, end))
-        if left[i][1] <= right[j][1]:
-            i += 1
-        else:
-            j += 1
-    return _merge(result)
-
-
-def _wall_ranges_to_utc(
-    zone: ZoneInfo,
-    start: dt.datetime,
-    end: dt.datetime,
-    ranges_on: Callable[[dt.date], Sequence[TimeRange]],
-) -> list[Interval]:
-    """UTC instants in [start, end) whose local wall-clock time in `zone` falls in that day's ranges.
-
-    Working per constant-offset segment makes DST exact: wall times skipped by spring-forward never
-    occur, and wall times repeated by fall-back occur (and are callable) twice.
-    """
-    found: list[Interval] = []
-    for (segment_start, segment_end), offset in _offset_segments(zone, start, end):
-        wall_start = segment_start.replace(tzinfo=None) + offset
-        wall_end = segment_end.replace(tzinfo=None) + offset
-        day = wall_start.date()
-        while dt.datetime.combine(day, dt.time()) < wall_end:
-            for time_range in ranges_on(day):
-                range_start, range_end = time_range.wall_bounds(day)
-                low, high = max(range_start, wall_start), min(range_end, wall_end)
-                if low < high:
-                    found.append(((low - offset).replace(tzinfo=UTC), (high - offset).replace(tzinfo=UTC)))
-            day += _DAY
-    return _merge(found)
-
-
 def callable_intervals(
     start: dt.datetime, end: dt.datetime, site: SiteCalendar, callee: CalleeWindow
 ) -> list[Interval]:
@@ -261,11 +113,11 @@ def callable_intervals(
     daily = callee.daily_range()
     if end_utc <= start_utc or daily is None:
         return []
-    site_open = _wall_ranges_to_utc(site.zone, start_utc, end_utc, site.ranges_on)
+    site_open = wall_ranges_to_utc(site.zone, start_utc, end_utc, site.ranges_on)
     if not site_open:
         return []
-    callee_open = _wall_ranges_to_utc(callee.zone, start_utc, end_utc, lambda _day: (daily,))
-    return _intersect(site_open, callee_open)
+    callee_open = wall_ranges_to_utc(callee.zone, start_utc, end_utc, lambda _day: (daily,))
+    return intersect_intervals(site_open, callee_open)
 
 
 def next_callable_instant(
@@ -297,7 +149,7 @@ def offer_slots(
     )
     slots: list[Slot] = []
     for interval_start, interval_end in intervals:
-        for (segment_start, segment_end), offset in _offset_segments(
+        for (segment_start, segment_end), offset in offset_segments(
             callee.zone, interval_start, interval_end
         ):
             wall = segment_start.replace(tzinfo=None) + offset
