@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 
 from services.callback.schemas import Site, SiteSettings
+from services.common.crypto import DataProtector
 from services.common.db import Connection
 
 PENDING_STATES = ("requested", "scheduled", "dialing", "connected")
@@ -60,30 +61,91 @@ def _row(record: Any) -> CallbackRow:
 # --- sites --------------------------------------------------------------------------------------------
 
 
-async def upsert_site(conn: Connection, site_key: str, settings: SiteSettings) -> tuple[Site, bool]:
+# Context (associated data) of the encrypted CRM webhook secret; its row id is the site key.
+WEBHOOK_SECRET_CONTEXT = "callback.sites.crm_webhook_secret"  # noqa: S105 (a label, not a secret)
+_SITE_COLUMNS = (
+    "site_key, settings - 'crm_webhook_secret' as settings, updated_at,"
+    " (crm_webhook_secret_enc is not null or coalesce(settings->>'crm_webhook_secret', '') <> '')"
+    " as crm_webhook_secret_set"
+)
+
+
+async def upsert_site(
+    conn: Connection,
+    site_key: str,
+    settings: SiteSettings,
+    *,
+    webhook_secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET,
+) -> tuple[Site, bool]:
+    """Create or replace a site. The webhook secret is kept unless `webhook_secret_enc` is given (None
+    clears it): it never travels inside `settings`, which responses show."""
+    stored = msgspec.to_builtins(msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET))
+    keep = webhook_secret_enc is msgspec.UNSET
     record = await conn.fetchrow(
-        "insert into sites (site_key, settings) values ($1, $2)"
-        " on conflict (site_key) do update set settings = excluded.settings, updated_at = now()"
-        " returning updated_at, (xmax = 0) as created",
+        "insert into sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2, $3)"
+        " on conflict (site_key) do update set settings = excluded.settings, updated_at = now(),"
+        "  crm_webhook_secret_enc = case when $4 then sites.crm_webhook_secret_enc"
+        "   else excluded.crm_webhook_secret_enc end"
+        " returning updated_at, (xmax = 0) as created, crm_webhook_secret_enc is not null as secret_set",
         site_key,
-        msgspec.to_builtins(settings),
+        stored,
+        None if keep else webhook_secret_enc,
+        keep,
     )
     assert record is not None
-    return Site(site_key=site_key, settings=settings, updated_at=record["updated_at"]), bool(
-        record["created"]
+    site = Site(
+        site_key=site_key,
+        settings=msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET),
+        updated_at=record["updated_at"],
+        crm_webhook_secret_set=record["secret_set"],
     )
+    return site, bool(record["created"])
 
 
 async def get_site(conn: Connection, site_key: str) -> Site | None:
-    record = await conn.fetchrow(
-        "select site_key, settings, updated_at from sites where site_key = $1", site_key
-    )
+    record = await conn.fetchrow(f"select {_SITE_COLUMNS} from sites where site_key = $1", site_key)
     return None if record is None else msgspec.convert(dict(record), Site)
 
 
 async def list_sites(conn: Connection) -> list[Site]:
-    records = await conn.fetch("select site_key, settings, updated_at from sites order by site_key")
+    records = await conn.fetch(f"select {_SITE_COLUMNS} from sites order by site_key")
     return [msgspec.convert(dict(r), Site) for r in records]
+
+
+class WebhookTarget(msgspec.Struct, kw_only=True, frozen=True):
+    url: str
+    secret: str
+
+
+async def crm_webhook_target(conn: Connection, protector: DataProtector, site_key: str) -> WebhookTarget:
+    """Where a site's CRM webhooks go and the secret that signs them: the one place the sender asks."""
+    record = await conn.fetchrow(
+        "select coalesce(settings->>'crm_webhook_url', '') as url, crm_webhook_secret_enc from sites"
+        " where site_key = $1",
+        site_key,
+    )
+    if record is None:
+        return WebhookTarget(url="", secret="")
+    enc = record["crm_webhook_secret_enc"]
+    secret = "" if enc is None else protector.decrypt(enc, WEBHOOK_SECRET_CONTEXT, site_key)
+    return WebhookTarget(url=record["url"], secret=secret)
+
+
+async def seal_plain_webhook_secrets(conn: Connection, protector: DataProtector) -> int:
+    """Encrypt secrets written in plaintext into `settings` before 0005_keyring; return how many."""
+    records = await conn.fetch(
+        "select site_key, settings->>'crm_webhook_secret' as secret from sites"
+        " where settings ? 'crm_webhook_secret' for update"
+    )
+    for record in records:
+        secret = record["secret"] or ""
+        await conn.execute(
+            "update sites set settings = settings - 'crm_webhook_secret',"
+            " crm_webhook_secret_enc = coalesce($2, crm_webhook_secret_enc) where site_key = $1",
+            record["site_key"],
+            protector.encrypt(secret, WEBHOOK_SECRET_CONTEXT, record["site_key"]) if secret else None,
+        )
+    return len(records)
 
 
 # --- budgets and guards -------------------------------------------------------------------------------
@@ -140,26 +202,40 @@ async def spend_form_token(conn: Connection, token_hash: bytes) -> bool:
     return bool(spent)
 
 
-async def get_idempotent(conn: Connection, site_key: str, key: str) -> tuple[bytes, int, Any] | None:
+# Context of the encrypted status token kept for Idempotency-Key replays; its row id is the row's `id`.
+IDEMPOTENT_TOKEN_CONTEXT = "callback.idempotency_keys.status_token"  # noqa: S105 (a label)
+
+
+class IdempotentAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    id: uuid.UUID
+    request_hash: bytes
+    status_code: int
+    response: dict[str, Any]
+    status_token_enc: bytes | None
+
+
+async def get_idempotent(conn: Connection, site_key: str, key: str) -> IdempotentAnswer | None:
     record = await conn.fetchrow(
-        "select request_hash, status_code, response from idempotency_keys where site_key = $1 and key = $2",
+        "select id, request_hash, status_code, response, status_token_enc from idempotency_keys"
+        " where site_key = $1 and key = $2",
         site_key,
         key,
     )
-    return None if record is None else (record["request_hash"], record["status_code"], record["response"])
+    return None if record is None else msgspec.convert(dict(record), IdempotentAnswer)
 
 
-async def put_idempotent(
-    conn: Connection, site_key: str, key: str, *, request_hash: bytes, status_code: int, response: Any
-) -> None:
+async def put_idempotent(conn: Connection, site_key: str, key: str, answer: IdempotentAnswer) -> None:
     await conn.execute(
-        "insert into idempotency_keys (site_key, key, request_hash, status_code, response)"
-        " values ($1, $2, $3, $4, $5)",
+        "insert into idempotency_keys"
+        " (id, site_key, key, request_hash, status_code, response, status_token_enc)"
+        " values ($1, $2, $3, $4, $5, $6, $7)",
+        answer.id,
         site_key,
         key,
-        request_hash,
-        status_code,
-        response,
+        answer.request_hash,
+        answer.status_code,
+        answer.response,
+        answer.status_token_enc,
     )
 
 
@@ -591,15 +667,13 @@ DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
 class ClaimedDelivery(msgspec.Struct, kw_only=True, frozen=True):
-    """A due delivery this sender holds the lease on, with the site's current URL and secret."""
+    """A due delivery this sender holds the lease on (its site's URL and secret: crm_webhook_target)."""
 
     id: uuid.UUID
     site_key: str
     event_type: str
     payload: bytes
     attempts: int
-    url: str
-    secret: str
 
 
 class WebhookDelivery(msgspec.Struct, kw_only=True, frozen=True):
@@ -634,7 +708,6 @@ async def insert_delivery_if_enabled(
     payload: bytes,
 ) -> bool:
     """Queue a delivery if the site has a webhook URL and this event is not queued yet; True if queued."""
-    # `settings` is read as jsonb text on purpose: crm_webhook_secret is not in SiteSettings yet.
     queued = await conn.fetchval(
         "insert into webhook_deliveries (id, site_key, event_id, event_type, url, payload)"
         " select $1, site_key, $3, $4, settings->>'crm_webhook_url', $5 from sites"
@@ -658,16 +731,13 @@ async def claim_due_deliveries(
     """
     records = await conn.fetch(
         "with due as ("
-        "  select d.id,"
-        "   coalesce(s.settings->>'crm_webhook_url', '') as url,"
-        "   coalesce(s.settings->>'crm_webhook_secret', '') as secret"
-        "  from webhook_deliveries d join sites s on s.site_key = d.site_key"
+        "  select d.id from webhook_deliveries d"
         "  where d.status = 'pending' and d.next_attempt_at <= $1"
         "  order by d.next_attempt_at limit $3"
         "  for update of d skip locked"
         ")"
         " update webhook_deliveries w set next_attempt_at = $2 from due where w.id = due.id"
-        " returning w.id, w.site_key, w.event_type, w.payload, w.attempts, due.url, due.secret",
+        " returning w.id, w.site_key, w.event_type, w.payload, w.attempts",
         now,
         lease_until,
         limit,

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import httpx
@@ -26,6 +26,7 @@ from prometheus_client import Counter
 from services.callback import store
 from services.common import db
 from services.common.bus import ConsumerSpec
+from services.common.crypto import CannotDecrypt
 from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event, utc_now
 from services.common.logging import mask_phone
@@ -130,6 +131,10 @@ class AttemptResult(msgspec.Struct, kw_only=True, frozen=True):
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+# Where a site's deliveries go and what signs them (store.crm_webhook_target with the service's protector).
+TargetLookup = Callable[[db.Connection, str], Awaitable[store.WebhookTarget]]
+
+
 class WebhookSender:
     """Claims due deliveries (SKIP LOCKED, so replicas share the work) and POSTs them.
 
@@ -145,6 +150,7 @@ class WebhookSender:
         self,
         pool: db.Pool,
         http: httpx.AsyncClient,
+        targets: TargetLookup,
         clock: Callable[[], dt.datetime] = utc_now,
         *,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
@@ -153,6 +159,7 @@ class WebhookSender:
     ) -> None:
         self.pool = pool
         self.http = http
+        self.targets = targets
         self.clock = clock
         self.request_timeout_s = request_timeout_s
         self.poll_interval_s = poll_interval_s
@@ -194,22 +201,31 @@ class WebhookSender:
             claimed = await store.claim_due_deliveries(
                 conn, now=now, lease_until=now + CLAIM_LEASE, limit=limit
             )
-        if claimed:
-            await asyncio.gather(*(self._deliver(delivery) for delivery in claimed))
+            # Each attempt reads the site's current URL and secret, so a fixed webhook applies at once.
+            targets: dict[str, store.WebhookTarget] = {}
+            for site_key in {d.site_key for d in claimed}:
+                try:
+                    targets[site_key] = await self.targets(conn, site_key)
+                except CannotDecrypt:
+                    # Its key left the ring: the lease runs out and it is retried once the key is back.
+                    log.exception("cannot read a site's webhook secret", extra={"site_key": site_key})
+        sendable = [d for d in claimed if d.site_key in targets]
+        if sendable:
+            await asyncio.gather(*(self._deliver(d, targets[d.site_key]) for d in sendable))
         return len(claimed)
 
-    async def _deliver(self, delivery: store.ClaimedDelivery) -> None:
+    async def _deliver(self, delivery: store.ClaimedDelivery, target: store.WebhookTarget) -> None:
         attempted_at = self.clock()
-        if not delivery.url:
+        if not target.url:
             # The site turned webhooks off after this was queued: nothing to send it to.
             result = AttemptResult(status_code=None, error="webhook turned off for the site", duration_ms=0)
         else:
-            result = await self._post(delivery, attempted_at)
+            result = await self._post(delivery, target, attempted_at)
         attempts = delivery.attempts + 1
         status: store.DeliveryStatus
         if result.ok:
             status, next_attempt_at = "delivered", None
-        elif result.status_code == 410 or not delivery.url or attempts >= MAX_ATTEMPTS:
+        elif result.status_code == 410 or not target.url or attempts >= MAX_ATTEMPTS:
             # 410 Gone: the receiver says this endpoint is gone for good; retrying is only noise.
             status, next_attempt_at = "failed", None
         else:
@@ -219,7 +235,7 @@ class WebhookSender:
                 await store.record_attempt(
                     conn,
                     delivery.id,
-                    url=delivery.url,
+                    url=target.url,
                     attempted_at=attempted_at,
                     status=status,
                     next_attempt_at=next_attempt_at,
@@ -246,16 +262,18 @@ class WebhookSender:
                 },
             )
 
-    async def _post(self, delivery: store.ClaimedDelivery, attempted_at: dt.datetime) -> AttemptResult:
+    async def _post(
+        self, delivery: store.ClaimedDelivery, target: store.WebhookTarget, attempted_at: dt.datetime
+    ) -> AttemptResult:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Abonent-Webhooks/1",
             "X-Abonent-Event": delivery.event_type,
             "X-Abonent-Delivery": str(delivery.id),
         }
-        if delivery.secret:
+        if target.secret:
             headers["X-Abonent-Signature"] = signature_header(
-                delivery.secret, int(attempted_at.timestamp()), delivery.payload
+                target.secret, int(attempted_at.timestamp()), delivery.payload
             )
         started = time.monotonic()
         status_code: int | None = None
@@ -266,7 +284,7 @@ class WebhookSender:
                 asyncio.timeout(self.request_timeout_s),
                 self.http.stream(
                     "POST",
-                    delivery.url,
+                    target.url,
                     content=delivery.payload,
                     headers=headers,
                     timeout=self.request_timeout_s,

@@ -26,6 +26,7 @@ from services.common import db
 from services.common.errors import EXCEPTION_HANDLERS
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
+from services.common.rotation import EncryptedColumn
 from services.common.settings import ServiceName, Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class ServiceSpec:
     # (label, value) lines to print (e.g. demo credentials).
     dev_seed: Callable[[Settings, str], Coroutine[Any, Any, list[tuple[str, str]]]] | None = None
     extra_config: Callable[[AppConfig], AppConfig] = lambda c: c
+    # Every column the service encrypts with DataProtector: `abonent keys rotate` re-encrypts these.
+    encrypted_columns: Sequence[EncryptedColumn] = ()
 
 
 class ReadinessBody(msgspec.Struct):

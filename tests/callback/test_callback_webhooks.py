@@ -25,8 +25,9 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import AsyncTestClient
-from support.harness import migrate_service
+from support.harness import make_settings, migrate_service
 
+from services.callback import store
 from services.callback.schemas import SiteSettings
 from services.callback.webhooks import (
     MAX_ATTEMPTS,
@@ -39,6 +40,7 @@ from services.callback.webhooks import (
 )
 from services.common import bus as busmod
 from services.common import db as dbmod
+from services.common.crypto import DataProtector
 from services.common.embedded import free_port
 from services.common.errors import EXCEPTION_HANDLERS, ApiError
 from services.common.events import (
@@ -128,18 +130,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def sender(pool: dbmod.Pool, http: httpx.AsyncClient) -> WebhookSender:
-    return WebhookSender(pool, http)
+    return WebhookSender(pool, http, targets)
+
+
+PROTECTOR = DataProtector.from_settings(make_settings("", "", ""))
+
+
+def targets(conn: dbmod.Connection, site_key: str) -> Awaitable[store.WebhookTarget]:
+    return store.crm_webhook_target(conn, PROTECTOR, site_key)
 
 
 async def add_site(db: asyncpg.Connection, site_key: str, url: str, secret: str = SECRET) -> None:
     settings = msgspec.to_builtins(
         SiteSettings(name="x", allowed_origins=["https://a.example"], crm_webhook_url=url)
     )
-    settings["crm_webhook_secret"] = secret
     await db.execute(
-        "insert into callback.sites (site_key, settings) values ($1, $2::jsonb)",
+        "insert into callback.sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2::jsonb, $3)",
         site_key,
         json.dumps(settings),
+        PROTECTOR.encrypt(secret, store.WEBHOOK_SECRET_CONTEXT, site_key),
     )
 
 
@@ -362,7 +371,7 @@ async def test_timeouts_and_refused_connections_are_failed_attempts(
     receiver.answers = ["hang"]
     await publish(bus, requested("slow-crm"), requested("no-crm"))
 
-    sender = WebhookSender(pool, http, request_timeout_s=0.5)
+    sender = WebhookSender(pool, http, targets, request_timeout_s=0.5)
     assert await sender.deliver_due() == 2
     [slow] = await deliveries(db, "slow-crm")
     [refused] = await deliveries(db, "no-crm")
@@ -384,7 +393,7 @@ async def test_two_senders_deliver_each_event_once(
     await add_site(db, SITE, receiver.url)
     await publish(bus, *(requested() for _ in range(24)))
     other_pool = await dbmod.create_pool(settings.database_url, "callback")
-    racing = (sender, WebhookSender(other_pool, sender.http))
+    racing = (sender, WebhookSender(other_pool, sender.http, targets))
     tried = 0
     try:
         # Rounds in lockstep: both claims reach PostgreSQL at the same moment, every round.
@@ -445,7 +454,7 @@ async def test_the_sender_loop_delivers_until_stopped(
     http: httpx.AsyncClient,
 ) -> None:
     await add_site(db, SITE, receiver.url)
-    sender = WebhookSender(pool, http, poll_interval_s=0.05)
+    sender = WebhookSender(pool, http, targets, poll_interval_s=0.05)
     await sender.start()
     try:
         await publish(bus, requested())
