@@ -176,40 +176,41 @@ class DataProtector:
         return header + nonce + sealed
 
     def decrypt(self, blob: bytes, context: str, row_id: RowId) -> str:
+        return self._open(blob, context, row_id)[0]
+
+    def _open(self, blob: bytes, context: str, row_id: RowId) -> tuple[str, str | None]:
+        """(plaintext, id of the ring key that opened it; None when the legacy key did)."""
         parsed = _parse_header(blob)
         if parsed is not None:
             key_id, header = parsed
             aead = self._aeads.get(key_id)
             if aead is not None:
                 body = blob[len(header) :]
+                ad = _associated_data(header, context, row_id)
                 try:
-                    return aead.decrypt(
-                        body[:NONCE_BYTES], body[NONCE_BYTES:], _associated_data(header, context, row_id)
-                    ).decode()
+                    return aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], ad).decode(), key_id
                 except InvalidTag:
                     pass  # maybe a legacy value whose random nonce looks like a header: try below
         if self._legacy is not None and len(blob) > NONCE_BYTES:
             try:
-                return self._legacy.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], context.encode()).decode()
+                plain = self._legacy.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], context.encode())
+                return plain.decode(), None
             except InvalidTag:
                 pass
         where = f"key {parsed[0]!r}" if parsed is not None else "the legacy format"
         raise CannotDecrypt(f"cannot decrypt a {context} value of row {row_id} ({where})")
 
     def key_id_of(self, blob: bytes) -> str | None:
-        """The key id a format-1 value names; None for the legacy format."""
+        """The key id a format-1 header names; None when the value does not start with one."""
         parsed = _parse_header(blob)
         return None if parsed is None else parsed[0]
 
     def reencrypt(self, blob: bytes, context: str, row_id: RowId) -> bytes | None:
         """The value under the active key, or None when it already is (rotation's unit of work)."""
-        if blob.startswith(self._active_header):
-            try:
-                self.decrypt(blob, context, row_id)
-                return None
-            except CannotDecrypt:
-                pass  # a legacy nonce that happens to look like the active header: rewrite it
-        return self.encrypt(self.decrypt(blob, context, row_id), context, row_id)
+        plaintext, opened_by = self._open(blob, context, row_id)
+        if opened_by == self.keyring.active_id:
+            return None
+        return self.encrypt(plaintext, context, row_id)
 
     def blind_index(self, value: str, purpose: str) -> bytes:
         """Equal inputs give equal outputs (for lookups and budgets) without storing the value."""
