@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.cli import dev_keys
+from services.cli import main as cli_main
 from services.common.crypto import (
     CannotDecrypt,
     DataProtector,
@@ -134,3 +137,29 @@ def test_a_service_needs_a_ring_an_active_key_and_an_index_key(values: dict[str,
     settings: Settings = load_settings(environ={}, **values)
     with pytest.raises(SettingsError, match=variable):
         DataProtector.from_settings(settings)
+
+
+def test_abonent_up_keeps_dev_keys_and_reads_a_folder_from_before_the_keyring(tmp_path: Path) -> None:
+    fresh = dev_keys(tmp_path / "fresh")
+    assert fresh["data_key_id"] == "k1"
+    assert fresh == dev_keys(tmp_path / "fresh"), "kept across restarts"
+    assert "data_key" not in fresh
+    DataProtector.from_settings(load_settings(environ={}, **fresh))
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "data.key").write_text(LEGACY)
+    upgraded = dev_keys(old)
+    assert upgraded["data_key"] == LEGACY, "old rows stay readable"
+    assert upgraded["index_key"] == legacy_index_key(LEGACY), "old lookup hashes keep matching"
+    ring = DataProtector.from_settings(load_settings(environ={}, **upgraded))
+    assert ring.decrypt(legacy_encrypt(LEGACY, "+79123456789", CONTEXT), CONTEXT, "r") == "+79123456789"
+
+
+def test_keys_new_prints_a_ring_entry_or_an_index_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["keys", "new", "--id", "k7"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("k7:")
+    load_settings(environ={}, data_keys=line)
+    assert cli_main(["keys", "new", "--index"]) == 0
+    load_settings(environ={}, index_key=capsys.readouterr().out.strip())
