@@ -118,7 +118,16 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     crm_webhook_url: Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^(https?://.+)?$")] = ""
     # Write-only: set it with a string, clear it with "", leave it out to keep the current one. Stored
     # encrypted, never part of any response (Site.crm_webhook_secret_set says whether one is set).
-    crm_webhook_secret: Annotated[str, msgspec.Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    crm_webhook_secret: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=200,
+                description='Write-only: a value sets it, "" clears it, absent keeps it; never returned',
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
     def __post_init__(self) -> None:
         check_zone(self.timezone, "timezone")
