@@ -1,27 +1,28 @@
-"""The `abonent` command: `up` (whole system, embedded servers), `run <service>`, `migrate`."""
+"""The `abonent` command: `up` (whole system, embedded servers), `run <service>`, `migrate`, `keys`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import importlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
 import httpx
 
+from services.common import crypto, db
+from services.common.crypto import DataProtector
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.logging import configure_logging
 from services.common.migrate import discover, migrate
+from services.common.rotation import EncryptedColumn, RotationCount, rotate_column
 from services.common.settings import (
     SERVICE_NAMES,
     ServiceName,
@@ -90,14 +91,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_data_key(data_dir: Path) -> str:
-    """A dev-only key kept in the data folder, so encrypted personal data survives restarts."""
-    key_file = data_dir / "data.key"
-    if not key_file.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+def _dev_key_file(path: Path, make: Callable[[], str]) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev_keys(data_dir: Path) -> dict[str, str]:
+    """Dev-only keys kept in the data folder, so encrypted personal data survives restarts.
+
+    `data.keys` holds the keyring (one `id:key` per line, the first is active), `index.key` the blind-index
+    key. A folder from before the keyring has `data.key`: it stays readable as the legacy key, and the new
+    index key is the one it derived, so stored lookup hashes keep matching.
+    """
+    legacy_file = data_dir / "data.key"
+    legacy = legacy_file.read_text().strip() if legacy_file.exists() else ""
+    ring = _dev_key_file(data_dir / "data.keys", lambda: f"k1:{crypto.new_key()}").split()
+    index = _dev_key_file(
+        data_dir / "index.key", lambda: crypto.legacy_index_key(legacy) if legacy else crypto.new_key()
+    )
+    keys = {"data_keys": ",".join(ring), "data_key_id": ring[0].partition(":")[0], "index_key": index}
+    if legacy:
+        keys["data_key"] = legacy
+    return keys
 
 
 def _wait_ready(urls: dict[str, str], timeout: float = 30.0) -> dict[str, bool]:
@@ -139,8 +157,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not settings.nats_url:
             nats = EmbeddedNats(data_dir / "nats").start()
             overrides["nats_url"] = nats.url
-        if not settings.data_key:
-            overrides["data_key"] = _ensure_data_key(data_dir)
+        if not settings.data_keys:
+            overrides.update(dev_keys(data_dir))
         settings = load_settings(None, **overrides)
         asyncio.run(migrate_all(settings))
         urls: dict[str, str] = {
@@ -157,6 +175,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             {
                 "ABONENT_DATABASE_URL": settings.database_url,
                 "ABONENT_NATS_URL": settings.nats_url,
+                "ABONENT_DATA_KEYS": settings.data_keys,
+                "ABONENT_DATA_KEY_ID": settings.data_key_id,
+                "ABONENT_INDEX_KEY": settings.index_key,
                 "ABONENT_DATA_KEY": settings.data_key,
                 "ABONENT_LOG_FORMAT": os.environ.get("ABONENT_LOG_FORMAT", "text"),
             }
@@ -217,6 +238,63 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("Stopped.", flush=True)
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    if args.index:
+        print(crypto.new_key())
+    else:
+        key_id = args.id or time.strftime("k%Y%m%d%H%M%S", time.gmtime())
+        if not crypto.KEY_ID_PATTERN.fullmatch(key_id):
+            print("--id may hold 1-32 letters, digits, _ . -", file=sys.stderr)
+            return 2
+        print(f"{key_id}:{crypto.new_key()}")
+    return 0
+
+
+def _print_progress(column: EncryptedColumn, count: RotationCount) -> None:
+    print(f"  {column.label}: {count.rotated} re-encrypted so far, {count.failed} failed", flush=True)
+
+
+async def rotate_keys(
+    settings: Settings, names: Sequence[ServiceName], batch: int
+) -> dict[str, RotationCount]:
+    """Re-encrypt the declared columns of `names` onto the active key; {"service table.column": counts}."""
+    protector = DataProtector.from_settings(settings)
+    results: dict[str, RotationCount] = {}
+    for name in names:
+        columns = service_spec(name).encrypted_columns
+        if not columns:
+            continue
+        pool = await db.create_pool(settings.database_url, name, max_size=2)
+        try:
+            for column in columns:
+                results[f"{name} {column.label}"] = await rotate_column(
+                    pool, protector, column, batch=batch, progress=_print_progress
+                )
+        finally:
+            await pool.close()
+    return results
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not settings.database_url:
+        print("ABONENT_DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("--batch must be at least 1", file=sys.stderr)
+        return 2
+    names = [args.service] if args.service else list(SERVICE_NAMES)
+    active = DataProtector.from_settings(settings).keyring.active_id
+    results = asyncio.run(rotate_keys(settings, names, args.batch))
+    for label, count in results.items():
+        print(
+            f"{label}: {count.rotated} re-encrypted under {active}, {count.failed} failed,"
+            f" {count.remaining} not under {active}"
+        )
+    # Non-zero while anything is left, so a script retires the old key only after a clean run.
+    return 0 if all(c.remaining == 0 for c in results.values()) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="abonent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--migrate", action="store_true", help="apply this service's migrations first")
     mig = sub.add_parser("migrate", help="apply migrations")
     mig.add_argument("services", nargs="*", help="services to migrate (default: all)")
+    keys = sub.add_parser("keys", help="data-encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new_key = keys.add_parser("new", help="print a fresh key line for ABONENT_DATA_KEYS (id:key)")
+    new_key.add_argument("--id", help="key id (default: k<UTC timestamp>)")
+    new_key.add_argument("--index", action="store_true", help="print a bare key for ABONENT_INDEX_KEY")
+    rotate = keys.add_parser(
+        "rotate", help="re-encrypt stored values onto the active key (ABONENT_DATA_KEY_ID)"
+    )
+    rotate.add_argument("--service", choices=SERVICE_NAMES, help="only this service (default: all)")
+    rotate.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
     sim = sub.add_parser("simulate-callbacks", help="replay Poisson arrivals against the promise engine")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -236,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "migrate":
             return cmd_migrate(args)
+        if args.command == "keys":
+            return cmd_keys_new(args) if args.keys_command == "new" else cmd_keys_rotate(args)
         if args.command == "simulate-callbacks":
             simulation = importlib.import_module("services.callback.simulation")
             return int(simulation.main(args.rest))

@@ -44,11 +44,19 @@ from services.callback.schemas import (
 from services.callback.seed import seed_demo
 from services.callback.settings import CallbackSettings, get_callback_settings
 from services.callback.telephony import MangoOfficeAdapter, build_adapter
-from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory, periodically
-from services.callback.webhooks import CRM_WEBHOOKS, webhook_consumer_spec, webhook_routes
+from services.callback.usecases import (
+    PHONE_CONTEXT,
+    CallbackService,
+    PresenceAgents,
+    SiteDirectory,
+    periodically,
+)
+from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
+from services.common import db
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
+from services.common.rotation import EncryptedColumn
 from services.common.settings import Settings, get_settings
 from services.common.web import (
     RATE_LIMITED,
@@ -164,8 +172,15 @@ async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
 async def put_site(
     site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], callbacks: Callbacks
 ) -> Response[Site]:
+    """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it."""
+    secret = data.crm_webhook_secret
+    secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET
+    if isinstance(secret, str):
+        secret_enc = (
+            callbacks.protector.encrypt(secret, store.WEBHOOK_SECRET_CONTEXT, site_key) if secret else None
+        )
     async with callbacks.pool.acquire() as conn:
-        site, created = await store.upsert_site(conn, site_key, data)
+        site, created = await store.upsert_site(conn, site_key, data, webhook_secret_enc=secret_enc)
     callbacks.sites.forget(site_key)
     return Response(site, status_code=201 if created else 200)
 
@@ -384,6 +399,24 @@ class CallbackContext:
         return site_key
 
 
+# What `abonent keys rotate` re-encrypts: every DataProtector column, with the context and row id it uses.
+ENCRYPTED_COLUMNS = (
+    EncryptedColumn(table="callbacks", id_column="id", column="phone_enc", context=PHONE_CONTEXT),
+    EncryptedColumn(
+        table="sites",
+        id_column="site_key",
+        column="crm_webhook_secret_enc",
+        context=store.WEBHOOK_SECRET_CONTEXT,
+    ),
+    EncryptedColumn(
+        table="idempotency_keys",
+        id_column="id",
+        column="status_token_enc",
+        context=store.IDEMPOTENT_TOKEN_CONTEXT,
+    ),
+)
+
+
 def make_spec(context: CallbackContext, section: CallbackSettings | None = None) -> ServiceSpec:
     """`section` None: this process's ABONENT_* environment, read when the app is built."""
     stop = asyncio.Event()
@@ -392,7 +425,9 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         return section or get_callback_settings()
 
     async def start(runtime: Runtime) -> None:
-        protector = DataProtector(runtime.settings.data_key)
+        protector = DataProtector.from_settings(runtime.settings)
+        async with db.transaction(runtime.pool) as conn:
+            await store.seal_plain_webhook_secrets(conn, protector)
         sites = SiteDirectory(runtime.pool)
         callbacks = CallbackService(runtime.pool, protector, sites, agents=PresenceAgents(runtime.pool))
         context.callbacks = callbacks
@@ -403,7 +438,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         dialer = Dialer(runtime.pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
-        webhooks = WebhookSender(runtime.pool, webhook_http, CRM_WEBHOOKS)
+        webhooks = WebhookSender(runtime.pool, webhook_http, CRM_WEBHOOKS, crm_endpoints(protector))
         await webhooks.start()
         runtime.extras.update(
             callbacks=callbacks, feed=feed, dialer=dialer, webhooks=webhooks, webhook_http=webhook_http
@@ -461,6 +496,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         },
         extra_config=add_cors_and_limits,
         settings_section=CallbackSettings,
+        encrypted_columns=ENCRYPTED_COLUMNS,
     )
 
 

@@ -273,7 +273,7 @@ async def console_state(request: Request[Any, Any, Any], agent: store.AgentRow) 
                     stage=attempt.state,
                     card=ClientCard(
                         callback_id=row.id,
-                        phone=callbacks.protector.decrypt(row.phone_enc, PHONE_CONTEXT),
+                        phone=callbacks.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
                         site_key=row.site_key,
                         site_name=site.settings.name,
                         page_url=row.page_url,

@@ -184,7 +184,7 @@ class Dialer:
                 orders.append(
                     CallOrder(
                         attempt_id=attempt_id.hex,
-                        visitor_phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT),
+                        visitor_phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
                         agent_endpoint=agent.endpoint,
                         caller_id="",
                         whisper_text=f"Callback from {site.settings.name}, page {row.page_url or 'unknown'}",
@@ -239,7 +239,7 @@ class Dialer:
     ) -> CallOrder:
         return CallOrder(
             attempt_id=attempt_id.hex,
-            visitor_phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT),
+            visitor_phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
             agent_endpoint=agent.endpoint,
             caller_id="",
             whisper_text=f"Callback from {settings.name}, page {row.page_url or 'unknown'}",
@@ -355,7 +355,7 @@ class Dialer:
         if not decision.counts_as_attempt:
             attempts -= 1
         if decision.next_at is None:
-            phone = self.protector.decrypt(row.phone_enc, PHONE_CONTEXT)
+            phone = self.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id)
             await advance_callback(
                 conn,
                 row,

@@ -119,7 +119,18 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     widget_fields: WidgetFields = msgspec.field(default_factory=WidgetFields)
     # CRM webhooks: every callback.* event is POSTed here, signed with HMAC-SHA256 (see README).
     crm_webhook_url: Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^(https?://.+)?$")] = ""
-    crm_webhook_secret: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # Write-only: set it with a string, clear it with "", leave it out to keep the current one. Stored
+    # encrypted, never part of any response (Site.crm_webhook_secret_set says whether one is set).
+    crm_webhook_secret: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=200,
+                description='Write-only: a value sets it, "" clears it, absent keeps it; never returned',
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
 
     def __post_init__(self) -> None:
         check_zone(self.timezone, "timezone")
@@ -144,6 +155,7 @@ class Site(msgspec.Struct, kw_only=True):
     site_key: str
     settings: SiteSettings
     updated_at: dt.datetime
+    crm_webhook_secret_set: bool = False
 
 
 class PromiseView(msgspec.Struct, kw_only=True):

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from services.callback.schemas import Site, SiteSettings
+from services.common.crypto import DataProtector
 from services.common.db import Connection
 from services.common.webhooks import Endpoint
 
@@ -61,30 +62,72 @@ def _row(record: Any) -> CallbackRow:
 # --- sites --------------------------------------------------------------------------------------------
 
 
-async def upsert_site(conn: Connection, site_key: str, settings: SiteSettings) -> tuple[Site, bool]:
+# Context (associated data) of the encrypted CRM webhook secret; its row id is the site key.
+WEBHOOK_SECRET_CONTEXT = "callback.sites.crm_webhook_secret"  # noqa: S105 (a label, not a secret)
+_SITE_COLUMNS = (
+    "site_key, settings - 'crm_webhook_secret' as settings, updated_at,"
+    " (crm_webhook_secret_enc is not null or coalesce(settings->>'crm_webhook_secret', '') <> '')"
+    " as crm_webhook_secret_set"
+)
+
+
+async def upsert_site(
+    conn: Connection,
+    site_key: str,
+    settings: SiteSettings,
+    *,
+    webhook_secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET,
+) -> tuple[Site, bool]:
+    """Create or replace a site. The webhook secret is kept unless `webhook_secret_enc` is given (None
+    clears it): it never travels inside `settings`, which responses show."""
+    stored = msgspec.to_builtins(msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET))
+    keep = webhook_secret_enc is msgspec.UNSET
     record = await conn.fetchrow(
-        "insert into sites (site_key, settings) values ($1, $2)"
-        " on conflict (site_key) do update set settings = excluded.settings, updated_at = now()"
-        " returning updated_at, (xmax = 0) as created",
+        "insert into sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2, $3)"
+        " on conflict (site_key) do update set settings = excluded.settings, updated_at = now(),"
+        "  crm_webhook_secret_enc = case when $4 then sites.crm_webhook_secret_enc"
+        "   else excluded.crm_webhook_secret_enc end"
+        " returning updated_at, (xmax = 0) as created, crm_webhook_secret_enc is not null as secret_set",
         site_key,
-        msgspec.to_builtins(settings),
+        stored,
+        None if keep else webhook_secret_enc,
+        keep,
     )
     assert record is not None
-    return Site(site_key=site_key, settings=settings, updated_at=record["updated_at"]), bool(
-        record["created"]
+    site = Site(
+        site_key=site_key,
+        settings=msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET),
+        updated_at=record["updated_at"],
+        crm_webhook_secret_set=record["secret_set"],
     )
+    return site, bool(record["created"])
 
 
 async def get_site(conn: Connection, site_key: str) -> Site | None:
-    record = await conn.fetchrow(
-        "select site_key, settings, updated_at from sites where site_key = $1", site_key
-    )
+    record = await conn.fetchrow(f"select {_SITE_COLUMNS} from sites where site_key = $1", site_key)
     return None if record is None else msgspec.convert(dict(record), Site)
 
 
 async def list_sites(conn: Connection) -> list[Site]:
-    records = await conn.fetch("select site_key, settings, updated_at from sites order by site_key")
+    records = await conn.fetch(f"select {_SITE_COLUMNS} from sites order by site_key")
     return [msgspec.convert(dict(r), Site) for r in records]
+
+
+async def seal_plain_webhook_secrets(conn: Connection, protector: DataProtector) -> int:
+    """Encrypt secrets written in plaintext into `settings` before 0005_keyring; return how many."""
+    records = await conn.fetch(
+        "select site_key, settings->>'crm_webhook_secret' as secret from sites"
+        " where settings ? 'crm_webhook_secret' for update"
+    )
+    for record in records:
+        secret = record["secret"] or ""
+        await conn.execute(
+            "update sites set settings = settings - 'crm_webhook_secret',"
+            " crm_webhook_secret_enc = coalesce($2, crm_webhook_secret_enc) where site_key = $1",
+            record["site_key"],
+            protector.encrypt(secret, WEBHOOK_SECRET_CONTEXT, record["site_key"]) if secret else None,
+        )
+    return len(records)
 
 
 # --- budgets and guards -------------------------------------------------------------------------------
@@ -141,26 +184,40 @@ async def spend_form_token(conn: Connection, token_hash: bytes) -> bool:
     return bool(spent)
 
 
-async def get_idempotent(conn: Connection, site_key: str, key: str) -> tuple[bytes, int, Any] | None:
+# Context of the encrypted status token kept for Idempotency-Key replays; its row id is the row's `id`.
+IDEMPOTENT_TOKEN_CONTEXT = "callback.idempotency_keys.status_token"  # noqa: S105 (a label)
+
+
+class IdempotentAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    id: uuid.UUID
+    request_hash: bytes
+    status_code: int
+    response: dict[str, Any]
+    status_token_enc: bytes | None
+
+
+async def get_idempotent(conn: Connection, site_key: str, key: str) -> IdempotentAnswer | None:
     record = await conn.fetchrow(
-        "select request_hash, status_code, response from idempotency_keys where site_key = $1 and key = $2",
+        "select id, request_hash, status_code, response, status_token_enc from idempotency_keys"
+        " where site_key = $1 and key = $2",
         site_key,
         key,
     )
-    return None if record is None else (record["request_hash"], record["status_code"], record["response"])
+    return None if record is None else msgspec.convert(dict(record), IdempotentAnswer)
 
 
-async def put_idempotent(
-    conn: Connection, site_key: str, key: str, *, request_hash: bytes, status_code: int, response: Any
-) -> None:
+async def put_idempotent(conn: Connection, site_key: str, key: str, answer: IdempotentAnswer) -> None:
     await conn.execute(
-        "insert into idempotency_keys (site_key, key, request_hash, status_code, response)"
-        " values ($1, $2, $3, $4, $5)",
+        "insert into idempotency_keys"
+        " (id, site_key, key, request_hash, status_code, response, status_token_enc)"
+        " values ($1, $2, $3, $4, $5, $6, $7)",
+        answer.id,
         site_key,
         key,
-        request_hash,
-        status_code,
-        response,
+        answer.request_hash,
+        answer.status_code,
+        answer.response,
+        answer.status_token_enc,
     )
 
 
@@ -588,20 +645,27 @@ async def punctuality(conn: Connection, site_key: str, since: dt.datetime) -> Pu
 # --- CRM webhooks -------------------------------------------------------------------------------------
 
 
-async def crm_webhook_endpoint(conn: Connection, site_key: str) -> Endpoint | None:
-    """The site's CRM webhook URL and secret now; None when it has no URL (or there is no such site).
+async def crm_webhook_url(conn: Connection, site_key: str) -> str:
+    """The site's CRM webhook URL, or "" when it has none (or there is no such site)."""
+    url = await conn.fetchval("select settings->>'crm_webhook_url' from sites where site_key = $1", site_key)
+    return str(url or "")
 
-    The only place the secret is read: the webhook channel's resolver and the consumer both come here.
+
+async def crm_webhook_endpoint(conn: Connection, protector: DataProtector, site_key: str) -> Endpoint | None:
+    """Where a site's CRM webhooks go and the secret that signs them; None when it has no URL.
+
+    The only place the secret is read (the webhook sender's resolver comes here).
     """
-    # `settings` is read as jsonb text on purpose: crm_webhook_secret is not in SiteSettings yet.
     record = await conn.fetchrow(
-        "select coalesce(settings->>'crm_webhook_url', '') as url,"
-        " coalesce(settings->>'crm_webhook_secret', '') as secret from sites where site_key = $1",
+        "select coalesce(settings->>'crm_webhook_url', '') as url, crm_webhook_secret_enc from sites"
+        " where site_key = $1",
         site_key,
     )
     if record is None or not record["url"]:
         return None
-    return Endpoint(url=record["url"], secret=record["secret"])
+    enc = record["crm_webhook_secret_enc"]
+    secret = "" if enc is None else protector.decrypt(enc, WEBHOOK_SECRET_CONTEXT, site_key)
+    return Endpoint(url=record["url"], secret=secret)
 
 
 async def site_exists(conn: Connection, site_key: str) -> bool:

@@ -371,11 +371,26 @@ class CallbackService:
                     conn,
                     site_key,
                     idempotency_key,
-                    request_hash=request_hash,
-                    status_code=status_code,
-                    response=msgspec.to_builtins(created),
+                    self._idempotent_answer(request_hash, status_code, created),
                 )
         return status_code, created
+
+    def _idempotent_answer(
+        self, request_hash: bytes, status_code: int, created: CallbackCreated
+    ) -> store.IdempotentAnswer:
+        """What a replay returns, with the status token encrypted: a database dump hands out no tokens."""
+        row_id = uuid.uuid4()
+        response = msgspec.to_builtins(created)
+        del response["status_token"]
+        return store.IdempotentAnswer(
+            id=row_id,
+            request_hash=request_hash,
+            status_code=status_code,
+            response=response,
+            status_token_enc=self.protector.encrypt(
+                created.status_token, store.IDEMPOTENT_TOKEN_CONTEXT, row_id
+            ),
+        )
 
     def _check_form(
         self, site_key: str, settings: SiteSettings, body: CallbackCreate, now: dt.datetime
@@ -413,12 +428,16 @@ class CallbackService:
         stored = await store.get_idempotent(conn, site_key, key)
         if stored is None:
             return None
-        stored_hash, status_code, response = stored
-        if stored_hash != request_hash:
+        if stored.request_hash != request_hash:
             raise ApiError(
                 409, "idempotency_conflict", "This Idempotency-Key was used for a different request"
             )
-        return status_code, msgspec.convert(response, CallbackCreated)
+        response = dict(stored.response)
+        if stored.status_token_enc is not None:
+            response["status_token"] = self.protector.decrypt(
+                stored.status_token_enc, store.IDEMPOTENT_TOKEN_CONTEXT, stored.id
+            )
+        return stored.status_code, msgspec.convert(response, CallbackCreated)
 
     async def _check_budgets(
         self,
@@ -480,7 +499,7 @@ class CallbackService:
             id=callback_id,
             site_key=site_key,
             queue=settings.queue,
-            phone_enc=self.protector.encrypt(phone, PHONE_CONTEXT),
+            phone_enc=self.protector.encrypt(phone, PHONE_CONTEXT, callback_id),
             phone_hash=phone_hash,
             phone_masked=mask_phone(phone),
             visitor_id=body.visitor_id,

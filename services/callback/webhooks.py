@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import msgspec
@@ -15,16 +16,25 @@ from litestar.types import Guard
 from services.callback import store
 from services.common import db
 from services.common.bus import ConsumerSpec
+from services.common.crypto import DataProtector
 from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event
 from services.common.logging import mask_phone
-from services.common.webhooks import DeliveryStatus, WebhookChannel, WebhookDelivery
+from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
 
 # Deliveries of this channel belong to a site (subscriber = site key); each attempt asks the site's
 # current URL and secret, so a fixed URL or a rotated secret applies to what is still queued.
-CRM_WEBHOOKS = WebhookChannel(
-    name="crm", resolver=store.crm_webhook_endpoint, disabled_reason="webhook turned off for the site"
-)
+CRM_WEBHOOKS = WebhookChannel(name="crm", disabled_reason="webhook turned off for the site")
+
+
+def crm_endpoints(protector: DataProtector) -> Resolver:
+    """The sender's resolver: the site's URL and its secret, opened with the service's keyring."""
+
+    def resolve(conn: db.Connection, site_key: str) -> Awaitable[Endpoint | None]:
+        return store.crm_webhook_endpoint(conn, protector, site_key)
+
+    return resolve
+
 
 # Personal data in event payloads. The CRM gets the callback id and can fetch details through an
 # authenticated API; a webhook body travels to and is stored by a third party, so it carries only the
@@ -51,7 +61,7 @@ async def enqueue_webhook(conn: db.Connection, event: AnyEvent) -> None:
     """
     if not isinstance(event, CallbackEvent):
         return
-    if await CRM_WEBHOOKS.resolver(conn, event.site_key) is None:
+    if not await store.crm_webhook_url(conn, event.site_key):
         return  # the site has no CRM webhook (or no longer exists): nothing to queue
     await CRM_WEBHOOKS.enqueue(
         conn,

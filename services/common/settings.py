@@ -54,7 +54,15 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     # Ack timeout and redelivery policy for consumers.
     consumer_ack_wait_s: float = 30.0
     consumer_max_deliver: int = 8
-    # Base64 (urlsafe) 32-byte key for personal-data encryption; generated into data_dir when empty.
+    # Data-encryption keyring: "id:<urlsafe-base64 32 bytes>,…" (every key decrypts) and the id of the one
+    # that encrypts (may be left empty while the ring holds one key). `abonent up` generates them into
+    # data_dir when empty; `abonent keys rotate` moves stored values onto the active key.
+    data_keys: str = ""
+    data_key_id: str = ""
+    # Blind-index (lookup hash) and token-signing key, urlsafe-base64 32 bytes; independent of data keys.
+    index_key: str = ""
+    # Legacy single key (before the keyring): only reads values written in the old format; drop it once
+    # `abonent keys rotate` has moved everything onto the ring.
     data_key: str = ""
     # Bearer token for the operator's back-office admin API.
     admin_token: str = ""
@@ -78,6 +86,22 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
             )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        # Imported here: crypto builds on these settings, so a module-level import would be circular.
+        from services.common import crypto
+
+        ring = crypto.parse_key_list(self.data_keys, env_name("data_keys"))
+        if self.data_key_id and ring and self.data_key_id not in ring:
+            raise SettingsError(
+                f"{env_name('data_key_id')}: {self.data_key_id!r} is not among the ids in"
+                f" {env_name('data_keys')} ({', '.join(ring)})"
+            )
+        if self.index_key:
+            crypto.decode_key(self.index_key, env_name("index_key"))
+        if self.data_key:
+            crypto.decode_key(self.data_key, env_name("data_key"))
 
 
 def env_name(field: str) -> str:

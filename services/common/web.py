@@ -29,6 +29,7 @@ from services.common import db
 from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
+from services.common.rotation import EncryptedColumn
 from services.common.settings import ServiceName, Settings, SettingsSection
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class ServiceSpec:
     # The service's own settings section (read from ABONENT_* like the shared one); `abonent run`/`up`
     # load it at start so a bad value stops the process before it serves anything.
     settings_section: type[SettingsSection] | None = None
+    # Every column the service encrypts with DataProtector: `abonent keys rotate` re-encrypts these.
+    encrypted_columns: Sequence[EncryptedColumn] = ()
 
 
 class ReadinessBody(msgspec.Struct):

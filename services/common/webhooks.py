@@ -131,14 +131,15 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WebhookChannel:
-    """One use of the engine (e.g. "billing"): its rows, endpoint resolver, retry schedule and metrics.
+    """One use of the engine (e.g. "billing"): its rows, retry schedule and metrics.
 
-    Deliveries belong to a `subscriber`, an opaque key the service chooses and `resolver` understands.
-    Several channels can share a schema: each claims, lists and re-queues only its own rows.
+    Deliveries belong to a `subscriber`, an opaque key the service chooses and its sender's resolver
+    understands. Several channels can share a schema: each claims, lists and re-queues only its own rows.
+    The resolver belongs to the sender, not here: it often needs run-time parts (the keyring that opens a
+    stored secret), while enqueueing, listing and re-queueing need none.
     """
 
     name: str
-    resolver: Resolver
     retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
     retry_jitter: float = RETRY_JITTER
     request_timeout_s: float = REQUEST_TIMEOUT_S
@@ -317,6 +318,7 @@ class WebhookSender:
         pool: db.Pool,
         http: httpx.AsyncClient,
         channel: WebhookChannel,
+        resolver: Resolver,
         *,
         clock: Callable[[], dt.datetime] = utc_now,
         poll_interval_s: float = 1.0,
@@ -325,6 +327,7 @@ class WebhookSender:
         self.pool = pool
         self.http = http
         self.channel = channel
+        self.resolver = resolver
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.batch = batch
@@ -383,7 +386,7 @@ class WebhookSender:
         endpoints: dict[str, Endpoint | None] = {}
         for subscriber in subscribers:
             try:
-                endpoints[subscriber] = await self.channel.resolver(conn, subscriber)
+                endpoints[subscriber] = await self.resolver(conn, subscriber)
             except Exception:
                 # Our fault, not the receiver's: no attempt is spent; the lease runs out and a later pass
                 # tries again.

@@ -249,7 +249,7 @@ async def test_agent_presence_expires_and_feeds_the_promise(
 
 async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: asyncpg.Connection) -> None:
     await migrate_service(settings, "callback")
-    protector = DataProtector(settings.data_key)
+    protector = DataProtector.from_settings(settings)
     pools = [await dbmod.create_pool(settings.database_url, "callback") for _ in range(2)]
     try:
         async with pools[0].acquire() as conn:

@@ -26,18 +26,21 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import AsyncTestClient
-from support.harness import migrate_service
+from support.harness import make_settings, migrate_service
 
+from services.callback import store
 from services.callback.app import SPEC
 from services.callback.schemas import SiteSettings
 from services.callback.webhooks import (
     CRM_WEBHOOKS,
+    crm_endpoints,
     enqueue_webhook,
     webhook_consumer_spec,
     webhook_routes,
 )
 from services.common import bus as busmod
 from services.common import db as dbmod
+from services.common.crypto import DataProtector
 from services.common.embedded import free_port
 from services.common.errors import EXCEPTION_HANDLERS, ApiError
 from services.common.events import (
@@ -130,18 +133,22 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def sender(pool: dbmod.Pool, http: httpx.AsyncClient) -> WebhookSender:
-    return WebhookSender(pool, http, CRM_WEBHOOKS)
+    return WebhookSender(pool, http, CRM_WEBHOOKS, ENDPOINTS)
+
+
+PROTECTOR = DataProtector.from_settings(make_settings("", "", ""))
+ENDPOINTS = crm_endpoints(PROTECTOR)
 
 
 async def add_site(db: asyncpg.Connection, site_key: str, url: str, secret: str = SECRET) -> None:
     settings = msgspec.to_builtins(
         SiteSettings(name="x", allowed_origins=["https://a.example"], crm_webhook_url=url)
     )
-    settings["crm_webhook_secret"] = secret
     await db.execute(
-        "insert into callback.sites (site_key, settings) values ($1, $2::jsonb)",
+        "insert into callback.sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2::jsonb, $3)",
         site_key,
         json.dumps(settings),
+        PROTECTOR.encrypt(secret, store.WEBHOOK_SECRET_CONTEXT, site_key),
     )
 
 
@@ -368,7 +375,7 @@ async def test_timeouts_and_refused_connections_are_failed_attempts(
     receiver.answers = ["hang"]
     await publish(bus, requested("slow-crm"), requested("no-crm"))
 
-    sender = WebhookSender(pool, http, dataclasses.replace(CRM_WEBHOOKS, request_timeout_s=0.5))
+    sender = WebhookSender(pool, http, dataclasses.replace(CRM_WEBHOOKS, request_timeout_s=0.5), ENDPOINTS)
     assert await sender.deliver_due() == 2
     [slow] = await deliveries(db, "slow-crm")
     [refused] = await deliveries(db, "no-crm")
@@ -390,7 +397,7 @@ async def test_two_senders_deliver_each_event_once(
     await add_site(db, SITE, receiver.url)
     await publish(bus, *(requested() for _ in range(24)))
     other_pool = await dbmod.create_pool(settings.database_url, "callback")
-    racing = (sender, WebhookSender(other_pool, sender.http, CRM_WEBHOOKS))
+    racing = (sender, WebhookSender(other_pool, sender.http, CRM_WEBHOOKS, ENDPOINTS))
     tried = 0
     try:
         # Rounds in lockstep: both claims reach PostgreSQL at the same moment, every round.
@@ -451,7 +458,7 @@ async def test_the_sender_loop_delivers_until_stopped(
     http: httpx.AsyncClient,
 ) -> None:
     await add_site(db, SITE, receiver.url)
-    sender = WebhookSender(pool, http, CRM_WEBHOOKS, poll_interval_s=0.05)
+    sender = WebhookSender(pool, http, CRM_WEBHOOKS, ENDPOINTS, poll_interval_s=0.05)
     await sender.start()
     try:
         await publish(bus, requested())
@@ -625,7 +632,7 @@ async def test_upgrading_moves_queued_deliveries_and_their_log_onto_the_common_e
             (failed, "failed", 12, 503),
         }
         # The moved pending delivery goes on where it stopped: its second attempt, to the site's CRM.
-        assert await WebhookSender(pool, http, CRM_WEBHOOKS).deliver_due() == 1
+        assert await WebhookSender(pool, http, CRM_WEBHOOKS, ENDPOINTS).deliver_due() == 1
     finally:
         await pool.close()
     assert [r.body for r in receiver.requests] == [b'{"old":true}']

@@ -23,7 +23,7 @@ from services.common.errors import ApiError
 from services.common.events import utc_now
 from services.common.migrate import discover, migrate
 from services.common.settings import Settings
-from services.common.webhooks import AttemptResult, Endpoint, WebhookChannel, WebhookSender
+from services.common.webhooks import AttemptResult, Endpoint, Resolver, WebhookChannel, WebhookSender
 
 # Not a service: no service migrations, so the engine can lean on nothing but its own plumbing tables.
 SCHEMA = "hooks_only"
@@ -96,16 +96,19 @@ async def company_endpoint(conn: dbmod.Connection, company_id: str) -> Endpoint 
 
 
 def corporate(**overrides: Any) -> WebhookChannel:
-    settings: dict[str, Any] = {"resolver": company_endpoint, "disabled_reason": "company webhooks off"}
+    settings: dict[str, Any] = {"disabled_reason": "company webhooks off"}
     return WebhookChannel(name="corporate", **(settings | overrides))
 
 
-def billing(receiver: Receiver) -> WebhookChannel:
+BILLING = WebhookChannel(name="billing")
+
+
+def billing_endpoint(receiver: Receiver) -> Resolver:
     async def endpoint(_conn: dbmod.Connection, subscriber: str) -> Endpoint | None:
         assert subscriber == "billing"
         return Endpoint(url=f"{receiver.base}/billing/commands", secret=BILLING_SECRET)
 
-    return WebhookChannel(name="billing", resolver=endpoint)
+    return endpoint
 
 
 async def add_company(db: asyncpg.Connection, company_id: str, url: str, secret: str | None) -> None:
@@ -187,7 +190,7 @@ async def test_two_uses_share_a_schema_idempotently_and_never_cross(
 ) -> None:
     await add_company(db, "acme", f"{receiver.base}/acme", "acme-secret")
     await add_company(db, "globex", f"{receiver.base}/globex", None)
-    corp, bill = corporate(), billing(receiver)
+    corp, bill = corporate(), BILLING
     event = uuid.uuid4()
 
     acme = await enqueue(pool, corp, "acme", event_id=event, payload=b'{"for":"acme"}')
@@ -198,10 +201,10 @@ async def test_two_uses_share_a_schema_idempotently_and_never_cross(
     assert await db.fetchval(f"select count(*) from {SCHEMA}.outbound_webhooks") == 3
 
     # Each sender claims only its own channel's rows.
-    assert await WebhookSender(pool, http, bill).deliver_due() == 1
+    assert await WebhookSender(pool, http, bill, billing_endpoint(receiver)).deliver_due() == 1
     assert [r.path for r in receiver.requests] == ["/billing/commands"]
-    assert await WebhookSender(pool, http, corp).deliver_due() == 2
-    assert await WebhookSender(pool, http, corp).deliver_due() == 0
+    assert await WebhookSender(pool, http, corp, company_endpoint).deliver_due() == 2
+    assert await WebhookSender(pool, http, corp, company_endpoint).deliver_due() == 0
 
     [to_acme], [to_globex], [to_billing] = (
         receiver.to("/acme"),
@@ -252,7 +255,7 @@ async def test_a_sender_that_dies_mid_post_leaves_the_delivery_to_another_after_
     receiver.answers["/acme"] = ["hang"]
     clock = Clock()
 
-    dying = asyncio.create_task(WebhookSender(pool, http, corp, clock=clock).deliver_due())
+    dying = asyncio.create_task(WebhookSender(pool, http, corp, company_endpoint, clock=clock).deliver_due())
 
     async def posted() -> bool:
         return bool(receiver.requests)
@@ -265,7 +268,7 @@ async def test_a_sender_that_dies_mid_post_leaves_the_delivery_to_another_after_
     assert (leased["status"], leased["attempts"]) == ("pending", 0)
     assert await attempt_codes(db, delivery_id) == []
 
-    other = WebhookSender(pool, http, corp, clock=clock)
+    other = WebhookSender(pool, http, corp, company_endpoint, clock=clock)
     assert await other.deliver_due() == 0  # still leased
     clock.advance(corp.lease.total_seconds() - 1)
     assert await other.deliver_due() == 0
@@ -328,7 +331,7 @@ async def test_410_stops_at_once_and_a_schedule_of_its_own_gives_up_after_its_la
     acme = await enqueue(pool, corp, "acme")
     initech = await enqueue(pool, corp, "initech")
     clock = Clock()
-    sender = WebhookSender(pool, http, corp, clock=clock)
+    sender = WebhookSender(pool, http, corp, company_endpoint, clock=clock)
 
     assert await sender.deliver_due() == 2
     gone = await row(db, initech)
@@ -371,10 +374,10 @@ async def test_a_subscriber_without_an_endpoint_fails_and_a_broken_resolver_spen
             raise RuntimeError("directory unavailable")
         return await company_endpoint(conn, "acme" if subscriber == "flaky" else subscriber)
 
-    corp = corporate(resolver=flaky)
+    corp = corporate()
     quiet, fine, flake = [await enqueue(pool, corp, name) for name in ("quiet", "acme", "flaky")]
     clock = Clock()
-    sender = WebhookSender(pool, http, corp, clock=clock)
+    sender = WebhookSender(pool, http, corp, flaky, clock=clock)
 
     assert await sender.deliver_due() == 3
     off = await row(db, quiet)
@@ -394,10 +397,10 @@ async def test_a_subscriber_without_an_endpoint_fails_and_a_broken_resolver_spen
 async def test_the_sender_loop_delivers_until_stopped(
     db: asyncpg.Connection, pool: dbmod.Pool, http: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    sender = WebhookSender(pool, http, billing(receiver), poll_interval_s=0.05)
+    sender = WebhookSender(pool, http, BILLING, billing_endpoint(receiver), poll_interval_s=0.05)
     await sender.start()
     try:
-        delivery_id = await enqueue(pool, billing(receiver), "billing")
+        delivery_id = await enqueue(pool, BILLING, "billing")
 
         async def delivered() -> bool:
             return bool((await row(db, delivery_id))["status"] == "delivered")

@@ -19,7 +19,8 @@ from services.common.migrate import discover, migrate
 from services.common.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_DATA_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
+TEST_DATA_KEYS = "t1:" + base64.urlsafe_b64encode(b"k" * 32).decode()
+TEST_INDEX_KEY = base64.urlsafe_b64encode(b"i" * 32).decode()
 TEST_ADMIN_TOKEN = "test-admin-token"
 
 
@@ -28,7 +29,8 @@ def make_settings(database_url: str, nats_url: str, nats_namespace: str, **overr
         "database_url": database_url,
         "nats_url": nats_url,
         "nats_namespace": nats_namespace,
-        "data_key": TEST_DATA_KEY,
+        "data_keys": TEST_DATA_KEYS,
+        "index_key": TEST_INDEX_KEY,
         "admin_token": TEST_ADMIN_TOKEN,
         "outbox_poll_interval_s": 0.2,
         "log_format": "text",
