@@ -26,6 +26,7 @@ from services.callback.usecases import PHONE_CONTEXT
 from services.common import db as dbmod
 from services.common.crypto import CannotDecrypt, DataProtector, key_prefix, new_key
 from services.common.settings import Settings
+from services.common.webhooks import Endpoint
 
 K1, K2, LEGACY = new_key(), new_key(), new_key()
 SECRET = "whsec-do-not-leak-7f3a"
@@ -76,10 +77,12 @@ async def submit(client: AsyncTestClient[Any], phone: str) -> dict[str, Any]:
     return {"phone": phone, "visitor_tz": "Europe/Moscow", "consent": True, "form_token": offer["form_token"]}
 
 
-async def target_of(settings: Settings, site_key: str) -> store.WebhookTarget:
+async def target_of(settings: Settings, site_key: str) -> Endpoint:
     conn = await dbmod.connect(settings.database_url, "callback")
     try:
-        return await store.crm_webhook_target(conn, DataProtector.from_settings(settings), site_key)
+        endpoint = await store.crm_webhook_endpoint(conn, DataProtector.from_settings(settings), site_key)
+        assert endpoint is not None
+        return endpoint
     finally:
         await conn.close()
 
@@ -91,7 +94,7 @@ async def test_rotate_moves_everything_onto_the_new_key_and_the_old_one_can_go(
     created: list[dict[str, Any]] = []
     bodies: list[dict[str, Any]] = []
     async with await app_client(under_k1) as client:
-        await put_site(client, crm_webhook_secret=SECRET)
+        await put_site(client, crm_webhook_url="https://crm.example/hooks", crm_webhook_secret=SECRET)
         for i, phone in enumerate(PHONES):
             bodies.append(await submit(client, phone))
             response = await client.post(
@@ -194,9 +197,7 @@ async def test_the_webhook_secret_is_write_only_and_encrypted(
         assert row is not None
         assert SECRET not in row["s"]
         assert SECRET.encode() not in bytes(row["crm_webhook_secret_enc"])
-        assert await target_of(settings, "shop") == store.WebhookTarget(
-            url="https://crm.example/hooks", secret=SECRET
-        )
+        assert await target_of(settings, "shop") == Endpoint(url="https://crm.example/hooks", secret=SECRET)
 
         # Leaving the field out keeps the secret (a GET → edit → PUT cannot wipe it); a new value replaces it.
         await put_site(client, crm_webhook_url="https://crm.example/v2")
@@ -205,9 +206,7 @@ async def test_the_webhook_secret_is_write_only_and_encrypted(
         assert (await target_of(settings, "shop")).secret == "rotated-secret"
         cleared = await put_site(client, crm_webhook_url="https://crm.example/v2", crm_webhook_secret="")
         assert cleared["crm_webhook_secret_set"] is False
-        assert await target_of(settings, "shop") == store.WebhookTarget(
-            url="https://crm.example/v2", secret=""
-        )
+        assert await target_of(settings, "shop") == Endpoint(url="https://crm.example/v2", secret="")
 
 
 async def test_plaintext_secrets_from_before_are_sealed_when_the_service_starts(

@@ -593,7 +593,13 @@ async def test_upgrading_moves_queued_deliveries_and_their_log_onto_the_common_e
     await migrate(
         settings.database_url, "callback", [m for m in every if m.version in BEFORE_COMMON_WEBHOOKS]
     )
-    await add_site(db, SITE, receiver.url)
+    # A site as it was stored then: the secret in plaintext inside settings (sealed at start-up now).
+    legacy = SiteSettings(name="x", allowed_origins=["https://a.example"], crm_webhook_url=receiver.url)
+    await db.execute(
+        "insert into callback.sites (site_key, settings) values ($1, $2::jsonb)",
+        SITE,
+        json.dumps({**msgspec.to_builtins(legacy), "crm_webhook_secret": SECRET}),
+    )
     pending, failed = uuid.uuid4(), uuid.uuid4()
     for delivery_id, status, attempts in ((pending, "pending", 1), (failed, "failed", 12)):
         await db.execute(
@@ -626,6 +632,7 @@ async def test_upgrading_moves_queued_deliveries_and_their_log_onto_the_common_e
     pool = await dbmod.create_pool(settings.database_url, "callback")
     try:
         async with pool.acquire() as conn:
+            assert await store.seal_plain_webhook_secrets(conn, PROTECTOR) == 1
             listed = await CRM_WEBHOOKS.list_deliveries(conn, SITE)
         assert {(d.id, d.status, d.attempts, d.last_status_code) for d in listed} == {
             (pending, "pending", 1, 503),
