@@ -47,8 +47,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     consumer_max_deliver: int = 8
     # Base64 (urlsafe) 32-byte key for personal-data encryption; generated into data_dir when empty.
     data_key: str = ""
-    # Bearer token for the operator's back-office admin API.
+    # Bootstrap bearer token for the back office: every service accepts it with all the scopes it declares.
     admin_token: str = ""
+    # Staff sessions end after this long without a request, and at the latest this long after sign-in.
+    session_idle_timeout_s: int = 1800
+    session_max_age_s: int = 43200
+    # Failed sign-ins allowed per (login, client address) within the window before answering 429.
+    sign_in_max_failures: int = 5
+    sign_in_window_s: int = 900
     # Telephony adapter for callback dialing: sim | asterisk | mango.
     telephony: Literal["sim", "asterisk", "mango"] = "sim"
     # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.
@@ -83,6 +89,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(
                 f"{env_name('stream_replicas')} must be 1, 3 or 5, got {self.stream_replicas}"
             )
+        positive = ("session_idle_timeout_s", "session_max_age_s", "sign_in_max_failures", "sign_in_window_s")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
 
