@@ -172,7 +172,7 @@ def _ensure_secret(path: Path, make: Callable[[], str]) -> str:
 DEV_STAFF_LOGIN = "admin"
 
 
-def _seed_back_office(settings: Settings, data_dir: Path) -> tuple[str, str]:
+def seed_back_office(settings: Settings, data_dir: Path) -> tuple[str, str]:
     """The bootstrap admin token and a demo staff account with every scope; returns (token, password)."""
     token = settings.admin_token or _ensure_secret(data_dir / "admin.token", auth.new_token)
     password = _ensure_secret(data_dir / "staff.password", lambda: secrets.token_urlsafe(12))
@@ -231,7 +231,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             overrides["data_key"] = _ensure_data_key(data_dir)
         settings = load_settings(None, **overrides)
         asyncio.run(migrate_all(settings))
-        admin_token, staff_password = _seed_back_office(settings, data_dir)
+        admin_token, staff_password = seed_back_office(settings, data_dir)
         urls: dict[str, str] = {
             name: f"http://{settings.host}:{settings.port_of(name)}" for name in SERVICE_NAMES
         }

@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import uuid
@@ -25,6 +26,8 @@ from services.common import db
 from services.common.crypto import hash_password, token_hash, verify_password
 from services.common.errors import ApiError
 from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Scopes are "<service>:<what>"; the service part says which schema holds the identities that carry it.
 SCOPE_PATTERN = re.compile(r"[a-z][a-z0-9_]*:[a-z][a-z0-9_]*")
@@ -162,6 +165,9 @@ async def register_bootstrap_token(conn: db.Connection, token: str, scopes: Sequ
     )
     if digest is None:
         return
+    if len(token) < 32:
+        # Stored as an unsalted SHA-256: fine for random tokens, guessable for short chosen ones.
+        log.warning("ABONENT_ADMIN_TOKEN is short; prefer a random one (e.g. from `abonent tokens create`)")
     # The `where` keeps an ordinary token that happens to equal the variable from gaining scopes.
     await conn.execute(
         "insert into auth_tokens (id, name, token_hash, scopes, bootstrap)"

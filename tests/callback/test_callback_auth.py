@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar.testing import AsyncTestClient
 from support.callback_api import ADMIN, site_body
-from support.harness import REPO, migrate_service, settings_env
+from support.harness import REPO, TEST_ADMIN_TOKEN, migrate_service, settings_env
 
-from services.common.settings import Settings
+from services.callback.app import create_app
+from services.cli import migrate_all, seed_back_office
+from services.common import auth_admin
+from services.common.settings import SERVICE_NAMES, Settings
 
 Client = AsyncTestClient[Any]
 
@@ -101,3 +106,32 @@ async def test_staff_added_with_the_cli_signs_in_and_uses_the_admin_api(
     removed = await abonent(settings, "staff", "remove", "--login", "ann")
     assert removed.returncode == 0, removed.stderr
     assert (await client.get("/v1/admin/sites")).status_code == 401
+
+
+def test_abonent_up_seeds_a_printed_admin_token_and_staff_login_that_work(
+    settings: Settings, tmp_path: Path
+) -> None:
+    asyncio.run(migrate_all(settings))
+    without_env = msgspec.structs.replace(settings, admin_token="")
+    token, password = seed_back_office(without_env, tmp_path)
+    assert token.startswith("abt_")
+    assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600
+    # Kept across restarts; the environment's token wins when set.
+    assert seed_back_office(without_env, tmp_path) == (token, password)
+    assert seed_back_office(settings, tmp_path)[0] == TEST_ADMIN_TOKEN
+    staff = asyncio.run(auth_admin.list_staff(settings.database_url, SERVICE_NAMES))
+    assert [(s.login, s.services) for s in staff] == [("admin", list(SERVICE_NAMES))]
+
+    async def use_them() -> None:
+        # `abonent up` hands the token to the services as ABONENT_ADMIN_TOKEN.
+        app = create_app(msgspec.structs.replace(settings, admin_token=token))
+        async with AsyncTestClient(app=app) as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            assert (await client.get("/v1/admin/sites", headers=headers)).status_code == 200
+            signed_in = await client.post(
+                "/auth/sign-in", data={"login": "admin", "password": password}, follow_redirects=False
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            assert (await client.get("/v1/admin/sites")).status_code == 200
+
+    asyncio.run(use_them())
