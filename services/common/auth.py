@@ -362,7 +362,8 @@ async def sign_in(
         attempts, left_s = await spend_sign_in_attempt(conn, login, client, settings.sign_in_window_s)
         if attempts > settings.sign_in_max_failures:
             return SignInRefused(reason="rate_limited", retry_after_s=left_s)
-        credentials = await staff_credentials(conn, login)
+        # A login that cannot exist (control characters, NUL) is never sent to PostgreSQL.
+        credentials = await staff_credentials(conn, login) if LOGIN_PATTERN.fullmatch(login) else None
     # scrypt runs off the event loop and without a pooled connection held; an unknown login costs the
     # same hash so timing does not tell logins apart.
     stored = credentials[1] if credentials else _decoy_password_hash()

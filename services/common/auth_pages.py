@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +31,7 @@ from services.common.auth import (
 from services.common.errors import ApiError
 
 SIGN_IN_PATH = "/auth/sign-in"
+_LOCAL_PATH = re.compile(r"/[\x21-\x5b\x5d-\x7e]*")
 # No scripts, no third-party anything; inline styles only; forms post only to ourselves.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
@@ -43,7 +45,9 @@ _templates = Environment(loader=PackageLoader("services.common", "templates"), a
 
 def safe_next(target: str) -> str:
     """Only a path on this service: an open redirect would lend our sign-in page to phishing."""
-    if target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target:
+    # A path only: no scheme-relative "//host", no backslashes browsers read as slashes, no whitespace
+    # or control characters that could split the Location header.
+    if _LOCAL_PATH.fullmatch(target) and not target.startswith("//"):
         return target
     return SIGN_IN_PATH
 

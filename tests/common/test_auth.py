@@ -318,6 +318,10 @@ async def test_wrong_login_and_wrong_password_look_the_same(client: Client, auth
         assert response.status_code == 401
         assert "set-cookie" not in response.headers
         assert 'role="alert">Wrong login or password.</p>' in response.text
+    # A login that cannot exist (here with a NUL, which PostgreSQL text cannot hold) is just wrong too.
+    impossible = await sign_in(client, "ol\x00ga")
+    assert impossible.status_code == 401
+    assert 'role="alert">Wrong login or password.</p>' in impossible.text
     # The pages differ only in the login typed, echoed back into the form.
     assert wrong_password.text.replace('value="olga"', 'value="nobody"') == unknown_login.text
 
@@ -352,7 +356,7 @@ async def test_sign_in_refuses_foreign_origins_and_foreign_redirects(
     await add_staff(auth_settings, "olga", "notifier:read")
     forged = await sign_in(client, "olga", Origin="https://evil.example")
     assert (forged.status_code, forged.json()["error"]["code"]) == (403, "csrf_failed")
-    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/x\r\nSet-Cookie: a=b"):
         redirected = await client.post(
             "/auth/sign-in",
             data={"login": "olga", "password": PASSWORD, "next": target},
