@@ -1,12 +1,15 @@
-"""The `abonent` command: `up` (whole system, embedded servers), `run <service>`, `migrate`, `keys`."""
+"""The `abonent` command: `up` (everything, embedded servers), `run`, `migrate`, `keys`, `tokens`, `staff`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
+import getpass
 import importlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +20,7 @@ from typing import cast
 
 import httpx
 
-from services.common import crypto, db
+from services.common import auth, auth_admin, crypto, db
 from services.common.crypto import DataProtector
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.logging import configure_logging
@@ -56,6 +59,74 @@ def validate_sections(names: Sequence[ServiceName]) -> None:
         section = service_spec(name).settings_section
         if section is not None:
             get_section(section)
+
+
+def scope_catalogue() -> dict[str, str]:
+    """Every back-office scope the services declare, with what it allows."""
+    return {scope: text for name in SERVICE_NAMES for scope, text in service_spec(name).scopes.items()}
+
+
+def _database_url() -> str:
+    url = get_settings().database_url
+    if not url:
+        raise auth_admin.AuthAdminError("ABONENT_DATABASE_URL is not set (`abonent up` prints it)")
+    return url
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    url = _database_url()
+    if args.action == "create":
+        scopes = auth.parse_scopes(args.scopes, scope_catalogue())
+        token_id, token = asyncio.run(
+            auth_admin.create_token(url, name=args.name, scopes=scopes, expires_days=args.expires_days)
+        )
+        print(f"Token {args.name!r} ({', '.join(scopes)}), id {token_id}. It is shown only now; keep it:")
+        print(token)
+    elif args.action == "list":
+        rows = [("id", "name", "scopes", "created", "last used", "expires", "state")]
+        for t in asyncio.run(auth_admin.list_tokens(url, SERVICE_NAMES)):
+            state = "revoked" if t.revoked else "live"
+            row = (str(t.id), t.name, ",".join(t.scopes), _when(t.created_at), _when(t.last_used_at))
+            rows.append((*row, _when(t.expires_at), state))
+        width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(r)).rstrip())
+    else:
+        count = asyncio.run(auth_admin.revoke_tokens(url, args.token, SERVICE_NAMES))
+        print(f"revoked {count} token{'s' if count > 1 else ''}")
+    return 0
+
+
+def _staff_password() -> str:
+    password = os.environ.get("ABONENT_STAFF_PASSWORD") or getpass.getpass("Password: ")
+    if "ABONENT_STAFF_PASSWORD" not in os.environ and getpass.getpass("Again: ") != password:
+        raise auth_admin.AuthAdminError("the passwords differ")
+    if len(password) < 10:
+        raise auth_admin.AuthAdminError("a staff password has at least 10 characters")
+    return password
+
+
+def cmd_staff(args: argparse.Namespace) -> int:
+    url = _database_url()
+    if args.action == "add":
+        scopes = auth.parse_scopes(args.scopes, scope_catalogue())
+        login = auth.normalize_login(args.login)
+        password = _staff_password()
+        asyncio.run(
+            auth_admin.add_staff(url, login=login, scopes=scopes, password=password, services=SERVICE_NAMES)
+        )
+        print(f"staff {login!r} can sign in at /auth/sign-in of: {', '.join(auth_admin.schemas_of(scopes))}")
+    elif args.action == "list":
+        for s in asyncio.run(auth_admin.list_staff(url, SERVICE_NAMES)):
+            print(f"{s.login}  {','.join(s.scopes)}  sessions: {s.sessions}")
+    else:
+        asyncio.run(auth_admin.remove_staff(url, args.login, SERVICE_NAMES))
+        print(f"removed {args.login!r} and ended its sessions")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -118,6 +189,34 @@ def dev_keys(data_dir: Path) -> dict[str, str]:
     return keys
 
 
+def _ensure_secret(path: Path, make: Callable[[], str]) -> str:
+    """A dev secret kept in the data folder (owner-only), so it stays the same across restarts."""
+    if not path.exists():
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEV_STAFF_LOGIN = "admin"
+
+
+def seed_back_office(settings: Settings, data_dir: Path) -> tuple[str, str]:
+    """The bootstrap admin token and a demo staff account with every scope; returns (token, password)."""
+    token = settings.admin_token or _ensure_secret(data_dir / "admin.token", auth.new_token)
+    password = _ensure_secret(data_dir / "staff.password", lambda: secrets.token_urlsafe(12))
+    asyncio.run(
+        auth_admin.add_staff(
+            settings.database_url,
+            login=DEV_STAFF_LOGIN,
+            scopes=sorted(scope_catalogue()),
+            password=password,
+            services=SERVICE_NAMES,
+            keep_existing_password=True,
+        )
+    )
+    return token, password
+
+
 def _wait_ready(urls: dict[str, str], timeout: float = 30.0) -> dict[str, bool]:
     deadline = time.monotonic() + timeout
     ready = dict.fromkeys(urls, False)
@@ -161,6 +260,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             overrides.update(dev_keys(data_dir))
         settings = load_settings(None, **overrides)
         asyncio.run(migrate_all(settings))
+        admin_token, staff_password = seed_back_office(settings, data_dir)
         urls: dict[str, str] = {
             name: f"http://{settings.host}:{settings.port_of(name)}" for name in SERVICE_NAMES
         }
@@ -179,6 +279,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "ABONENT_DATA_KEY_ID": settings.data_key_id,
                 "ABONENT_INDEX_KEY": settings.index_key,
                 "ABONENT_DATA_KEY": settings.data_key,
+                "ABONENT_ADMIN_TOKEN": admin_token,
                 "ABONENT_LOG_FORMAT": os.environ.get("ABONENT_LOG_FORMAT", "text"),
             }
         )
@@ -196,6 +297,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             (label, f"{urls[n]}{path}", "") for n in SERVICE_NAMES for label, path in service_spec(n).links
         ]
         rows += [(label, value, "") for label, value in seeded]
+        rows += [
+            ("staff sign-in", f"{urls['callback']}/auth/sign-in", f"{DEV_STAFF_LOGIN} / {staff_password}"),
+            ("admin token", admin_token, "all scopes; also in ABONENT_ADMIN_TOKEN"),
+            (
+                "try it",
+                f"curl -H 'Authorization: Bearer {admin_token}' {urls['callback']}/v1/admin/sites",
+                "",
+            ),
+        ]
         rows += [
             ("postgres", settings.database_url, "embedded" if postgres else "external"),
             ("nats", settings.nats_url, "embedded" if nats else "external"),
@@ -315,6 +425,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rotate.add_argument("--service", choices=SERVICE_NAMES, help="only this service (default: all)")
     rotate.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+    tokens = sub.add_parser("tokens", help="bearer tokens for systems (scoped, stored hashed)")
+    tokens_sub = tokens.add_subparsers(dest="action", required=True)
+    create = tokens_sub.add_parser("create", help="make a token and print it once")
+    create.add_argument("--name", required=True, help="who uses it, e.g. crm-sync")
+    create.add_argument("--scopes", required=True, help="comma-separated, e.g. callback:admin")
+    create.add_argument("--expires-days", type=float, default=None, help="expire after this many days")
+    tokens_sub.add_parser("list", help="tokens with scopes, last use, expiry and state (never the token)")
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token at once, by id or name")
+    revoke.add_argument("token", help="the token's id or name")
+    staff = sub.add_parser("staff", help="staff accounts that sign in to the back office")
+    staff_sub = staff.add_subparsers(dest="action", required=True)
+    add = staff_sub.add_parser(
+        "add", help="create or update (password from ABONENT_STAFF_PASSWORD or a prompt)"
+    )
+    add.add_argument("--login", required=True)
+    add.add_argument("--scopes", required=True, help="comma-separated, e.g. callback:admin")
+    staff_sub.add_parser("list", help="staff accounts, their scopes and live sessions")
+    remove = staff_sub.add_parser("remove", help="delete an account and end its sessions")
+    remove.add_argument("--login", required=True)
     sim = sub.add_parser("simulate-callbacks", help="replay Poisson arrivals against the promise engine")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -327,11 +456,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_migrate(args)
         if args.command == "keys":
             return cmd_keys_new(args) if args.keys_command == "new" else cmd_keys_rotate(args)
+        if args.command == "tokens":
+            return cmd_tokens(args)
+        if args.command == "staff":
+            return cmd_staff(args)
         if args.command == "simulate-callbacks":
             simulation = importlib.import_module("services.callback.simulation")
             return int(simulation.main(args.rest))
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (auth_admin.AuthAdminError, ValueError) as exc:
+        print(f"abonent {args.command}: {exc}", file=sys.stderr)
         return 2
     parser.error("unknown command")
     return 2

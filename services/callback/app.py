@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -14,10 +13,8 @@ import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.config.app import AppConfig
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
@@ -54,6 +51,7 @@ from services.callback.usecases import (
 from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common import db
+from services.common.auth import requires
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.rotation import EncryptedColumn
@@ -154,13 +152,9 @@ def feed_of(state: State) -> StatusFeed:
     return runtime_extra(state, "feed", StatusFeed)
 
 
-async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Back-office routes need `Authorization: Bearer $ABONENT_ADMIN_TOKEN`."""
-    runtime: Runtime = connection.app.state.runtime
-    expected = runtime.settings.admin_token
-    given = connection.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "A valid admin bearer token is required")
+# Sites, agents, webhook deliveries and punctuality: a token or a staff session with callback:admin.
+CALLBACK_ADMIN = "callback:admin"
+admin_only = requires(CALLBACK_ADMIN)
 
 
 # --- back office ----------------------------------------------------------------------------------------
@@ -497,6 +491,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         extra_config=add_cors_and_limits,
         settings_section=CallbackSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
+        scopes={CALLBACK_ADMIN: "sites, agents, webhook deliveries and punctuality (the /v1/admin API)"},
     )
 
 

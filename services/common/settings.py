@@ -64,8 +64,14 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     # Legacy single key (before the keyring): only reads values written in the old format; drop it once
     # `abonent keys rotate` has moved everything onto the ring.
     data_key: str = ""
-    # Bearer token for the operator's back-office admin API.
+    # Bootstrap bearer token for the back office: every service accepts it with all the scopes it declares.
     admin_token: str = ""
+    # Staff sessions end after this long without a request, and at the latest this long after sign-in.
+    session_idle_timeout_s: int = 1800
+    session_max_age_s: int = 43200
+    # Failed sign-ins allowed per (login, client address) within the window before answering 429.
+    sign_in_max_failures: int = 5
+    sign_in_window_s: int = 900
 
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {
@@ -84,6 +90,10 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
             raise SettingsError(
                 f"{env_name('stream_replicas')} must be 1, 3 or 5, got {self.stream_replicas}"
             )
+        positive = ("session_idle_timeout_s", "session_max_age_s", "sign_in_max_failures", "sign_in_window_s")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
         self._check_keys()

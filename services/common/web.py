@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +24,9 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from services.common import auth, db
 from services.common import bus as busmod
-from services.common import db
+from services.common.auth_pages import AUTH_ROUTES
 from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
@@ -83,6 +84,9 @@ class ServiceSpec:
     settings_section: type[SettingsSection] | None = None
     # Every column the service encrypts with DataProtector: `abonent keys rotate` re-encrypts these.
     encrypted_columns: Sequence[EncryptedColumn] = ()
+    # The back-office scopes this service checks ("<name>:<what>" -> what it allows), for `requires()`,
+    # `abonent tokens|staff` and the bootstrap token (ABONENT_ADMIN_TOKEN gets all of them).
+    scopes: Mapping[str, str] = field(default_factory=dict)
 
 
 class ReadinessBody(msgspec.Struct):
@@ -244,10 +248,13 @@ def _provide_bus(state: State) -> busmod.Bus:
 
 def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
     """One Litestar app per service, with the shared lifespan, routes, errors and OpenAPI."""
+    auth.check_declared_scopes(spec.name, spec.scopes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, spec.name, max_size=settings.db_pool_max)
+        async with db.transaction(pool) as conn:
+            await auth.register_bootstrap_token(conn, settings.admin_token, sorted(spec.scopes))
         bus = await busmod.connect(
             settings.nats_url, f"abonent-{spec.name}", settings.nats_namespace, settings.stream_replicas
         )
@@ -281,13 +288,14 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             log.info("service stopped", extra={"service": spec.name})
 
     config = AppConfig(
-        route_handlers=[live, ready, metrics, *spec.route_handlers],
+        route_handlers=[live, ready, metrics, *AUTH_ROUTES, *spec.route_handlers],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "pool": Provide(_provide_pool, sync_to_thread=False),
             "bus": Provide(_provide_bus, sync_to_thread=False),
+            "principal": Provide(auth.provide_principal, sync_to_thread=False),
             **spec.dependencies,
         },
         openapi_config=OpenAPIConfig(

@@ -15,6 +15,7 @@ SPEC = ServiceSpec(
     description="Turns events into messenger messages and SMS, respecting quiet hours, never twice.",
     route_handlers=[],
     migrations_dir=Path(__file__).parent / "migrations",
+    scopes={"notifier:read": "read notifications and their delivery state"},
 )
 
 

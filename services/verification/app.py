@@ -16,6 +16,7 @@ SPEC = ServiceSpec(
     "companies register corporate SIMs.",
     route_handlers=[],
     migrations_dir=Path(__file__).parent / "migrations",
+    scopes={"verification:cases": "read and decide subscriber verification cases"},
 )
 
 
