@@ -28,7 +28,7 @@ from services.common import db
 from services.common.bus import ConsumerSpec
 from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event, utc_now
-from services.common.logging import mask_phone
+from services.common.phone import mask_phone
 
 log = logging.getLogger(__name__)
 
