@@ -185,6 +185,14 @@ class Offer(msgspec.Struct, kw_only=True):
     pow: PowChallenge | None = None
 
 
+class CountryView(msgspec.Struct, kw_only=True):
+    """A country the site calls, for the widget's country picker."""
+
+    code: Annotated[str, msgspec.Meta(examples=["DE"])]  # ISO 3166 alpha-2
+    name: Annotated[str, msgspec.Meta(examples=["Germany"])]  # in the requested language
+    calling_code: Annotated[int, msgspec.Meta(examples=[49])]
+
+
 class WidgetConfig(msgspec.Struct, kw_only=True):
     site_key: str
     name: str
@@ -195,6 +203,7 @@ class WidgetConfig(msgspec.Struct, kw_only=True):
     allowed_countries: list[str]
     default_country: str
     fields: WidgetFields
+    countries: list[CountryView] = msgspec.field(default_factory=list)
 
 
 class CallbackCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -21,7 +21,14 @@ from services.callback import store
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, Slot, TimeRange, offer_slots
 from services.callback.domain.guard import check_form_token, issue_form_token, proof_of_work_ok
 from services.callback.domain.lifecycle import CallbackState, IllegalTransition, is_terminal, transition
-from services.callback.domain.phone import PhoneRejected, normalize_phone
+from services.callback.domain.phone import (
+    PhoneRejected,
+    calling_code,
+    country_name,
+    default_country,
+    normalize_phone,
+    refusal_message,
+)
 from services.callback.domain.promise import (
     Promise,
     PromiseReason,
@@ -35,6 +42,7 @@ from services.callback.schemas import (
     CallbackCreate,
     CallbackCreated,
     CallbackStatus,
+    CountryView,
     Lang,
     Offer,
     PowChallenge,
@@ -57,7 +65,7 @@ from services.common.events import (
     CallbackRequested,
     CallbackScheduled,
 )
-from services.common.logging import mask_phone
+from services.common.phone import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +220,11 @@ class CallbackService:
             consent=settings.consent,
             theme=settings.theme,
             allowed_countries=settings.allowed_countries,
-            default_country=settings.allowed_countries[0] if settings.allowed_countries else "RU",
+            default_country=default_country(settings.allowed_countries),
+            countries=[
+                CountryView(code=code, name=country_name(code, chosen), calling_code=calling_code(code))
+                for code in settings.allowed_countries
+            ],
             fields=settings.widget_fields,
         )
 
@@ -327,9 +339,11 @@ class CallbackService:
         now = self.clock()
         self._check_form(site_key, settings, body, now)
         try:
-            phone = normalize_phone(body.phone, settings.allowed_countries)
+            # National formats are read as the site's first country; the widget sends "+<code>…" always.
+            countries = settings.allowed_countries
+            phone = normalize_phone(body.phone, countries, default_country(countries))
         except PhoneRejected as exc:
-            raise refuse(400, exc.code, exc.message, "phone") from None
+            raise refuse(400, exc.reason, refusal_message(exc, body.lang), "phone") from None
         if settings.consent.required and not body.consent:
             raise refuse(400, "consent_required", "Please agree to the processing of your number", "consent")
         callee = callee_window(settings, body.visitor_tz, parse_clock(body.not_before))

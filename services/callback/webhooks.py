@@ -19,7 +19,7 @@ from services.common.bus import ConsumerSpec
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event
-from services.common.logging import mask_phone
+from services.common.phone import mask_phone
 from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
 
 # Deliveries of this channel belong to a site (subscriber = site key); each attempt asks the site's

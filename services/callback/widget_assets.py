@@ -3,7 +3,8 @@
 `widget/src/widget.js` + `widget/src/widget.css` are built in memory on first request (the CSS becomes a
 JS string literal inside the script; comment-only lines and indentation are dropped), so there is no build
 step and no stale artefact. The build is redone when a source file changes, which makes editing the widget
-against a running service painless. `/widget/v1/...` is immutable: the path changes with the contract.
+against a running service painless. Embeds load `/widget/v1/widget.js`, a short-lived loader that adds
+`/widget/v1/widget.<content hash>.js`, which is immutable; both are served pre-compressed.
 """
 
 from __future__ import annotations
@@ -19,27 +20,19 @@ from typing import Annotated, Any
 
 import jinja2
 from litestar import Request, Response, get
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 
-__all__ = ["DEMO_CSP", "WIDGET_ROUTES", "WidgetBundle", "widget_bundle"]
+__all__ = ["DEMO_CSP", "WIDGET_ROUTES", "Asset", "WidgetBundle", "build_loader", "widget_bundle"]
 
 WIDGET_DIR = Path(__file__).resolve().parents[2] / "widget"
 _SOURCES = (WIDGET_DIR / "src" / "widget.js", WIDGET_DIR / "src" / "widget.css")
 _CSS_PLACEHOLDER = "__ABONENT_CSS__"
 _SITE_KEY = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
 
-IMMUTABLE = "public, max-age=31536000, immutable"
-SHORT = "public, max-age=300"
 # The demo page holds itself to the strictest policy a customer might have: no inline anything.
 DEMO_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'"
-
-
-@dataclass(frozen=True, slots=True)
-class WidgetBundle:
-    body: bytes
-    gzipped: bytes
-    etag: str  # strong ETag of the identity body; the gzip variant gets a suffix
 
 
 def _minify_css(css: str) -> str:
@@ -87,36 +80,123 @@ def build_widget(js_source: str, css_source: str) -> bytes:
     return f"/* Abonent callback widget v1 | Apache-2.0 */\n{js}\n".encode()
 
 
+# The loader is what embeds point at (`/widget/v1/widget.js`): small, cached for minutes and revalidated
+# with its ETag, it adds the content-hashed script, which never changes and is cached for a year. Its data-*
+# attributes, nonce and crossorigin go to the new tag, where the widget reads them as document.currentScript.
+# Pages that enforce Trusted Types allow the policy name "abonent-widget" (it only ever admits that URL).
+_LOADER = """/* Abonent callback widget v1 loader | Apache-2.0 */
+(function () {
+  var me = document.currentScript || document.querySelector('script[data-site-key]');
+  if (!me || window.Abonent) return;
+  var url = new URL(__PATH__, me.src).href;
+  var s = document.createElement('script');
+  for (var i = 0; i < me.attributes.length; i++) {
+    var a = me.attributes[i];
+    if (/^(data-|crossorigin$|referrerpolicy$)/.test(a.name)) s.setAttribute(a.name, a.value);
+  }
+  if (me.nonce) s.nonce = me.nonce;
+  s.async = true;
+  var src = url;
+  try {
+    src = window.trustedTypes.createPolicy('abonent-widget', {
+      createScriptURL: function (u) { if (u !== url) throw new TypeError(u); return u; }
+    }).createScriptURL(url);
+  } catch (e) { /* no Trusted Types, or the page does not allow the policy: a plain URL may still do */ }
+  try { s.src = src; } catch (e) {
+    console.warn('Abonent: the Trusted Types policy of this page blocks the widget; allow "abonent-widget"');
+    return;
+  }
+  (document.head || document.documentElement).appendChild(s);
+})();
+"""
+_HASHED = re.compile(r"^widget\.([0-9a-f]{16})\.js$")
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+SHORT = "public, max-age=300"
+# A hash this replica does not have (another replica is on a newer or older build during a rollout): the
+# current script still works, but must not be cached under that name.
+REVALIDATE = "no-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One file as served: the identity body, its pre-compressed forms and a strong ETag per form."""
+
+    body: bytes
+    encoded: dict[str, bytes]  # content-coding → body; gzip only: no brotli package is installed
+    etag: str
+
+    @classmethod
+    def of(cls, body: bytes) -> Asset:
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return cls(body=body, encoded={"gzip": gzip.compress(body, 9, mtime=0)}, etag=etag)
+
+
+@dataclass(frozen=True, slots=True)
+class WidgetBundle:
+    script: Asset
+    digest: str  # the first 16 hex digits of the script's SHA-256: its file name
+    loader: Asset
+
+    @property
+    def script_path(self) -> str:
+        return f"/widget/v1/widget.{self.digest}.js"
+
+
+def build_loader(script_path: str) -> bytes:
+    return _LOADER.replace("__PATH__", json.dumps(script_path)).encode()
+
+
 _cache: dict[tuple[int, ...], WidgetBundle] = {}
 
 
 def widget_bundle() -> WidgetBundle:
-    """The built widget, rebuilt only when a source file's mtime or size changes."""
+    """The built widget and its loader, rebuilt only when a source file's mtime or size changes."""
     stats = [path.stat() for path in _SOURCES]
     stamp = tuple(value for st in stats for value in (st.st_mtime_ns, st.st_size))
     bundle = _cache.get(stamp)
     if bundle is None:
         js_source, css_source = (path.read_text(encoding="utf-8") for path in _SOURCES)
         body = build_widget(js_source, css_source)
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        bundle = WidgetBundle(body=body, gzipped=gzip.compress(body, 9, mtime=0), etag=etag)
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        loader = build_loader(f"/widget/v1/widget.{digest}.js")
+        bundle = WidgetBundle(script=Asset.of(body), digest=digest, loader=Asset.of(loader))
         _cache.clear()
         _cache[stamp] = bundle
     return bundle
 
 
-def _accepts_gzip(request: Request[Any, Any, Any]) -> bool:
+def _accepted_encodings(request: Request[Any, Any, Any]) -> dict[str, float]:
+    """Accept-Encoding as {coding: q}; a missing q is 1."""
+    accepted: dict[str, float] = {}
     for part in request.headers.get("accept-encoding", "").split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+        name, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if name:
+            accepted[name.lower()] = quality
+    return accepted
 
 
-def _serve_widget(request: Request[Any, Any, Any], cache_control: str) -> Response[bytes]:
-    bundle = widget_bundle()
-    gzipped = _accepts_gzip(request)
-    etag = bundle.etag[:-1] + '-gz"' if gzipped else bundle.etag
+def _pick_encoding(asset: Asset, request: Request[Any, Any, Any]) -> str | None:
+    accepted = _accepted_encodings(request)
+    wildcard = accepted.get("*", 0.0)
+    # Smallest first: brotli beats gzip whenever both are on offer.
+    for coding in sorted(asset.encoded, key=lambda name: len(asset.encoded[name])):
+        if accepted.get(coding, wildcard) > 0:
+            return coding
+    return None
+
+
+def _serve(request: Request[Any, Any, Any], asset: Asset, cache_control: str) -> Response[bytes]:
+    coding = _pick_encoding(asset, request)
+    etag = asset.etag[:-1] + f'-{coding}"' if coding else asset.etag
     headers = {
         "Cache-Control": cache_control,
         "ETag": etag,
@@ -126,25 +206,37 @@ def _serve_widget(request: Request[Any, Any, Any], cache_control: str) -> Respon
         "Cross-Origin-Resource-Policy": "cross-origin",
         "X-Content-Type-Options": "nosniff",
     }
-    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+    # Weak comparison (RFC 9110 13.1.2): a proxy that re-compresses may have weakened our tag.
+    offered = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
+    if etag in offered or "*" in offered:
         return Response(b"", status_code=304, headers=headers, media_type="text/javascript")
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
+    if coding:
+        headers["Content-Encoding"] = coding
+    # Litestar adds "; charset=utf-8" to text/* itself; naming it here as well doubled it.
     return Response(
-        bundle.gzipped if gzipped else bundle.body,
-        headers=headers,
-        media_type="text/javascript; charset=utf-8",
+        asset.encoded[coding] if coding else asset.body, headers=headers, media_type="text/javascript"
     )
 
 
 @get("/widget/v1/widget.js", include_in_schema=False, sync_to_thread=False)
 def widget_v1(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return _serve_widget(request, IMMUTABLE)
+    """The loader every embed points at."""
+    return _serve(request, widget_bundle().loader, SHORT)
 
 
 @get("/widget/widget.js", include_in_schema=False, sync_to_thread=False)
 def widget_latest(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return _serve_widget(request, SHORT)
+    return _serve(request, widget_bundle().loader, SHORT)
+
+
+@get("/widget/v1/{name:str}", include_in_schema=False, sync_to_thread=False)
+def widget_hashed(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+    """The widget itself under its content hash."""
+    match = _HASHED.match(name)
+    if match is None:
+        raise NotFoundException()
+    bundle = widget_bundle()
+    return _serve(request, bundle.script, IMMUTABLE if match.group(1) == bundle.digest else REVALIDATE)
 
 
 @cache
@@ -185,4 +277,4 @@ def demo_css() -> Response[bytes]:
     )
 
 
-WIDGET_ROUTES: list[HTTPRouteHandler] = [widget_v1, widget_latest, demo_page, demo_css]
+WIDGET_ROUTES: list[HTTPRouteHandler] = [widget_v1, widget_latest, widget_hashed, demo_page, demo_css]

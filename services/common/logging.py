@@ -11,6 +11,20 @@ from typing import Any
 
 import msgspec
 
+# Re-exported: masking lives with the rest of the phone rules; logs are its main user.
+from services.common.phone import mask_phone
+
+__all__ = [
+    "JsonFormatter",
+    "MaskingTextFormatter",
+    "configure_logging",
+    "event_id_var",
+    "mask_document",
+    "mask_phone",
+    "mask_pii",
+    "request_id_var",
+]
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 event_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
 
@@ -18,14 +32,6 @@ event_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event
 _PHONE_RE = re.compile(r"(?<![\w/])\+?\d[\d\s\-().]{8,18}\d(?![\w/])")
 # Passport-like numbers: "45 12 345678", "4512 345678", "4512345678".
 _DOCUMENT_RE = re.compile(r"(?<!\d)\d{2}\s?\d{2}\s?\d{6}(?!\d)")
-
-
-def mask_phone(phone: str) -> str:
-    """Keep the country code and last two digits (+7912*****89): matchable by eye, useless to a thief."""
-    digits = re.sub(r"\D", "", phone)
-    if len(digits) < 6:
-        return "*" * len(phone)  # not a phone number: hide all of it
-    return ("+" if phone.strip().startswith("+") else "") + digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
 
 
 def mask_document(number: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -22,30 +23,73 @@ def client() -> Iterator[TestClient[Any]]:
         yield test_client
 
 
+def script_path(client: TestClient[Any]) -> str:
+    """The content-hashed script the loader adds."""
+    loader = client.get("/widget/v1/widget.js").text
+    found = re.search(r'"(/widget/v1/widget\.[0-9a-f]{16}\.js)"', loader)
+    assert found, loader
+    return found.group(1)
+
+
 def test_widget_gzipped_size_within_budget(client: TestClient[Any]) -> None:
-    served = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "identity"})
+    path = script_path(client)
+    served = client.get(path, headers={"Accept-Encoding": "identity"})
     assert served.status_code == 200
     size = len(gzip.compress(served.content, 9))
     assert size <= SIZE_BUDGET, f"widget.js is {size} bytes gzipped; the budget is {SIZE_BUDGET}"
     # What goes over the wire to a browser that accepts gzip is that small too.
-    raw = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "gzip"})
+    raw = client.get(path, headers={"Accept-Encoding": "gzip"})
     assert raw.headers["content-encoding"] == "gzip"
     assert int(raw.headers["content-length"]) <= SIZE_BUDGET
     assert raw.content == served.content  # httpx decoded it
+    # The loader every embed points at stays tiny.
+    loader = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "gzip"})
+    assert int(loader.headers["content-length"]) <= 1024
 
 
-def test_widget_versioned_path_is_immutable_with_etag(client: TestClient[Any]) -> None:
+def test_widget_loader_is_short_lived_and_revalidates(client: TestClient[Any]) -> None:
     first = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "identity"})
-    assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
-    assert first.headers["content-type"].startswith("text/javascript")
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "public, max-age=300"
+    # One charset, not "text/javascript; charset=utf-8; charset=utf-8".
+    assert first.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert first.headers["vary"] == "Accept-Encoding"
+    assert "content-encoding" not in first.headers
     etag = first.headers["etag"]
     assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
     again = client.get("/widget/v1/widget.js", headers={"If-None-Match": etag, "Accept-Encoding": "identity"})
     assert again.status_code == 304
     assert again.content == b""
+    assert again.headers["etag"] == etag
+    weak = client.get("/widget/v1/widget.js", headers={"If-None-Match": f"W/{etag}", "Accept-Encoding": ""})
+    assert weak.status_code == 304
     gz = client.get("/widget/v1/widget.js", headers={"Accept-Encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip"
     assert gz.headers["etag"] != etag  # another representation, another strong ETag
-    assert gz.headers["vary"] == "Accept-Encoding"
+    stale = client.get("/widget/v1/widget.js", headers={"If-None-Match": '"0123"', "Accept-Encoding": "gzip"})
+    assert stale.status_code == 200
+
+
+def test_widget_script_is_content_hashed_and_immutable(client: TestClient[Any]) -> None:
+    path = script_path(client)
+    script = client.get(path, headers={"Accept-Encoding": "identity"})
+    assert script.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert hashlib.sha256(script.content).hexdigest()[:16] in path
+    assert script.content.startswith(b"/* Abonent callback widget v1 | Apache-2.0 */")
+    revalidated = client.get(path, headers={"If-None-Match": script.headers["etag"], "Accept-Encoding": ""})
+    assert revalidated.status_code == 304
+    # No brotli package is installed, so gzip is the only coding on offer; "br" alone gets identity.
+    br = client.get(path, headers={"Accept-Encoding": "br"})
+    assert "content-encoding" not in br.headers
+    assert br.content == script.content
+    refused = client.get(path, headers={"Accept-Encoding": "gzip;q=0, *;q=0"})
+    assert "content-encoding" not in refused.headers
+    # A hash this replica does not have (mid-rollout) still gets a working script, but it is not cached.
+    other = client.get("/widget/v1/widget.0123456789abcdef.js")
+    assert other.status_code == 200
+    assert other.headers["cache-control"] == "no-cache"
+    assert client.get("/widget/v1/widget.nothex.js").status_code == 404
 
 
 def test_widget_unversioned_path_is_short_lived(client: TestClient[Any]) -> None:

@@ -297,19 +297,19 @@ def test_widget_invalid_phone_keeps_what_was_typed(browser: Browser, stack: Stac
         expect(phone).to_have_value("+7 (000) 000-00-00")
         tab.shot("phone-invalid")
 
-        # A Kazakh number on a site that calls Russia and Germany: country_not_allowed.
+        # A Kazakh number on a site that calls Russia and Germany: refused by the country's name.
         phone.fill("")
         phone.press_sequentially("+77011234567")
         expect(phone).to_have_value("+7 (701) 123-45-67")
         submit.click()
-        expect(error).to_have_text("We can't call numbers from this country")
+        expect(error).to_have_text("We don't call numbers in Kazakhstan")
         expect(phone).to_have_value("+7 (701) 123-45-67")
         tab.shot("phone-country-not-allowed")
 
-        # Other allowed countries are typed freely after a "+".
+        # Other countries are typed freely after a "+", the visitor's own spacing kept.
         phone.fill("")
         phone.press_sequentially("+49 30 1234567")
-        expect(phone).to_have_value("+49301234567")
+        expect(phone).to_have_value("+49 30 1234567")
         tab.assert_clean()
 
 
@@ -428,7 +428,8 @@ def test_widget_under_strict_csp_cross_origin(
     csp = (
         f"default-src 'none'; script-src {stack.base}; connect-src {stack.base}; style-src 'self'; "
         "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
-        "require-trusted-types-for 'script'; trusted-types 'none'"
+        # The loader adds the content-hashed script through the one policy it creates.
+        "require-trusted-types-for 'script'; trusted-types abonent-widget"
     )
     url = host_site.page(
         "/csp.html",
@@ -563,3 +564,229 @@ def test_widget_live_call_connected_retry_plan_and_missed(
     finally:
         agent.post("/agent/api/presence", json={"status": "offline"})
         agent.close()
+
+
+# --- foreign numbers (issue 9 §1) ---------------------------------------------------------------------------
+
+
+def posted_phones(tab: Tab) -> list[str]:
+    """Collects the phone of every callback the page POSTs, as the server receives it."""
+    phones: list[str] = []
+
+    def on_request(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/callbacks"):
+            phones.append(json.loads(request.post_data or "{}").get("phone", ""))
+
+    tab.page.on("request", on_request)
+    return phones
+
+
+def test_widget_pasted_foreign_number_keeps_its_country_and_is_refused_by_name(
+    browser: Browser, stack: Stack, artifacts: Path
+) -> None:
+    stack.put_site("w-foreign", [], allowed_countries=["RU"])
+    for lang, locale, refusals in (
+        (
+            "en",
+            "en-US",
+            {
+                "+49 30 12345678": "We don't call numbers in Germany",
+                "+1 202 555 0123": "We don't call numbers in the United States",
+            },
+        ),
+        ("ru", "ru-RU", {"+49 30 12345678": "Мы не звоним на номера в Германии"}),
+    ):
+        with open_tab(browser, artifacts, locale=locale) as tab:
+            phones = posted_phones(tab)
+            page = tab.page
+            page.goto(f"{stack.base}/demo?lang={lang}&site_key=w-foreign")
+            page.get_by_role("button", name=re.compile("Call me back|Перезвоните мне")).click()
+            expect(tab.w(".promise")).not_to_have_text(re.compile("Checking|Проверяем"))
+            # One country only: no picker.
+            expect(tab.w("#ab-cc")).to_have_count(0)
+            phone = tab.w("#ab-phone")
+            tab.w("#ab-consent").check()
+            for pasted, refusal in refusals.items():
+                phone.fill("")
+                phone.focus()
+                page.keyboard.insert_text(pasted)  # what a paste delivers: one input event
+                # Not turned into a Russian "+7 (493) 012-34-56" (a stranger's number).
+                expect(phone).to_have_value(pasted)
+                tab.w("form:has(#ab-phone) > .btn").click()
+                expect(tab.w("#ab-phone-err")).to_have_text(refusal)
+                expect(phone).to_have_value(pasted)
+                expect(phone).to_have_attribute("aria-invalid", "true")
+                tab.shot(f"foreign-refused-{lang}-{pasted[1:3].strip()}")
+            assert phones == ["+" + re.sub(r"\D", "", p) for p in refusals], phones
+            # A Russian number typed the usual way still gets the RU mask.
+            phone.fill("")
+            phone.press_sequentially("89123456789")
+            expect(phone).to_have_value("+7 (912) 345-67-89")
+            tab.assert_clean()
+
+
+def test_widget_country_picker_and_plus_one_on_a_multi_country_site(
+    browser: Browser, stack: Stack, artifacts: Path
+) -> None:
+    stack.put_site("w-world", [], allowed_countries=["RU", "DE", "US"])
+    with open_tab(browser, artifacts) as tab:
+        phones = posted_phones(tab)
+        page = tab.page
+        page.goto(f"{stack.base}/demo?lang=en&site_key=w-world")
+        page.get_by_role("button", name="Call me back").click()
+        expect(tab.w(".promise")).to_have_text(re.compile("We'll call you within"))
+        picker = page.get_by_role("combobox", name="Country")
+        expect(picker).to_have_value("RU")
+        assert picker.locator("option").all_inner_texts() == ["+7 Russia", "+49 Germany", "+1 United States"]
+        phone = tab.w("#ab-phone")
+        expect(phone).to_have_attribute("placeholder", "+7 (___) ___-__-__")
+        # A German number typed the national way, after picking Germany.
+        picker.select_option("DE")
+        expect(phone).to_be_focused()
+        expect(phone).to_have_attribute("placeholder", "+49")
+        phone.press_sequentially("030 12345678")
+        expect(phone).to_have_value("030 12345678")
+        tab.w("#ab-consent").check()
+        tab.shot("picker-germany")
+        tab.w("form:has(#ab-phone) > .btn").click()
+        expect(tab.w(".status")).to_have_text(WITHIN)
+        assert phones == ["+4903012345678"]
+        tab.assert_clean()
+
+    with open_tab(browser, artifacts) as tab:
+        phones = posted_phones(tab)
+        page = tab.page
+        page.goto(f"{stack.base}/demo?lang=en&site_key=w-world")
+        page.get_by_role("button", name="Call me back").click()
+        expect(tab.w(".promise")).to_have_text(re.compile("We'll call you within"))
+        picker = page.get_by_role("combobox", name="Country")
+        phone = tab.w("#ab-phone")
+        # "+" then the number: the picker follows the calling code.
+        phone.press_sequentially("+1 202 555 0123")
+        expect(phone).to_have_value("+1 202 555 0123")
+        expect(picker).to_have_value("US")
+        # Switching the picker swaps the calling code and keeps the rest.
+        picker.select_option("DE")
+        expect(phone).to_have_value("+49 202 555 0123")
+        picker.select_option("US")
+        expect(phone).to_have_value("+1 202 555 0123")
+        tab.w("#ab-consent").check()
+        tab.shot("picker-plus-one")
+        tab.w("form:has(#ab-phone) > .btn").click()
+        expect(tab.w(".status")).to_have_text(WITHIN)
+        assert phones == ["+12025550123"]
+        tab.shot("plus-one-accepted")
+        tab.assert_clean()
+
+
+# --- page styles do not leak in (issue 9 §15) --------------------------------------------------------------
+
+SHIFTING_PAGES = {
+    "rtl-transformed-body": """<!doctype html><html lang="en" dir="rtl"><head><title>RTL shop</title><style>
+      html { direction: rtl }
+      body { transform: translateX(25vw) scale(.6); height: 3000px; margin: 0 }
+    </style></head><body><h1>متجر</h1><p>A right-to-left page whose body is transformed.</p>""",
+    "transformed-html": """<!doctype html><html lang="en"><head><title>Odd shop</title><style>
+      html { transform: translateY(-400px) rotate(2deg); filter: blur(0); contain: paint }
+      body { will-change: transform; perspective: 100px }
+    </style></head><body><h1>Transforms everywhere</h1>""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTING_PAGES))
+def test_widget_stays_in_the_viewport_ltr_whatever_the_page_does(
+    browser: Browser, stack: Stack, host_site: HostSite, artifacts: Path, name: str
+) -> None:
+    key = f"w-{name}"
+    stack.put_site(key, [host_site.origin])
+    url = host_site.page(
+        f"/{name}.html",
+        SHIFTING_PAGES[name]
+        + f'<script src="{stack.base}/widget/v1/widget.js" data-site-key="{key}" async></script>'
+        + "</body></html>",
+    )
+    viewport = {"width": 1024, "height": 700}
+    with open_tab(browser, artifacts, viewport=viewport) as tab:
+        page = tab.page
+        page.goto(url)
+        fab = page.get_by_role("button", name="Call me back")
+        expect(fab).to_be_visible()
+        box = fab.bounding_box()
+        assert box is not None
+        # Bottom-right, 20 px from the edges, as designed, and not scaled.
+        assert abs(viewport["width"] - (box["x"] + box["width"]) - 20) < 1, box
+        assert abs(viewport["height"] - (box["y"] + box["height"]) - 20) < 1, box
+        assert box["height"] >= 50, box
+        # Left to right inside: the icon comes before the words.
+        icon = tab.w(".fab svg").bounding_box()
+        words = tab.w(".fab span").bounding_box()
+        assert icon is not None
+        assert words is not None
+        assert icon["x"] < words["x"], (icon, words)
+        assert fab.evaluate("e => getComputedStyle(e).direction") == "ltr"
+        # Clickable where it is drawn: nothing of the page sits above it.
+        assert page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y) === document.querySelector('abonent-widget')",
+            [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
+        )
+        tab.shot(f"{name}-closed")
+        fab.click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        expect(tab.w(".promise")).to_have_text(re.compile("We'll call you within"))
+        box = dialog.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0, box
+        assert box["y"] >= 0, box
+        assert abs(viewport["width"] - (box["x"] + box["width"]) - 20) < 1, box
+        assert box["width"] >= 300, box
+        title = tab.w(".title").bounding_box()
+        close = tab.w(".x").bounding_box()
+        assert title is not None
+        assert close is not None
+        assert title["x"] < close["x"], (title, close)
+        tab.shot(f"{name}-open")
+        tab.assert_clean()
+
+
+# --- loader, hashed script, caching and encodings (issue 9 §14) ------------------------------------------
+
+
+def test_widget_loader_adds_the_hashed_script_with_cache_headers(
+    browser: Browser, stack: Stack, artifacts: Path
+) -> None:
+    stack.put_site("w-cache", [])
+    with open_tab(browser, artifacts) as tab:
+        responses: dict[str, Any] = {}
+        tab.page.on("response", lambda r: responses.setdefault(r.url, r) if "/widget/" in r.url else None)
+        tab.page.goto(f"{stack.base}/demo?lang=en&site_key=w-cache")
+        expect(tab.page.get_by_role("button", name="Call me back")).to_be_visible()
+        loader = responses[f"{stack.base}/widget/v1/widget.js"]
+        hashed = [url for url in responses if re.search(r"/widget/v1/widget\.[0-9a-f]{16}\.js$", url)]
+        assert len(hashed) == 1, list(responses)
+        script = responses[hashed[0]]
+        loader_headers = loader.all_headers()
+        script_headers = script.all_headers()
+        assert loader_headers["cache-control"] == "public, max-age=300"
+        assert script_headers["cache-control"] == "public, max-age=31536000, immutable"
+        for headers in (loader_headers, script_headers):
+            assert headers["content-type"] == "text/javascript; charset=utf-8"
+            assert headers["vary"] == "Accept-Encoding"
+            assert headers["content-encoding"] == "gzip"  # Chromium asks for it; served pre-compressed
+        # The widget runs from the hashed script, configured by the loader's tag.
+        assert tab.page.evaluate(
+            "document.querySelector('script[src*=\"/widget/v1/widget.\"][data-site-key]').dataset.siteKey"
+        ) in ("w-cache",)
+        tab.assert_clean()
+
+    # Revalidation against the real service: the loader answers 304 to its ETag, per encoding.
+    for encoding in ("gzip", "identity"):
+        first = stack.http.get("/widget/v1/widget.js", headers={"Accept-Encoding": encoding})
+        again = stack.http.get(
+            "/widget/v1/widget.js",
+            headers={"Accept-Encoding": encoding, "If-None-Match": first.headers["etag"]},
+        )
+        assert again.status_code == 304, again.headers
+        assert again.headers["etag"] == first.headers["etag"]
+    path = re.sub(r"^https?://[^/]+", "", hashed[0])
+    assert path in stack.http.get("/widget/v1/widget.js").text

@@ -45,7 +45,7 @@
       next: 'Next try in {0}', cancel: 'Cancel the call', again: 'Request another call',
       reschedule: 'Call me at this time',
       keep: 'Keep your phone nearby', pickUp: 'Please pick up: it is us calling', errPhone: 'Enter the full phone number', errInvalid: "This doesn't look like a valid phone number",
-      errCountry: "We can't call numbers from this country",
+      errCountry: "We don't call numbers in this country", country: 'Country',
       errType: 'We can only call mobile and landline numbers', errConsent: 'Please tick the box to continue',
       errSlot: 'This time is no longer available, please choose another',
       errRate: 'Too many requests, try again {0}', errRateLater: 'Too many requests, please try again later',
@@ -72,7 +72,7 @@
       next: 'Следующая попытка через {0}', cancel: 'Отменить звонок', again: 'Заказать новый звонок',
       reschedule: 'Позвоните в это время',
       keep: 'Держите телефон под рукой', pickUp: 'Возьмите трубку — это мы', errPhone: 'Введите номер полностью', errInvalid: 'Похоже, номер набран с ошибкой',
-      errCountry: 'Мы не звоним на номера этой страны',
+      errCountry: 'Мы не звоним на номера этой страны', country: 'Страна',
       errType: 'Мы звоним только на мобильные и городские номера',
       errConsent: 'Чтобы продолжить, отметьте согласие',
       errSlot: 'Это время уже занято, выберите другое',
@@ -138,7 +138,7 @@
   // ---- HTTP ----------------------------------------------------------------------------------------
   // Errors carry {status, code, field, retryAfter}; code 'offline' = the request never got an answer.
   async function request(method, path, body, headers) {
-    const fail = (status, code, field, retryAfter) => Object.assign(new Error(code), { status, code, field, retryAfter });
+    const fail = (status, code, field, retryAfter, text) => Object.assign(new Error(code), { status, code, field, retryAfter, text });
     if (navigator.onLine === false) throw fail(0, 'offline');
     let res;
     try {
@@ -159,7 +159,7 @@
     if (res.ok) return data;
     const err = (data && data.error) || {};
     const code = res.status === 429 ? 'rate_limited' : res.status >= 500 ? 'unavailable' : err.code || 'error';
-    throw fail(res.status, code, err.field, parseInt(res.headers.get('Retry-After'), 10) || 0);
+    throw fail(res.status, code, err.field, parseInt(res.headers.get('Retry-After'), 10) || 0, err.message);
   }
 
   // The countdown compares the server's promise with this device's clock; when the server's Date header
@@ -177,7 +177,7 @@
       case 'unavailable': return t.errDown;
       case 'rate_limited': return e.retryAfter ? fmt(t.errRate, inTime(e.retryAfter)) : t.errRateLater;
       case 'invalid_phone': return t.errInvalid;
-      case 'country_not_allowed': return t.errCountry;
+      case 'unsupported_country': return e.text || t.errCountry; // "We don't call numbers in Germany"
       case 'number_type_not_allowed': return t.errType;
       case 'consent_required': return t.errConsent;
       case 'invalid_slot': return t.errSlot;
@@ -212,22 +212,38 @@
     return hours ? `${hours}:${pad(m)}:${pad(s % 60)}` : `${m}:${pad(s % 60)}`;
   }
 
-  // ---- phone mask ----------------------------------------------------------------------------------
-  // +7 countries (RU, KZ) get "+7 (912) 345-67-89" and a leading 8 becomes +7; other countries: "+" and
-  // digits. The server has the real rules (libphonenumber); this only helps people type.
-  let config = { allowed_countries: ['RU'], default_country: 'RU', fields: {}, consent: {}, theme: {}, texts: {} };
-  const isSeven = (c) => c === 'RU' || c === 'KZ';
-  const sevenSite = () => isSeven(config.default_country);
-  const otherCountries = () => (config.allowed_countries || []).some((c) => !isSeven(c));
+  // ---- phone ---------------------------------------------------------------------------------------
+  // A number keeps the country the visitor typed or pasted: "+49 30 12345678" stays German (and the server
+  // refuses it by name where the site does not call Germany). Without "+", digits are a national number of
+  // the picked country. Only the +7 zone (RU, KZ) gets the "+7 (912) 345-67-89" mask, where a leading 8
+  // means +7. The server has the real rules (libphonenumber); this only helps people type.
+  let config = { allowed_countries: ['RU'], default_country: 'RU', countries: [], fields: {}, consent: {}, theme: {}, texts: {} };
+  let country = 'RU';
   const digitsOf = (s) => s.replace(/\D/g, '');
+  const intlOf = (s) => /^\s*\+/.test(s);
+  function codeOf(c) {
+    const found = config.countries.find((x) => x.code === c);
+    return found ? String(found.calling_code) : c === 'RU' || c === 'KZ' ? '7' : '';
+  }
+  // The allowed country whose calling code starts these digits (the longest code wins; +76/+77 is KZ).
+  function countryOfDigits(d) {
+    const hits = config.countries.filter((c) => d.startsWith(String(c.calling_code)))
+      .sort((a, b) => String(b.calling_code).length - String(a.calling_code).length);
+    const seven = /^7[67]/.test(d) ? 'KZ' : 'RU';
+    return (hits.find((c) => c.calling_code !== 7 || c.code === seven) || hits[0] || {}).code;
+  }
+  const sevenZone = (raw) => (intlOf(raw) ? digitsOf(raw)[0] === '7' : codeOf(country) === '7');
 
   function formatPhone(raw) {
     let d = digitsOf(raw);
-    const intl = /^\s*\+/.test(raw);
+    const intl = intlOf(raw);
     if (!d) return intl ? '+' : '';
-    const free = !sevenSite() || (intl && d[0] !== '7' && otherCountries());
-    if (free) return `+${d.slice(0, 15)}`;
-    d = (d[0] === '8' ? '7' + d.slice(1) : d[0] === '7' ? d : '7' + d).slice(0, 11);
+    if (!sevenZone(raw)) {
+      // As typed: digits and the usual separators, "+" only in front, at most 15 digits.
+      let n = 0;
+      return (intl ? '+' : '') + raw.replace(/[^\d\s().-]/g, '').replace(/\d/g, (x) => (++n > 15 ? '' : x)).trimStart();
+    }
+    d = (intl || d[0] === '7' ? d : d[0] === '8' ? '7' + d.slice(1) : '7' + d).slice(0, 11);
     let s = '+7';
     if (d.length > 1) s += ` (${d.slice(1, 4)}`;
     if (d.length > 4) s += `) ${d.slice(4, 7)}`;
@@ -237,8 +253,34 @@
   }
   function phoneProblem(value) {
     const d = digitsOf(value);
-    if (/^\+7/.test(value) && sevenSite()) return d.length === 11 ? null : t.errPhone;
-    return d.length >= 8 && d.length <= 15 ? null : t.errPhone;
+    if (/^\+7/.test(value)) return d.length === 11 ? null : t.errPhone;
+    return d.length >= (intlOf(value) ? 8 : 6) && d.length <= 15 ? null : t.errPhone;
+  }
+  // What the server gets: always international, so it never has to guess the country.
+  function phoneToSend(value) {
+    const code = codeOf(country);
+    return intlOf(value) ? `+${digitsOf(value)}` : code ? `+${code}${digitsOf(value)}` : digitsOf(value);
+  }
+  function setCountry(c) {
+    country = c;
+    if (picker) picker.value = c;
+    phoneIn.placeholder = codeOf(c) === '7' ? '+7 (___) ___-__-__' : `+${codeOf(c)}`;
+  }
+  // A country picked from the list replaces the calling code of an international number.
+  function onPick() {
+    const v = phoneIn.value;
+    const old = codeOf(country);
+    setCountry(picker.value);
+    let rest = v;
+    if (intlOf(v)) {
+      // Skip the old code's digits, keep the rest as the visitor wrote it.
+      let i = 0;
+      for (let n = 0; n < old.length && i < v.length;) if (/\d/.test(v[i++])) n++;
+      rest = `+${codeOf(country)} ${digitsOf(v).startsWith(old) ? v.slice(i).trim() : ''}`;
+    }
+    phoneIn.value = lastPhone = formatPhone(rest);
+    fieldError(phoneIn, null);
+    phoneIn.focus();
   }
   let lastPhone = '';
   function onPhoneInput(e) {
@@ -256,6 +298,8 @@
     const out = formatPhone(raw);
     k += Math.max(0, digitsOf(out).length - digitsOf(raw).length); // a "7" we prepended
     el.value = lastPhone = out;
+    const typed = intlOf(out) && countryOfDigits(digitsOf(out));
+    if (typed && typed !== country) setCountry(typed);
     if (!atEnd) {
       let i = 0;
       for (let seen = 0; i < out.length && seen < k; i++) if (/\d/.test(out[i])) seen++;
@@ -333,7 +377,7 @@
 
   // ---- UI ------------------------------------------------------------------------------------------
   let host, shadow, root, fab, backdrop, dialog, title, formView, statusView, live;
-  let promiseText, phoneIn, phoneErr, consentBox, consentIn, consentText, consentErr, hpIn, submitBtn, formAlert;
+  let promiseText, phoneIn, picker, phoneErr, consentBox, consentIn, consentText, consentErr, hpIn, submitBtn, formAlert;
   let statusLine, detailLine, reschedBox, reschedBtn, cancelBtn, againBtn, statusAlert;
   let formWhen, reschedWhen, themeSheet;
   let isOpen = false;
@@ -401,6 +445,11 @@
       required: true, 'aria-required': 'true', oninput: onPhoneInput,
     });
     phoneErr = h('p', { id: 'ab-phone-err', class: 'err', 'aria-live': 'assertive' });
+    // A country picker only where the site calls several countries.
+    picker = config.countries.length > 1
+      ? h('select', { id: 'ab-cc', class: 'in cc', 'aria-label': t.country, onchange: onPick },
+        config.countries.map((c) => h('option', { value: c.code }, `+${c.calling_code} ${c.name}`)))
+      : null;
     formWhen = whenPicker('ab-f-', (nbChanged) => { renderPromise(); if (nbChanged) refreshPromise(); });
     consentIn = h('input', { type: 'checkbox', id: 'ab-consent', onchange: () => fieldError(consentIn, null) });
     consentText = h('span', {});
@@ -411,7 +460,7 @@
     formAlert = h('p', { class: 'alert', 'aria-live': 'assertive' });
     formView = h('form', { novalidate: true, onsubmit: submit },
       h('p', { class: 'promise', 'aria-live': 'polite' }, icon(CLOCK_ICON), promiseText),
-      h('div', { class: 'field' }, h('label', { for: 'ab-phone' }, t.phone), phoneIn, phoneErr),
+      h('div', { class: 'field' }, h('label', { for: 'ab-phone' }, t.phone), h('div', { class: 'tel' }, picker, phoneIn), phoneErr),
       formWhen.el,
       consentBox,
       h('div', { class: 'hp', 'aria-hidden': 'true' }, h('label', {}, 'Website', hpIn)),
@@ -435,15 +484,20 @@
       formView, statusView);
     // Status changes are announced from here; it sits outside the dialog so it works while it is closed.
     live = h('div', { class: 'sr', 'aria-live': 'polite', role: 'status' });
-    root = h('div', { class: 'root' }, fab, backdrop, dialog, live);
+    root = h('div', { class: 'root', popover: 'manual' }, fab, backdrop, dialog, live);
     shadow.append(root);
-    (document.body || document.documentElement).append(host);
+    // On <html>, not <body>: a transform or filter on body would become the containing block of the fixed
+    // button and carry it off-screen. The top layer (a popover, where the browser has it) also escapes
+    // transforms on <html> and every stacking context of the page.
+    document.documentElement.append(host);
+    try { root.showPopover(); } catch (_) { /* no popover support: fixed on <html> still works */ }
     document.addEventListener('keydown', (e) => { if (isOpen && e.key === 'Escape') { e.stopPropagation(); close(); } });
   }
 
   // The site's config, before anything is built: its texts override the dictionary (same keys).
   function configure(c) {
-    config = { ...config, ...c, fields: c.fields || {}, consent: c.consent || {}, theme: c.theme || {} };
+    config = { ...config, ...c, fields: c.fields || {}, consent: c.consent || {}, theme: c.theme || {}, countries: c.countries || [] };
+    if (!Array.isArray(config.allowed_countries) || !config.allowed_countries.length) config.allowed_countries = ['RU'];
     const texts = c.texts || {};
     t = { ...I18N[lang] };
     for (const k of Object.keys(texts)) if (typeof texts[k] === 'string' && texts[k] && k in t) t[k] = texts[k];
@@ -458,7 +512,7 @@
       themeSheet.replaceSync(`:host{--ab-color:${x} !important;--ab-on:${dark ? '#111' : '#fff'} !important}`);
     }
     root.classList.toggle('left', config.theme.position === 'bottom-left');
-    phoneIn.placeholder = sevenSite() ? '+7 (___) ___-__-__' : '+';
+    setCountry(config.allowed_countries.includes(config.default_country) ? config.default_country : config.allowed_countries[0] || 'RU');
     show(consentBox, !!config.consent.required);
     // consent.text is {ru: "...", en: "..."} (or a plain string)
     const ct = config.consent.text || '';
@@ -591,7 +645,7 @@
       const o = offer || (await loadOffer());
       const slot = formWhen.slot();
       const body = {
-        phone: `+${digitsOf(phoneIn.value)}`, visitor_tz: tz, lang,
+        phone: phoneToSend(phoneIn.value), visitor_tz: tz, lang,
         slot_start: slot ? slot.start : null, not_before: formWhen.notBefore(),
         consent: !!consentIn.checked, page_url: location.href.slice(0, 2000), referrer: document.referrer.slice(0, 2000),
         utm: utm(), visitor_id: visitorId(), form_token: o.data.form_token, pow_nonce: await o.pow, website: hpIn.value,
