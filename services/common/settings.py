@@ -42,6 +42,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_namespace: str = ""
     db_pool_max: int = 10
     outbox_poll_interval_s: float = 1.0
+    # How long a relay holds the outbox rows it claimed before another relay may take them over; keep it
+    # well inside JetStream's 2-minute duplicate window so a takeover's republish is deduplicated.
+    outbox_lease_s: float = 30.0
     # Ack timeout and redelivery policy for consumers.
     consumer_ack_wait_s: float = 30.0
     consumer_max_deliver: int = 8
@@ -82,6 +85,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(
                 f"{env_name('stream_replicas')} must be 1, 3 or 5, got {self.stream_replicas}"
+            )
+        if not 0 < self.outbox_lease_s <= 90:
+            raise SettingsError(
+                f"{env_name('outbox_lease_s')} must be in (0, 90] seconds, got {self.outbox_lease_s}"
             )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
