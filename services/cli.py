@@ -153,7 +153,7 @@ async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_dead_letters(letters: Sequence[deadletters.DeadLetter]) -> None:
-    rows = [("ID", "CONSUMER", "EVENT", "DELIVERIES", "DEAD SINCE", "REPLAYED", "REASON")]
+    rows = [("ID", "CONSUMER", "EVENT", "DELIVERIES", "DEAD SINCE (UTC)", "REPLAYED (UTC)", "REASON")]
     for letter in letters:
         replayed = (
             f"{letter.replay_count}x, last {letter.replayed_at:%Y-%m-%d %H:%M:%S}"
