@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 from support.delivery import plumbing_schema, until
 from support.probe_process import SCHEMA, record_probe
@@ -252,3 +253,23 @@ async def test_closing_the_bus_leaves_no_unretrieved_gather_exception(settings: 
         loop.set_exception_handler(previous)
     assert bus.nc.is_closed
     assert [p.get("message") for p in problems] == []
+
+
+async def test_an_existing_durable_loses_its_delivery_cap(settings: Settings, bus: busmod.Bus) -> None:
+    # As an older release created it: JetStream would stop redelivering after 8 outage naks.
+    stream = bus.ns.stream("SYSTEM")
+    await bus.js.add_consumer(
+        stream,
+        ConsumerConfig(
+            name="capped",
+            durable_name="capped",
+            ack_policy=AckPolicy.EXPLICIT,
+            max_deliver=8,
+            filter_subject=bus.ns.subject("system.probe"),
+        ),
+    )
+    spec = busmod.ConsumerSpec(
+        name="capped", stream="SYSTEM", subjects=["system.probe"], handler=record_probe
+    )
+    await busmod.ensure_consumer(bus, spec)
+    assert (await bus.js.consumer_info(stream, "capped")).config.max_deliver == -1
