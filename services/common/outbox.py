@@ -54,13 +54,21 @@ async def mark_published(conn: db.Connection, ids: list[uuid.UUID]) -> None:
     await conn.execute("update outbox set published_at = now() where id = any($1::uuid[])", ids)
 
 
-async def release_failed(conn: db.Connection, relay_id: str, ids: list[uuid.UUID], error: str) -> None:
-    """Give back rows this relay claimed but could not publish, so any relay may retry them now."""
+async def release_failed(
+    conn: db.Connection, relay_id: str, failed: uuid.UUID, behind: list[uuid.UUID], error: str
+) -> None:
+    """Give back rows this relay claimed but did not publish, so any relay may retry them at once.
+
+    Only the row whose publish failed has the attempt and error recorded; the rows behind it were kept
+    back (a batch is published in seq order) and were never tried.
+    """
     await conn.execute(
-        "update outbox set claimed_until = null, attempts = attempts + 1, last_error = $3"
-        " where id = any($2::uuid[]) and claimed_by = $1 and published_at is null",
+        "update outbox set claimed_until = null, attempts = attempts + (id = $2)::int,"
+        " last_error = case when id = $2 then $4 else last_error end"
+        " where id = any($3::uuid[]) and claimed_by = $1 and published_at is null",
         relay_id,
-        ids,
+        failed,
+        [failed, *behind],
         error[:500],
     )
 
@@ -166,10 +174,8 @@ class OutboxRelay:
             if published:
                 await mark_published(conn, published)
             if error is not None:
-                # This row and the later ones (kept behind it) are released for the next pass.
-                await release_failed(
-                    conn, self.relay_id, [r["id"] for r in rows[len(published) :]], repr(error)
-                )
+                unpublished = [r["id"] for r in rows[len(published) :]]
+                await release_failed(conn, self.relay_id, unpublished[0], unpublished[1:], repr(error))
                 log.warning("outbox publish failed, will retry: %r", error)
             pending = await count_pending(conn)
         OUTBOX_PUBLISHED.labels(self.schema).inc(len(published))

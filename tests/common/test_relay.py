@@ -106,3 +106,35 @@ async def test_three_relays_and_a_killed_one_publish_every_event_exactly_once(
             await relay.stop()
         await pool.close()
         await conn.close()
+
+
+async def test_a_failed_publish_releases_the_rest_of_the_batch_at_once(
+    settings: Settings, bus: busmod.Bus
+) -> None:
+    conn = await plumbing_schema(settings.database_url, SCHEMA)
+    pool = await dbmod.create_pool(settings.database_url, SCHEMA)
+    try:
+        # No stream takes this subject, so its publish fails; the good event behind it waits its turn.
+        stray = uuid.uuid4()
+        await conn.execute(
+            "insert into outbox (id, subject, payload) values ($1, 'nowhere.to.go', $2)", stray, b"{}"
+        )
+        behind = (await append_events(conn, transactions=1, per_transaction=1))[0]
+        relay = outbox.OutboxRelay(pool, bus, SCHEMA, settings.database_url, lease_s=60)
+
+        assert await relay.publish_batch() == 0
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "select id, attempts, last_error, claimed_until, published_at from outbox"
+            )
+        }
+        assert rows[stray]["attempts"] == 1
+        assert rows[stray]["last_error"]
+        assert rows[behind]["attempts"] == 0
+        assert rows[behind]["last_error"] is None
+        # Released, not left leased for 60 s: the next pass (any relay's) tries again at once.
+        assert all(r["claimed_until"] is None and r["published_at"] is None for r in rows.values())
+    finally:
+        await pool.close()
+        await conn.close()
