@@ -223,7 +223,8 @@ class ConsumerSpec:
     subjects: Sequence[str]  # logical subjects (filter)
     handler: Handler
     ack_wait_s: float = 30.0
-    # Handler failures (bugs, not transient errors) before the event is dead-lettered.
+    # Handler failures (bugs; transient errors never count) before the event is dead-lettered. The name
+    # is kept for existing callers; JetStream's own MaxDeliver is unlimited (see the module docstring).
     max_deliver: int = 8
     # Delay before each redelivery after a nak, by delivery count; the last value repeats (the cap).
     retry_delays_s: Sequence[float] = field(default=(1.0, 5.0, 15.0, 60.0))
