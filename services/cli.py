@@ -1,4 +1,4 @@
-"""The `abonent` command: `up` (everything, embedded servers), `run`, `migrate`, `keys`, `tokens`, `staff`."""
+"""The `abonent` command: `up`, `run`, `migrate`, `keys`, `tokens`, `staff`, `dead-letters`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import cast
 
 import httpx
 
-from services.common import auth, auth_admin, crypto, db
+from services.common import auth, auth_admin, crypto, db, deadletters
+from services.common import bus as busmod
 from services.common.crypto import DataProtector
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.logging import configure_logging
@@ -215,6 +216,119 @@ def seed_back_office(settings: Settings, data_dir: Path) -> tuple[str, str]:
         )
     )
     return token, password
+
+
+def _parse_refs(refs: Sequence[str], default_service: str | None) -> list[tuple[str | None, int]]:
+    """`callback:17` or `17` (then --service, or every service that has that id)."""
+    parsed: list[tuple[str | None, int]] = []
+    for ref in refs:
+        service, _, number = ref.rpartition(":")
+        if not number.isdigit() or (service and service not in SERVICE_NAMES):
+            raise ValueError(f"not a dead letter id: {ref!r} (expected <service>:<id> or <id>)")
+        parsed.append((service or default_service, int(number)))
+    return parsed
+
+
+async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    services: Sequence[str] = [args.service] if args.service else SERVICE_NAMES
+    conns: dict[str, db.Connection] = {}
+    try:
+        for name in services:
+            conn = await db.connect(settings.database_url, name)
+            if await deadletters.has_dead_letters(conn):
+                conns[name] = conn
+            else:
+                await conn.close()
+        if args.action == "list":
+            letters = [
+                letter
+                for name, conn in conns.items()
+                for letter in await deadletters.find(conn, name, consumer=args.consumer, limit=args.limit)
+            ]
+            _print_dead_letters(letters)
+            return 0
+        if args.all:
+            targets = [
+                letter
+                for name, conn in conns.items()
+                for letter in await deadletters.find(
+                    conn, name, consumer=args.consumer, only_not_replayed=True
+                )
+            ]
+        else:
+            targets = []
+            for service, number in _parse_refs(args.ids, args.service):
+                found = [
+                    letter
+                    for name, conn in conns.items()
+                    if service in (None, name)
+                    for letter in await deadletters.find(conn, name, ids=[number])
+                ]
+                if len(found) != 1:
+                    what = "no" if not found else "more than one (name the service)"
+                    print(f"{service or ''}:{number}: {what} dead letter with that id", file=sys.stderr)
+                    return 1
+                targets += found
+        bus = await busmod.connect(settings.nats_url, "abonent-dead-letters", settings.nats_namespace)
+        failed = 0
+        try:
+            for letter in targets:
+                try:
+                    await deadletters.replay(conns[letter.schema], bus, letter)
+                    print(f"replayed {letter.ref} ({letter.consumer}, event {letter.event_id or '-'})")
+                except Exception as exc:
+                    failed += 1
+                    print(f"could not replay {letter.ref}: {exc}", file=sys.stderr)
+        finally:
+            await bus.close()
+        print(f"{len(targets) - failed} replayed, {failed} failed")
+        return 1 if failed else 0
+    finally:
+        for open_conn in conns.values():
+            await open_conn.close()
+
+
+def _print_dead_letters(letters: Sequence[deadletters.DeadLetter]) -> None:
+    rows = [("ID", "CONSUMER", "EVENT", "DELIVERIES", "DEAD SINCE (UTC)", "REPLAYED (UTC)", "REASON")]
+    for letter in letters:
+        replayed = (
+            f"{letter.replay_count}x, last {letter.replayed_at:%Y-%m-%d %H:%M:%S}"
+            if letter.replay_count
+            else "-"
+        )
+        rows.append(
+            (
+                letter.ref,
+                letter.consumer,
+                letter.event_id or "-",
+                str(letter.deliveries),
+                f"{letter.created_at:%Y-%m-%d %H:%M:%S}",
+                replayed,
+                letter.reason.replace("\n", " ")[:120],
+            )
+        )
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width[i]) for i, cell in enumerate(row[:-1])), row[-1]]))
+    print(f"{len(letters)} dead letter(s)")
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not settings.database_url or not settings.nats_url:
+        print("ABONENT_DATABASE_URL and ABONENT_NATS_URL must be set", file=sys.stderr)
+        return 2
+    if args.action == "replay" and not (args.ids or (args.all and args.consumer)):
+        print("replay needs dead letter ids, or --all with --consumer", file=sys.stderr)
+        return 2
+    if args.action == "replay" and args.ids and args.all:
+        print("give ids or --all, not both", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_dead_letters(args, settings))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
 
 
 def _wait_ready(urls: dict[str, str], timeout: float = 30.0) -> dict[str, bool]:
@@ -444,6 +558,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     staff_sub.add_parser("list", help="staff accounts, their scopes and live sessions")
     remove = staff_sub.add_parser("remove", help="delete an account and end its sessions")
     remove.add_argument("--login", required=True)
+    dead = sub.add_parser("dead-letters", help="list or replay events no consumer could apply")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    dead_list = dead_sub.add_parser("list", help="dead letters, oldest first")
+    dead_list.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
+    dead_list.add_argument("--consumer", help="only this consumer")
+    dead_list.add_argument("--limit", type=int, default=1000, help="per service (default 1000)")
+    dead_replay = dead_sub.add_parser(
+        "replay", help="republish dead letters so their consumer applies them (after a fix)"
+    )
+    dead_replay.add_argument("ids", nargs="*", help="<service>:<id> as listed (or <id> with --service)")
+    dead_replay.add_argument("--all", action="store_true", help="every not yet replayed one of --consumer")
+    dead_replay.add_argument("--consumer", help="with --all: whose dead letters")
+    dead_replay.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
     sim = sub.add_parser("simulate-callbacks", help="replay Poisson arrivals against the promise engine")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -460,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tokens(args)
         if args.command == "staff":
             return cmd_staff(args)
+        if args.command == "dead-letters":
+            return cmd_dead_letters(args)
         if args.command == "simulate-callbacks":
             simulation = importlib.import_module("services.callback.simulation")
             return int(simulation.main(args.rest))

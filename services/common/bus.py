@@ -1,27 +1,54 @@
-"""NATS JetStream: connection that never gives up, streams declared in code, durable pull consumers."""
+"""NATS JetStream: connection that never gives up, streams declared in code, tolerant durable pull consumers.
+
+What a consumer does with each message (`apply_message`):
+
+1. **Tag first.** Only the envelope's `type` is read. A tag this consumer does not handle — unknown to the
+   catalogue (a v2 published beside v1 during a rolling deploy) or simply not among `ConsumerSpec.handles`
+   — is acked and counted (`abonent_events_skipped_total`, a debug log), never dead-lettered.
+2. **Poison** is dead-lettered at once and `term`ed: bytes that are not an event envelope, a known type
+   whose fields are invalid, or a handler raising `PoisonMessage`.
+3. **Transient failures** — `TransientError`, PostgreSQL connection/shutdown/resource errors, `OSError`,
+   timeouts, NATS connection errors (also when they are the `__cause__`) — are `nak`ed with the delay of
+   `retry_delays_s` for that delivery (the last value is the cap) for as long as the outage lasts. They
+   never use up the retry budget and never dead-letter.
+4. **Handler failures** (any other exception: a bug) are counted per consumer and event in PostgreSQL
+   (`consumer_failures`); after `max_deliver` of them the event is dead-lettered with the error as its
+   reason and `term`ed; before that it is `nak`ed with the same delays. If the count cannot be written
+   (PostgreSQL went away meanwhile) the failure is treated as transient.
+
+JetStream's own MaxDeliver is left unlimited (-1) on purpose: every `nak` of an outage counts as a
+delivery there, so any finite cap would dead-letter a whole backlog after a long enough outage. The
+bounded budget lives in `consumer_failures` instead, and the max-deliveries advisory is therefore not
+used. The cost: a message that kills the process every time (no exception reaches us) is redelivered
+after each `ack_wait` until it is fixed; the consumer's redelivery count shows it.
+
+A handler runs in one transaction with its inbox row (exactly-once effect); `ack_sync` follows the commit.
+Dead letters are listed and replayed with `abonent dead-letters` (services/common/deadletters.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import asyncpg
 import msgspec
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from prometheus_client import Counter
 
 from services.common import db
-from services.common.events import STREAMS, AnyEvent, decode_event
+from services.common.events import STREAMS, AnyEvent, Event, decode_event
 from services.common.failpoints import failpoint
 from services.common.logging import event_id_var
 
@@ -30,7 +57,19 @@ log = logging.getLogger(__name__)
 EVENTS_HANDLED = Counter("abonent_events_handled_total", "Events applied by consumers", ["consumer"])
 EVENTS_DUPLICATE = Counter("abonent_events_duplicate_total", "Redeliveries found in the inbox", ["consumer"])
 EVENTS_DEAD = Counter("abonent_events_dead_lettered_total", "Events sent to dead letters", ["consumer"])
-EVENTS_RETRIED = Counter("abonent_events_retried_total", "Events nak'ed for a later retry", ["consumer"])
+EVENTS_RETRIED = Counter(
+    "abonent_events_retried_total",
+    "Events nak'ed for a later retry (kind: transient outage or handler failure)",
+    ["consumer", "kind"],
+)
+EVENTS_SKIPPED = Counter(
+    "abonent_events_skipped_total",
+    "Events acked without handling: a type this consumer does not handle ('unknown' if not in the catalogue)",
+    ["consumer", "type"],
+)
+
+# Every event type of the catalogue by its tag ("callback.requested.v1").
+CATALOGUE: dict[str, type[Event]] = {str(cls.__struct_config__.tag): cls for cls in typing.get_args(AnyEvent)}
 
 
 class Namespace:
@@ -61,10 +100,15 @@ class Bus:
     def connected(self) -> bool:
         return self.nc.is_connected
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Flush what we published, then close; never hang a shutdown on a slow drain."""
+    async def close(self) -> None:
+        """Flush what we published, then close.
+
+        The drain is bounded by nats-py's own `drain_timeout` (set in `connect`), never by cancelling it
+        from outside: cancelling `drain()` cancels its internal gather, whose CancelledError nobody then
+        retrieves ("_GatheringFuture exception was never retrieved" at every slow shutdown).
+        """
         try:
-            await asyncio.wait_for(self.nc.drain(), timeout)
+            await self.nc.drain()
         except Exception:
             await self.nc.close()
 
@@ -85,13 +129,15 @@ class Bus:
                 await self.js.update_stream(config)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str, *, attempts: int = 5) -> bool:
-        """Publish with Nats-Msg-Id; retry timeouts and leader changes with the SAME id. True if new."""
+        """Publish on a logical subject with Nats-Msg-Id; retries keep the SAME id. True if new."""
+        return await self.publish_to(self.ns.subject(subject), payload, msg_id, attempts=attempts)
+
+    async def publish_to(self, subject: str, payload: bytes, msg_id: str, *, attempts: int = 5) -> bool:
+        """Publish on a subject already in this namespace (e.g. one stored with a dead letter)."""
         delay = 0.2
         for attempt in range(1, attempts + 1):
             try:
-                ack = await self.js.publish(
-                    self.ns.subject(subject), payload, timeout=5, headers={"Nats-Msg-Id": msg_id}
-                )
+                ack = await self.js.publish(subject, payload, timeout=5, headers={"Nats-Msg-Id": msg_id})
                 return not ack.duplicate
             except (
                 nats.errors.TimeoutError,
@@ -107,7 +153,9 @@ class Bus:
         raise AssertionError("unreachable")
 
 
-async def connect(url: str, name: str, namespace: str = "", replicas: int = 1) -> Bus:
+async def connect(
+    url: str, name: str, namespace: str = "", replicas: int = 1, *, drain_timeout_s: float = 5.0
+) -> Bus:
     """Connect and keep reconnecting forever (nats-py gives up after ~2 min by default)."""
     holder: list[Bus] = []
 
@@ -131,6 +179,7 @@ async def connect(url: str, name: str, namespace: str = "", replicas: int = 1) -
         reconnect_time_wait=0.5,
         connect_timeout=3,
         allow_reconnect=True,
+        drain_timeout=drain_timeout_s,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
@@ -144,7 +193,7 @@ async def connect(url: str, name: str, namespace: str = "", replicas: int = 1) -
 
 
 class TransientError(Exception):
-    """The handler could not apply the event now (a dependency is down): redeliver later."""
+    """The handler could not apply the event now (a dependency is down): redeliver later, without limit."""
 
 
 class PoisonMessage(Exception):
@@ -152,6 +201,17 @@ class PoisonMessage(Exception):
 
 
 Handler = Callable[[db.Connection, AnyEvent], Awaitable[None]]
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, `>` one or more trailing tokens."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, part in enumerate(want):
+        if part == ">":
+            return len(have) > i
+        if i >= len(have) or (part != "*" and part != have[i]):
+            return False
+    return len(want) == len(have)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +223,73 @@ class ConsumerSpec:
     subjects: Sequence[str]  # logical subjects (filter)
     handler: Handler
     ack_wait_s: float = 30.0
+    # Handler failures (bugs; transient errors never count) before the event is dead-lettered. The name
+    # is kept for existing callers; JetStream's own MaxDeliver is unlimited (see the module docstring).
     max_deliver: int = 8
-    # Delay before each redelivery after a nak; the last value repeats.
+    # Delay before each redelivery after a nak, by delivery count; the last value repeats (the cap).
     retry_delays_s: Sequence[float] = field(default=(1.0, 5.0, 15.0, 60.0))
     batch: int = 16
+    # Event types the handler handles: catalogue classes, or base classes standing for every catalogue
+    # type below them (CallbackEvent). None: every catalogue type published on `subjects`. Anything
+    # else that arrives is acked and counted as skipped.
+    handles: Sequence[type[Event]] | None = None
+    # How long one idle fetch waits for messages (finite: nats-py fetch must time out to see stops).
+    fetch_timeout_s: float = 1.0
+    handled_tags: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.handles is None:
+            tags = {
+                tag
+                for tag, cls in CATALOGUE.items()
+                if any(subject_matches(s, cls.SUBJECT) for s in self.subjects)
+            }
+        else:
+            tags = set()
+            for wanted in self.handles:
+                found = {tag for tag, cls in CATALOGUE.items() if issubclass(cls, wanted)}
+                if not found:
+                    raise ValueError(f"consumer {self.name}: {wanted.__name__} is not in the event catalogue")
+                tags |= found
+        object.__setattr__(self, "handled_tags", frozenset(tags))
 
 
 def _retry_delay(spec: ConsumerSpec, delivered: int) -> float:
     delays = spec.retry_delays_s
-    return delays[min(delivered - 1, len(delays) - 1)]
+    return delays[min(max(delivered, 1) - 1, len(delays) - 1)]
+
+
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TransientError,
+    OSError,  # refused/reset connections
+    TimeoutError,  # asyncio, asyncpg command and nats timeouts
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying later can succeed without anyone changing code or data (an outage)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the exception and the causes it was raised from
+        if seen is None:
+            return False
+        if isinstance(seen, _TRANSIENT_TYPES):
+            return True
+        # asyncpg says "connection is closed" / "pool is closing" with the generic InterfaceError.
+        if isinstance(seen, asyncpg.InterfaceError) and ("closed" in str(seen) or "closing" in str(seen)):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
@@ -183,7 +301,8 @@ async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> None:
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
+        # Unlimited: outage naks must not exhaust deliveries; the handler-failure budget is ours.
+        max_deliver=-1,
         filter_subject=subjects[0] if len(subjects) == 1 else None,
         filter_subjects=subjects if len(subjects) > 1 else None,
     )
@@ -217,68 +336,176 @@ async def dead_letter(
     log.error("event dead-lettered", extra={"consumer": spec.name, "reason": reason, "subject": subject})
 
 
-async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
-    """Decode, apply once (inbox), then ack; nak with delay on transient errors; term poison."""
+async def record_failure(pool: db.Pool, consumer: str, event_id: uuid.UUID, error: str) -> int:
+    """Count one more handler failure of this event (its own short transaction); return the count."""
+    async with pool.acquire() as conn:
+        failures: int = await conn.fetchval(
+            "insert into consumer_failures (consumer, event_id, failures, last_error) values ($1, $2, 1, $3)"
+            " on conflict (consumer, event_id) do update set failures = consumer_failures.failures + 1,"
+            " last_error = excluded.last_error, updated_at = now() returning failures",
+            consumer,
+            event_id,
+            error[:2000],
+        )
+    return failures
+
+
+class _Envelope(msgspec.Struct):
+    """Just enough of an event to route it: read before the full (typed) decode."""
+
+    type: str
+    event_id: str | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    # A nak that cannot be sent (NATS is down) is harmless: the message comes back after ack_wait.
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=delay)
+
+
+async def _reject(pool: db.Pool, spec: ConsumerSpec, msg: Msg, reason: str, event_id: str | None) -> None:
+    """Dead-letter and term; if the dead letter cannot be written now, nak so the message comes back."""
     meta = msg.metadata
-    delivered = meta.num_delivered
     try:
-        event = decode_event(msg.data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         await dead_letter(
             pool,
             spec,
             subject=msg.subject,
             payload=msg.data,
-            reason=f"undecodable: {exc}",
-            deliveries=delivered,
+            reason=reason,
+            deliveries=meta.num_delivered,
             stream_seq=meta.sequence.stream,
-            event_id=None,
+            event_id=event_id,
         )
-        await msg.term()
+    except Exception as exc:
+        EVENTS_RETRIED.labels(spec.name, "transient").inc()
+        log.warning(
+            "could not record a dead letter, will retry", extra={"consumer": spec.name, "error": repr(exc)}
+        )
+        await _nak(msg, _retry_delay(spec, meta.num_delivered))
         return
-    token = event_id_var.set(str(event.event_id))
-    try:
-        async with db.transaction(pool) as conn:
-            first_time = await conn.fetchval(
-                "insert into inbox (consumer, event_id) values ($1, $2)"
-                " on conflict do nothing returning true",
+    with contextlib.suppress(Exception):
+        await msg.term()
+
+
+async def _apply_once(pool: db.Pool, spec: ConsumerSpec, event: AnyEvent, delivered: int) -> bool:
+    """Run the handler with the inbox row in one transaction; False if the inbox already had it."""
+    async with db.transaction(pool) as conn:
+        first_time = await conn.fetchval(
+            "insert into inbox (consumer, event_id) values ($1, $2) on conflict do nothing returning true",
+            spec.name,
+            event.event_id,
+        )
+        if not first_time:
+            return False
+        await spec.handler(conn, event)
+        if delivered > 1:
+            # Earlier deliveries may have failed; the count must not outlive the success.
+            await conn.execute(
+                "delete from consumer_failures where consumer = $1 and event_id = $2",
                 spec.name,
                 event.event_id,
             )
-            if first_time:
-                await spec.handler(conn, event)
-                failpoint(f"consumer.{spec.name}.before_commit")
-        if first_time:
-            EVENTS_HANDLED.labels(spec.name).inc()
-        else:
-            EVENTS_DUPLICATE.labels(spec.name).inc()
-        failpoint(f"consumer.{spec.name}.before_ack")
-        await msg.ack_sync()
-    except PoisonMessage as exc:
-        await dead_letter(
-            pool,
-            spec,
-            subject=msg.subject,
-            payload=msg.data,
-            reason=f"rejected: {exc}",
-            deliveries=delivered,
-            stream_seq=meta.sequence.stream,
-            event_id=str(event.event_id),
+        failpoint(f"consumer.{spec.name}.before_commit")
+    return True
+
+
+async def _after_failure(
+    pool: db.Pool, spec: ConsumerSpec, msg: Msg, event: AnyEvent, exc: Exception
+) -> None:
+    delivered = msg.metadata.num_delivered
+    delay = _retry_delay(spec, delivered)
+    extra = {"consumer": spec.name, "error": repr(exc), "delivered": delivered, "retry_in_s": delay}
+    if is_transient(exc):
+        EVENTS_RETRIED.labels(spec.name, "transient").inc()
+        log.warning("event not applied (transient), will retry", extra=extra)
+        await _nak(msg, delay)
+        return
+    try:
+        failures = await record_failure(pool, spec.name, event.event_id, repr(exc))
+    except Exception as count_exc:
+        # PostgreSQL went away while we were failing: an outage does not spend the budget.
+        EVENTS_RETRIED.labels(spec.name, "transient").inc()
+        log.warning(
+            "event not applied, failure not counted, will retry",
+            extra={**extra, "count_error": repr(count_exc)},
         )
-        await msg.term()
-    except Exception as exc:
-        # Includes TransientError, DB outages and bugs: retry later; after max_deliver the advisory
-        # dead-letters it.
-        EVENTS_RETRIED.labels(spec.name).inc()
-        log.warning("event handling failed, will retry", extra={"consumer": spec.name, "error": repr(exc)})
+        await _nak(msg, delay)
+        return
+    if failures >= spec.max_deliver:
+        await _reject(pool, spec, msg, f"failed {failures} times: {exc!r}"[:2000], str(event.event_id))
+        return
+    EVENTS_RETRIED.labels(spec.name, "failure").inc()
+    log.error(
+        "event handler failed, will retry",
+        exc_info=exc,
+        extra={**extra, "failures": failures, "max_failures": spec.max_deliver},
+    )
+    await _nak(msg, delay)
+
+
+async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
+    """Route by tag, apply once (inbox), then ack; the policy is in this module's docstring."""
+    try:
+        envelope = _envelope_decoder.decode(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        await _reject(pool, spec, msg, f"undecodable: {exc}", None)
+        return
+    if envelope.type not in spec.handled_tags:
+        known = envelope.type in CATALOGUE
+        EVENTS_SKIPPED.labels(spec.name, envelope.type if known else "unknown").inc()
+        log.debug(
+            "event type not handled here, acked",
+            extra={"consumer": spec.name, "type": envelope.type, "in_catalogue": known},
+        )
+        # A lost ack only brings the message back to be skipped again.
         with contextlib.suppress(Exception):
-            await msg.nak(delay=_retry_delay(spec, delivered))
+            await msg.ack()
+        return
+    try:
+        event = decode_event(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        await _reject(pool, spec, msg, f"invalid {envelope.type}: {exc}", envelope.event_id)
+        return
+    token = event_id_var.set(str(event.event_id))
+    try:
+        try:
+            first_time = await _apply_once(pool, spec, event, msg.metadata.num_delivered)
+        except PoisonMessage as exc:
+            await _reject(pool, spec, msg, f"rejected: {exc}", str(event.event_id))
+            return
+        except Exception as exc:
+            await _after_failure(pool, spec, msg, event, exc)
+            return
+        (EVENTS_HANDLED if first_time else EVENTS_DUPLICATE).labels(spec.name).inc()
+        failpoint(f"consumer.{spec.name}.before_ack")
+        try:
+            await msg.ack_sync()
+        except Exception as exc:
+            # Applied and committed: the redelivery finds the inbox row and is only acked.
+            log.warning("ack failed after commit", extra={"consumer": spec.name, "error": repr(exc)})
     finally:
         event_id_var.reset(token)
 
 
+async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    """Fetch up to `batch` messages; an idle wait returns [] (it is not an error).
+
+    nats-py signals an empty fetch with nats.errors.TimeoutError, FetchTimeoutError or - when the deadline
+    runs out between its no-wait probe and the long poll - a plain asyncio.TimeoutError. All are the
+    builtin TimeoutError.
+    """
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except TimeoutError:
+        return []
+
+
 class ConsumerRunner:
-    """Runs one consumer: fetch loop, watchdog re-subscription, exhausted-delivery dead letters."""
+    """Runs one consumer: fetch loop with a watchdog that re-creates the subscription."""
 
     def __init__(self, pool: db.Pool, bus: Bus, spec: ConsumerSpec) -> None:
         self.pool = pool
@@ -287,13 +514,9 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._advisory_sub: Subscription | None = None
 
     async def start(self) -> None:
         await ensure_consumer(self.bus, self.spec)
-        stream = self.bus.ns.stream(self.spec.stream)
-        advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{self.spec.name}"
-        self._advisory_sub = await self.bus.nc.subscribe(advisory, cb=self._on_max_deliveries)
         self._tasks.append(asyncio.create_task(self._run(), name=f"consumer:{self.spec.name}"))
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -303,10 +526,17 @@ class ConsumerRunner:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
-        for sub in (self._sub, self._advisory_sub):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            if pending:
+                await asyncio.wait(pending)
+        await self._drop_subscription()
+
+    async def _drop_subscription(self) -> None:
+        # An abandoned pull subscription keeps its queue of late status replies, which no one reads:
+        # the connection's drain would then wait on it until its timeout at shutdown.
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await self.bus.ensure_streams()
@@ -321,24 +551,17 @@ class ConsumerRunner:
         return f"_INBOX.{self.spec.name}.{uuid.uuid4().hex[:8]}".encode()
 
     async def _run(self) -> None:
-        sub: JetStreamContext.PullSubscription | None = None
         seen_reconnects = self.bus.reconnects
         failures = 0
         while not self._stopping.is_set():
             try:
                 # Watchdog: after a reconnect (e.g. NATS restarted) pull subscriptions can go silent
                 # (nats.py #504); re-declare and re-bind.
-                if sub is None or self.bus.reconnects != seen_reconnects:
+                if self._sub is None or self.bus.reconnects != seen_reconnects:
                     seen_reconnects = self.bus.reconnects
-                    if sub is not None:
-                        with contextlib.suppress(Exception):
-                            await sub.unsubscribe()
-                    sub = self._sub = await self._subscribe()
-                try:
-                    msgs = await sub.fetch(self.spec.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    failures = 0
-                    continue
+                    await self._drop_subscription()
+                    self._sub = await self._subscribe()
+                msgs = await fetch_batch(self._sub, self.spec.batch, self.spec.fetch_timeout_s)
                 failures = 0
                 for msg in msgs:
                     await apply_message(self.pool, self.spec, msg)
@@ -350,31 +573,5 @@ class ConsumerRunner:
                     "consumer loop error, re-subscribing",
                     extra={"consumer": self.spec.name, "error": repr(exc)},
                 )
-                sub = None
+                await self._drop_subscription()
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
-
-    async def _on_max_deliveries(self, advisory: Msg) -> None:
-        info = msgspec.json.decode(advisory.data)
-        seq = int(info.get("stream_seq", 0))
-        payload: bytes | None = None
-        subject = ""
-        with contextlib.suppress(Exception):
-            raw = await self.bus.js.get_msg(self.bus.ns.stream(self.spec.stream), seq)
-            payload, subject = raw.data, raw.subject or ""
-        event_id = None
-        if payload is not None:
-            with contextlib.suppress(Exception):
-                event_id = str(decode_event(payload).event_id)
-        try:
-            await dead_letter(
-                self.pool,
-                self.spec,
-                subject=subject,
-                payload=payload,
-                reason="max deliveries exhausted",
-                deliveries=int(info.get("deliveries", 0)),
-                stream_seq=seq,
-                event_id=event_id,
-            )
-        except Exception:
-            log.exception("could not record exhausted event", extra={"consumer": self.spec.name})

@@ -7,6 +7,13 @@ Rules (msgspec schema evolution):
 - An incompatible change is a new Struct with tag v<N+1>, published alongside v<N> until every consumer
   reads v<N+1>.
 - `event_id` is the Nats-Msg-Id and the inbox key: the same logical event always keeps its id.
+- Delivery is AT LEAST ONCE and UNORDERED. Every committed event is published (outbox relays lease rows,
+  publish outside any transaction, mark them after; a dead relay's lease expires and another relay
+  republishes, which JetStream drops inside its 2-minute duplicate window) and every consumer applies it
+  exactly once through its inbox. No order is promised, not even per aggregate: relays publish
+  concurrent batches, a taken-over batch lands after newer events, and consumer retries reorder again.
+  Consumers decide by `occurred_at` and `state`, never by arrival order; a tag a consumer does not know
+  (a v2 beside v1) is skipped by it, not dead-lettered.
 - Personal data: only events a consumer must act on carry a phone number (callback.requested and
   callback.failed, for the notifier). Logs mask it; CRM webhooks mask it. The embedded dev NATS stores
   streams unencrypted: production must enable JetStream encryption at rest (server `jetstream.cipher`).

@@ -1,10 +1,13 @@
-"""Transactional outbox: events commit with the state change; a relay publishes them to JetStream."""
+"""Transactional outbox: events commit with the state change; relays publish them to JetStream on a lease."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 
 import asyncpg
 from prometheus_client import Counter, Gauge
@@ -28,8 +31,62 @@ async def append(conn: db.Connection, *events: Event) -> None:
     )
 
 
+async def claim_batch(conn: db.Connection, relay_id: str, limit: int, lease_s: float) -> list[asyncpg.Record]:
+    """Lease up to `limit` unpublished rows nobody holds (or whose holder's lease ran out), oldest first.
+
+    One statement, so the row locks last only as long as it runs; the lease is what keeps other relays
+    off the rows while this one publishes.
+    """
+    rows = await conn.fetch(
+        "update outbox set claimed_until = now() + make_interval(secs => $3), claimed_by = $1"
+        " where id in (select id from outbox where published_at is null"
+        "   and (claimed_until is null or claimed_until < now())"
+        "   order by seq limit $2 for update skip locked)"
+        " returning id, subject, payload, seq",
+        relay_id,
+        limit,
+        lease_s,
+    )
+    return sorted(rows, key=lambda r: r["seq"])
+
+
+async def mark_published(conn: db.Connection, ids: list[uuid.UUID]) -> None:
+    await conn.execute("update outbox set published_at = now() where id = any($1::uuid[])", ids)
+
+
+async def release_failed(
+    conn: db.Connection, relay_id: str, failed: uuid.UUID, behind: list[uuid.UUID], error: str
+) -> None:
+    """Give back rows this relay claimed but did not publish, so any relay may retry them at once.
+
+    Only the row whose publish failed has the attempt and error recorded; the rows behind it were kept
+    back (a batch is published in seq order) and were never tried.
+    """
+    await conn.execute(
+        "update outbox set claimed_until = null, attempts = attempts + (id = $2)::int,"
+        " last_error = case when id = $2 then $4 else last_error end"
+        " where id = any($3::uuid[]) and claimed_by = $1 and published_at is null",
+        relay_id,
+        failed,
+        [failed, *behind],
+        error[:500],
+    )
+
+
+async def count_pending(conn: db.Connection) -> int:
+    pending: int = await conn.fetchval("select count(*) from outbox where published_at is null")
+    return pending
+
+
 class OutboxRelay:
-    """Publishes unsent outbox rows in order. Several relays may run: rows are claimed with SKIP LOCKED."""
+    """Publishes unsent outbox rows; any number of relays may share one outbox.
+
+    A relay leases a batch (claimed_until) in one short statement, publishes it with no transaction or
+    lock held (Nats-Msg-Id = event id), then marks the published rows. A relay that dies leaves its lease
+    to expire; another relay then claims and republishes those rows, and JetStream drops the copies it
+    already has because the republish falls inside its duplicate window (lease ≪ 2 min). The guarantee
+    is stated in services/common/events.py: at least once, no order promised.
+    """
 
     def __init__(
         self,
@@ -40,6 +97,7 @@ class OutboxRelay:
         *,
         poll_interval_s: float = 1.0,
         batch: int = 100,
+        lease_s: float = 30.0,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -47,6 +105,9 @@ class OutboxRelay:
         self.database_url = database_url
         self.poll_interval_s = poll_interval_s
         self.batch = batch
+        self.lease_s = lease_s
+        # Names the holder of a lease (for operators reading the outbox, and for releasing our own rows).
+        self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +124,7 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
-                log.warning("outbox relay did not flush in time; rows stay for the next relay")
+                log.warning("outbox relay did not flush in time; its leased rows go to the next relay")
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -93,28 +154,30 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
     async def publish_batch(self) -> int:
-        """Claim a batch, publish each row with Nats-Msg-Id = event id, mark it sent; return rows sent."""
-        async with db.transaction(self.pool) as conn:
-            rows = await conn.fetch(
-                "select id, subject, payload from outbox where published_at is null"
-                " order by seq limit $1 for update skip locked",
-                self.batch,
-            )
-            for row in rows:
-                try:
-                    await self.bus.publish(row["subject"], row["payload"], str(row["id"]))
-                except Exception as exc:
-                    # Keep the earlier rows' marks; this one (and later ones, for order) wait for a retry.
-                    await conn.execute(
-                        "update outbox set attempts = attempts + 1, last_error = $2 where id = $1",
-                        row["id"],
-                        repr(exc)[:500],
-                    )
-                    log.warning("outbox publish failed, will retry: %r", exc)
-                    return 0
-                failpoint("relay.after_publish")
-                await conn.execute("update outbox set published_at = now() where id = $1", row["id"])
-            pending = await conn.fetchval("select count(*) from outbox where published_at is null")
-        OUTBOX_PUBLISHED.labels(self.schema).inc(len(rows))
+        """Lease a batch, publish it in seq order outside any transaction, mark it; return rows sent."""
+        async with self.pool.acquire() as conn:
+            rows = await claim_batch(conn, self.relay_id, self.batch, self.lease_s)
+        if not rows:
+            return 0
+        published: list[uuid.UUID] = []
+        error: Exception | None = None
+        for row in rows:
+            try:
+                # Few attempts: a failed row is released and retried by the relay loop, not held here.
+                await self.bus.publish(row["subject"], row["payload"], str(row["id"]), attempts=3)
+            except Exception as exc:
+                error = exc
+                break
+            published.append(row["id"])
+            failpoint("relay.after_publish")
+        async with self.pool.acquire() as conn:
+            if published:
+                await mark_published(conn, published)
+            if error is not None:
+                unpublished = [r["id"] for r in rows[len(published) :]]
+                await release_failed(conn, self.relay_id, unpublished[0], unpublished[1:], repr(error))
+                log.warning("outbox publish failed, will retry: %r", error)
+            pending = await count_pending(conn)
+        OUTBOX_PUBLISHED.labels(self.schema).inc(len(published))
         OUTBOX_PENDING.labels(self.schema).set(pending)
-        return len(rows)
+        return len(published)

@@ -51,6 +51,9 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     nats_namespace: str = ""
     db_pool_max: int = 10
     outbox_poll_interval_s: float = 1.0
+    # How long a relay holds the outbox rows it claimed before another relay may take them over; keep it
+    # well inside JetStream's 2-minute duplicate window so a takeover's republish is deduplicated.
+    outbox_lease_s: float = 30.0
     # Ack timeout and redelivery policy for consumers.
     consumer_ack_wait_s: float = 30.0
     consumer_max_deliver: int = 8
@@ -94,6 +97,10 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.outbox_lease_s <= 90:
+            raise SettingsError(
+                f"{env_name('outbox_lease_s')} must be in (0, 90] seconds, got {self.outbox_lease_s}"
+            )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
         self._check_keys()

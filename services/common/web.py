@@ -260,7 +260,12 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
         )
         await bus.ensure_streams()
         relay = OutboxRelay(
-            pool, bus, spec.name, settings.database_url, poll_interval_s=settings.outbox_poll_interval_s
+            pool,
+            bus,
+            spec.name,
+            settings.database_url,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            lease_s=settings.outbox_lease_s,
         )
         runtime = Runtime(settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay)
         app.state.runtime = runtime

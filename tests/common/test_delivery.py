@@ -72,7 +72,8 @@ async def test_relay_killed_between_publish_and_mark_delivers_exactly_once(
 
     crashing = spawn(
         [PROBE, "relay"],
-        settings_env(settings, ABONENT_FAILPOINTS="relay.after_publish"),
+        # A short lease: the crashed relay's claim on the row must expire before another may publish it.
+        settings_env(settings, ABONENT_FAILPOINTS="relay.after_publish", ABONENT_OUTBOX_LEASE_S="1"),
         tmp_path / "relay1.log",
     )
     assert await asyncio.to_thread(wait_exit, crashing) == -signal.SIGKILL
@@ -133,22 +134,26 @@ async def test_consumer_killed_mid_handler_reprocesses_without_double_effect(
         await asyncio.to_thread(wait_exit, consumer)
 
 
-async def test_poison_and_exhausted_messages_are_dead_lettered(
+async def test_poison_and_failing_handlers_are_dead_lettered_but_outages_retry_forever(
     settings: Settings, probe_db: asyncpg.Connection, bus: busmod.Bus
 ) -> None:
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
+    calls: dict[str, int] = {}
 
-    async def reject_or_fail(conn: dbmod.Connection, event: busmod.AnyEvent) -> None:
+    async def judge(conn: dbmod.Connection, event: busmod.AnyEvent) -> None:
         assert isinstance(event, SystemProbe)
+        calls[event.note] = calls.get(event.note, 0) + 1
         if event.note == "reject":
             raise busmod.PoisonMessage("note says reject")
+        if event.note == "bug":
+            raise RuntimeError("handler bug")
         raise busmod.TransientError("dependency down")
 
     spec = busmod.ConsumerSpec(
         name="picky",
         stream="SYSTEM",
         subjects=["system.probe"],
-        handler=reject_or_fail,
+        handler=judge,
         ack_wait_s=1.0,
         max_deliver=2,
         retry_delays_s=(0.1,),
@@ -159,20 +164,31 @@ async def test_poison_and_exhausted_messages_are_dead_lettered(
         await bus.publish("system.probe", b"{not json", uuid.uuid4().hex)
         rejected = SystemProbe(note="reject")
         await bus.publish(rejected.SUBJECT, outbox.encode_event(rejected), str(rejected.event_id))
-        exhausted = SystemProbe(note="always fails")
-        await bus.publish(exhausted.SUBJECT, outbox.encode_event(exhausted), str(exhausted.event_id))
+        bug = SystemProbe(note="bug")
+        await bus.publish(bug.SUBJECT, outbox.encode_event(bug), str(bug.event_id))
+        outage = SystemProbe(note="outage")
+        await bus.publish(outage.SUBJECT, outbox.encode_event(outage), str(outage.event_id))
 
         rows = await until(lambda: _dead_letters(probe_db, expected=3))
         reasons = {r["event_id"]: r["reason"] for r in rows}
         assert reasons[None].startswith("undecodable")
         assert reasons[str(rejected.event_id)] == "rejected: note says reject"
-        assert reasons[str(exhausted.event_id)] == "max deliveries exhausted"
+        assert reasons[str(bug.event_id)] == "failed 2 times: RuntimeError('handler bug')"
+        assert calls["bug"] == 2
+
+        # The transient one keeps coming back far past the failure budget and is never dead-lettered.
+        await until(lambda: _at_least(calls, "outage", 3 * spec.max_deliver))
+        assert await probe_db.fetchval("select count(*) from dead_letters") == 3
         assert await probe_db.fetchval("select count(*) from inbox") == 0, (
             "failed handlers leave no inbox row"
         )
     finally:
         await runner.stop()
         await pool.close()
+
+
+async def _at_least(counts: dict[str, int], key: str, minimum: int) -> bool:
+    return counts.get(key, 0) >= minimum
 
 
 async def _dead_letters(conn: asyncpg.Connection, expected: int) -> list[asyncpg.Record] | None:

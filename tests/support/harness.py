@@ -55,6 +55,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # A script's own folder comes first on its sys.path, and the shared venv points `services` at another
+    # checkout: put this checkout first so the child runs the code under test.
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO

@@ -45,7 +45,9 @@ async def main(role: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     if role == "relay":
-        relay = OutboxRelay(pool, bus, SCHEMA, settings.database_url, poll_interval_s=0.1)
+        relay = OutboxRelay(
+            pool, bus, SCHEMA, settings.database_url, poll_interval_s=0.1, lease_s=settings.outbox_lease_s
+        )
         await relay.start()
         await stop.wait()
         await relay.stop()
