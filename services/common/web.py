@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +22,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import bus as busmod
-from services.common import db
+from services.common import db, retention
+from services.common.clock import Clock
 from services.common.errors import EXCEPTION_HANDLERS
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
+from services.common.retention import RetentionRule
+from services.common.scheduler import JobHandler, Recurring, Scheduler
 from services.common.settings import ServiceName, Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class Runtime:
     pool: db.Pool
     bus: busmod.Bus
     relay: OutboxRelay
+    # Durable timers; its handlers come from ServiceSpec.jobs, and retention runs on it.
+    scheduler: Scheduler
     consumers: list[busmod.ConsumerRunner] = field(default_factory=list)
     shutting_down: bool = False
     # A service's own long-lived components (its use-case objects, feeds, timers), set by its hooks.
@@ -66,6 +71,12 @@ class ServiceSpec:
     # Started after the pool/bus are up and stopped (in reverse) before they close: dispatchers, timers.
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
+    # Durable timers: job kind → handler (run in the job's transaction), built after on_startup so
+    # handlers can use the service's own components; recurring jobs need a handler for their kind.
+    jobs: Callable[[Runtime], Mapping[str, JobHandler]] = lambda _rt: {}
+    recurring: Sequence[Recurring] = ()
+    # The service's own tables to prune (the plumbing tables are always pruned).
+    retention: Sequence[RetentionRule] = ()
     dependencies: dict[str, Provide] = field(default_factory=dict)
     # Pages for people, printed by `abonent up`: (label, path).
     links: Sequence[tuple[str, str]] = ()
@@ -163,8 +174,14 @@ def _provide_bus(state: State) -> busmod.Bus:
     return _provide_runtime(state).bus
 
 
-def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
-    """One Litestar app per service, with the shared lifespan, routes, errors and OpenAPI."""
+def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = None) -> Litestar:
+    """One Litestar app per service, with the shared lifespan, routes, errors and OpenAPI.
+
+    `clock` drives the scheduler (tests pass a ManualClock); the wall clock otherwise.
+    """
+    retention_rules = [*retention.PLUMBING_RULES, *spec.retention]
+    # A bad retention setting stops the process now, naming the variable, not at the first prune.
+    retention.validate(settings, retention_rules)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -172,11 +189,22 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
         bus = await busmod.connect(
             settings.nats_url, f"abonent-{spec.name}", settings.nats_namespace, settings.stream_replicas
         )
+        bus.stream_max_age_s = settings.stream_max_age_days * 86400.0
         await bus.ensure_streams()
         relay = OutboxRelay(
             pool, bus, spec.name, settings.database_url, poll_interval_s=settings.outbox_poll_interval_s
         )
-        runtime = Runtime(settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay)
+        # TODO(pools): give it the worker pool once Runtime has one, so HTTP traffic cannot starve it.
+        scheduler = Scheduler(
+            pool,
+            spec.name,
+            settings.database_url,
+            clock=clock,
+            poll_interval_s=settings.scheduler_poll_interval_s,
+        )
+        runtime = Runtime(
+            settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay, scheduler=scheduler
+        )
         app.state.runtime = runtime
         await relay.start()
         for consumer_spec in spec.consumers(runtime):
@@ -185,12 +213,19 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             runtime.consumers.append(runner)
         for hook in spec.on_startup:
             await hook(runtime)
+        for kind, handler in spec.jobs(runtime).items():
+            scheduler.register(kind, handler)
+        for job in spec.recurring:
+            scheduler.every(job)
+        retention.install(scheduler, settings, retention_rules)
+        await scheduler.start()
         log.info("service started", extra={"service": spec.name})
         try:
             yield
         finally:
             # Graceful: stop taking work, finish in-flight handlers, flush the relay, then close.
             runtime.shutting_down = True
+            await scheduler.stop()
             for hook in reversed(spec.on_shutdown):
                 with contextlib.suppress(Exception):
                     await hook(runtime)
