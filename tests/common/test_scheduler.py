@@ -269,3 +269,46 @@ async def test_a_claim_moved_or_taken_over_does_not_run_twice(
     assert await first_pass == 1
     assert await other.run_once() == 0
     assert await effects(sched_db) == [("probe", "long")]
+
+
+async def test_a_handler_can_move_its_own_timer_or_ask_to_run_again(
+    settings: Settings, pools: list[dbmod.Pool], sched_db: asyncpg.Connection
+) -> None:
+    """A reminder series: each run schedules the next one in the same transaction as its effect."""
+    clock = ManualClock(T0)
+    runner = make_runner(pools[0], settings, clock)
+
+    async def remind(conn: dbmod.Connection, job: Job) -> dt.datetime | None:
+        await record_effect(conn, job)
+        sent = int(job.payload["sent"]) + 1
+        if job.key == "series" and sent < 3:
+            await scheduler.schedule(conn, job.kind, job.key, job.now + dt.timedelta(days=1), {"sent": sent})
+        # "again" asks for one more run an hour after its first, without scheduling anything new.
+        return job.now + dt.timedelta(hours=1) if job.key == "again" and job.due_at == T0 else None
+
+    runner.register("remind", remind)
+    async with dbmod.transaction(pools[0]) as conn:
+        await scheduler.schedule(conn, "remind", "series", T0, {"sent": 0})
+        await scheduler.schedule(conn, "remind", "again", T0, {"sent": 0})
+    assert await runner.run_once() == 2
+    async with pools[0].acquire() as conn:
+        series = await scheduler.get_job(conn, "remind", "series")
+        again = await scheduler.get_job(conn, "remind", "again")
+    assert series is not None
+    assert again is not None
+    assert (series.state, series.due_at, series.payload) == (
+        "pending",
+        T0 + dt.timedelta(days=1),
+        {"sent": 1},
+    )
+    assert (again.state, again.due_at) == ("pending", T0 + dt.timedelta(hours=1))
+    for _ in range(3):
+        clock.advance(dt.timedelta(days=1))
+        await runner.run_once()
+    async with pools[0].acquire() as conn:
+        series = await scheduler.get_job(conn, "remind", "series")
+    assert series is not None
+    assert series.state == "done"
+    rows = await sched_db.fetch("select key, count(*) as n from effects group by key order by key")
+    # "again" ran twice: its returned time re-armed it once, then it was done.
+    assert [(r["key"], r["n"]) for r in rows] == [("again", 2), ("series", 3)]
