@@ -35,6 +35,7 @@ from prometheus_client import Counter
 from services.common import db
 from services.common.clock import Clock, SystemClock
 from services.common.failpoints import failpoint
+from services.common.logging import mask_pii
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +450,8 @@ class Scheduler:
 
     async def _record_failure(self, job: Job, token: uuid.UUID, max_attempts: int, exc: Exception) -> None:
         attempts = job.attempts + 1
-        error = f"{type(exc).__name__}: {exc}"[:1000]
+        # Stored in the row, which logging's masking never sees: mask phones and documents here.
+        error = mask_pii(f"{type(exc).__name__}: {exc}")[:1000]
         now = self.clock.now()
         extra = {"kind": job.kind, "key": job.key, "attempts": attempts, "error": error}
         try:
