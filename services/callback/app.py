@@ -24,6 +24,7 @@ from services.callback import store
 from services.callback.console import CONSOLE_ROUTES, admin_routes
 from services.callback.cors import per_site_cors
 from services.callback.dialing import Dialer
+from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
 from services.callback.schemas import (
     CallbackCreate,
@@ -54,6 +55,7 @@ from services.common import db
 from services.common.auth import requires
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
+from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
 from services.common.settings import Settings, get_settings
 from services.common.web import (
@@ -484,6 +486,13 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         consumers=lambda _runtime: [webhook_consumer_spec()],
         on_startup=[start],
         on_shutdown=[finish],
+        retention=[
+            RetentionRule("idempotency_keys", "created_at", "retention_idempotency_keys_hours"),
+            # A spent token pruned while it could still be presented would be accepted again.
+            RetentionRule(
+                "spent_form_tokens", "spent_at", "retention_form_tokens_hours", minimum=FORM_TOKEN_MAX_AGE
+            ),
+        ],
         dependencies={
             "callbacks": Provide(callbacks_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),

@@ -93,6 +93,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=5)
         self.ns = namespace
         self.replicas = replicas
+        self.stream_max_age_s = 0.0  # 0: keep messages forever; services set it from their settings
         # Set by the reconnect callback; pull loops re-create their subscriptions when they see it.
         self.reconnects = 0
 
@@ -122,6 +123,7 @@ class Bus:
                 num_replicas=self.replicas,
                 # Publish dedupe window: relay retries of one event stay inside it.
                 duplicate_window=120.0,
+                max_age=self.stream_max_age_s,
             )
             try:
                 await self.js.add_stream(config)

@@ -75,6 +75,23 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     # Failed sign-ins allowed per (login, client address) within the window before answering 429.
     sign_in_max_failures: int = 5
     sign_in_window_s: int = 900
+    # Durable scheduler: how often runners look for due jobs when no NOTIFY wakes them.
+    scheduler_poll_interval_s: float = 1.0
+    # Retention (ISSUE8 §8), run hourly by the scheduler. JetStream drops messages older than this.
+    stream_max_age_days: int = 7
+    # Published outbox rows; their payloads may hold phones, so they go soon.
+    retention_outbox_hours: int = 24
+    # Inbox rows must outlive the stream's messages: a redelivery after pruning would apply twice.
+    retention_inbox_days: int = 14
+    # Dead letters may be replayed; their inbox rows must still exist then, so at most the inbox's age.
+    retention_dead_letters_days: int = 14
+    # Scheduler jobs that are done or failed.
+    retention_jobs_days: int = 7
+    # Spent idempotency keys (a retry after this is a new request) and used form tokens.
+    retention_idempotency_keys_hours: int = 48
+    retention_form_tokens_hours: int = 24
+    # Rows deleted per table per transaction, so pruning never holds long locks.
+    retention_batch_size: int = 1000
 
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {
@@ -104,6 +121,7 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
         self._check_keys()
+        self._check_retention()
 
     def _check_keys(self) -> None:
         # Imported here: crypto builds on these settings, so a module-level import would be circular.
@@ -119,6 +137,24 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
             crypto.decode_key(self.index_key, env_name("index_key"))
         if self.data_key:
             crypto.decode_key(self.data_key, env_name("data_key"))
+
+    def _check_retention(self) -> None:
+        positive = [f.name for f in msgspec.structs.fields(self) if f.name.startswith("retention_")]
+        for name in [*positive, "stream_max_age_days", "scheduler_poll_interval_s"]:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        if self.retention_inbox_days <= self.stream_max_age_days:
+            raise SettingsError(
+                f"{env_name('retention_inbox_days')} ({self.retention_inbox_days}) must be longer than "
+                f"{env_name('stream_max_age_days')} ({self.stream_max_age_days}): a message redelivered "
+                "after its inbox row was pruned would be applied twice"
+            )
+        if self.retention_dead_letters_days > self.retention_inbox_days:
+            raise SettingsError(
+                f"{env_name('retention_dead_letters_days')} ({self.retention_dead_letters_days}) must not "
+                f"exceed {env_name('retention_inbox_days')} ({self.retention_inbox_days}): replaying a dead "
+                "letter whose inbox rows were pruned would apply it twice for the consumers that had it"
+            )
 
 
 def env_name(field: str) -> str:

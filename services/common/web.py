@@ -24,13 +24,16 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from services.common import auth, db
+from services.common import auth, db, retention
 from services.common import bus as busmod
 from services.common.auth_pages import AUTH_ROUTES
+from services.common.clock import Clock
 from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
+from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
+from services.common.scheduler import JobHandler, Recurring, Scheduler
 from services.common.settings import ServiceName, Settings, SettingsSection
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class Runtime:
     pool: db.Pool
     bus: busmod.Bus
     relay: OutboxRelay
+    # Durable timers; its handlers come from ServiceSpec.jobs, and retention runs on it.
+    scheduler: Scheduler
     consumers: list[busmod.ConsumerRunner] = field(default_factory=list)
     shutting_down: bool = False
     # A service's own long-lived components (its use-case objects, feeds, timers), set by its hooks.
@@ -72,6 +77,12 @@ class ServiceSpec:
     # Started after the pool/bus are up and stopped (in reverse) before they close: dispatchers, timers.
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
+    # Durable timers: job kind → handler (run in the job's transaction), built after on_startup so
+    # handlers can use the service's own components; recurring jobs need a handler for their kind.
+    jobs: Callable[[Runtime], Mapping[str, JobHandler]] = lambda _rt: {}
+    recurring: Sequence[Recurring] = ()
+    # The service's own tables to prune (the plumbing tables are always pruned).
+    retention: Sequence[RetentionRule] = ()
     dependencies: dict[str, Provide] = field(default_factory=dict)
     # Pages for people, printed by `abonent up`: (label, path).
     links: Sequence[tuple[str, str]] = ()
@@ -246,8 +257,14 @@ def _provide_bus(state: State) -> busmod.Bus:
     return _provide_runtime(state).bus
 
 
-def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
-    """One Litestar app per service, with the shared lifespan, routes, errors and OpenAPI."""
+def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = None) -> Litestar:
+    """One Litestar app per service, with the shared lifespan, routes, errors and OpenAPI.
+
+    `clock` drives the scheduler (tests pass a ManualClock); the wall clock otherwise.
+    """
+    retention_rules = [*retention.PLUMBING_RULES, *spec.retention]
+    # A bad retention setting stops the process now, naming the variable, not at the first prune.
+    retention.validate(settings, retention_rules)
     auth.check_declared_scopes(spec.name, spec.scopes)
 
     @contextlib.asynccontextmanager
@@ -258,6 +275,7 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
         bus = await busmod.connect(
             settings.nats_url, f"abonent-{spec.name}", settings.nats_namespace, settings.stream_replicas
         )
+        bus.stream_max_age_s = settings.stream_max_age_days * 86400.0
         await bus.ensure_streams()
         relay = OutboxRelay(
             pool,
@@ -267,7 +285,17 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             poll_interval_s=settings.outbox_poll_interval_s,
             lease_s=settings.outbox_lease_s,
         )
-        runtime = Runtime(settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay)
+        # TODO(pools): give it the worker pool once Runtime has one, so HTTP traffic cannot starve it.
+        scheduler = Scheduler(
+            pool,
+            spec.name,
+            settings.database_url,
+            clock=clock,
+            poll_interval_s=settings.scheduler_poll_interval_s,
+        )
+        runtime = Runtime(
+            settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay, scheduler=scheduler
+        )
         app.state.runtime = runtime
         await relay.start()
         for consumer_spec in spec.consumers(runtime):
@@ -276,12 +304,19 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             runtime.consumers.append(runner)
         for hook in spec.on_startup:
             await hook(runtime)
+        for kind, handler in spec.jobs(runtime).items():
+            scheduler.register(kind, handler)
+        for job in spec.recurring:
+            scheduler.every(job)
+        retention.install(scheduler, settings, retention_rules)
+        await scheduler.start()
         log.info("service started", extra={"service": spec.name})
         try:
             yield
         finally:
             # Graceful: stop taking work, finish in-flight handlers, flush the relay, then close.
             runtime.shutting_down = True
+            await scheduler.stop()
             for hook in reversed(spec.on_shutdown):
                 with contextlib.suppress(Exception):
                     await hook(runtime)
