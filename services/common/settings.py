@@ -40,7 +40,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     stream_replicas: int = 1
     # Prefix for stream and subject names, so tests (or tenants of one NATS) never see each other's events.
     nats_namespace: str = ""
+    # Connections for HTTP handlers, per process.
     db_pool_max: int = 10
+    # A request waits this long for one of them, then gets 503 with Retry-After instead of hanging.
+    db_acquire_timeout_s: float = 5.0
+    # A separate small pool for background work (outbox relay, consumers, dialer, timers), so HTTP
+    # traffic can never starve it.
+    db_worker_pool_max: int = 4
     outbox_poll_interval_s: float = 1.0
     # Ack timeout and redelivery policy for consumers.
     consumer_ack_wait_s: float = 30.0
@@ -82,6 +88,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(
                 f"{env_name('stream_replicas')} must be 1, 3 or 5, got {self.stream_replicas}"
+            )
+        for name in ("db_pool_max", "db_worker_pool_max"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
+        if not self.db_acquire_timeout_s > 0:
+            raise SettingsError(
+                f"{env_name('db_acquire_timeout_s')} must be positive, got {self.db_acquire_timeout_s}"
             )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")

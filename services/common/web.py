@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Background work waits longer than a visitor would (nobody is waiting on it), but not forever: a
+# connection leak then shows up as errors in the log instead of a silent stall.
+WORKER_ACQUIRE_TIMEOUT_S = 30.0
+
 HTTP_REQUESTS = Counter("abonent_http_requests_total", "HTTP requests", ["service", "method", "status"])
 
 
@@ -41,7 +45,10 @@ class Runtime:
 
     settings: Settings
     service: ServiceName
+    # For HTTP handlers only.
     pool: db.Pool
+    # For background work (relay, consumers, a service's dialers and timers): HTTP cannot starve it.
+    worker_pool: db.Pool
     bus: busmod.Bus
     relay: OutboxRelay
     consumers: list[busmod.ConsumerRunner] = field(default_factory=list)
@@ -88,17 +95,18 @@ async def live() -> dict[str, str]:
 @get(
     "/health/ready",
     tags=["health"],
-    summary="Readiness: PostgreSQL and NATS connections work",
+    summary="Readiness: PostgreSQL (both pools) and NATS connections work",
     responses={503: ResponseSpec(data_container=ReadinessBody, description="A dependency is down")},
 )
 async def ready(state: State) -> Response[ReadinessBody]:
     runtime: Runtime = state.runtime
     checks: dict[str, str] = {}
-    try:
-        await db.ping(runtime.pool, timeout=2.0)
-        checks["postgres"] = "ok"
-    except Exception as exc:
-        checks["postgres"] = f"unavailable: {type(exc).__name__}"
+    for check, pool in (("postgres", runtime.pool), ("postgres_workers", runtime.worker_pool)):
+        try:
+            await db.ping(pool, timeout=2.0)
+            checks[check] = "ok"
+        except Exception as exc:
+            checks[check] = f"unavailable: {type(exc).__name__}"
     checks["nats"] = "ok" if runtime.bus.connected else "unavailable: not connected"
     if runtime.shutting_down:
         checks["service"] = "shutting down"
@@ -168,19 +176,38 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, spec.name, max_size=settings.db_pool_max)
+        pool = await db.create_pool(
+            settings.database_url,
+            spec.name,
+            name="http",
+            max_size=settings.db_pool_max,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
+        )
+        worker_pool = await db.create_pool(
+            settings.database_url,
+            spec.name,
+            name="workers",
+            max_size=settings.db_worker_pool_max,
+            acquire_timeout_s=WORKER_ACQUIRE_TIMEOUT_S,
+        )
         bus = await busmod.connect(
             settings.nats_url, f"abonent-{spec.name}", settings.nats_namespace, settings.stream_replicas
         )
         await bus.ensure_streams()
         relay = OutboxRelay(
-            pool, bus, spec.name, settings.database_url, poll_interval_s=settings.outbox_poll_interval_s
+            worker_pool,
+            bus,
+            spec.name,
+            settings.database_url,
+            poll_interval_s=settings.outbox_poll_interval_s,
         )
-        runtime = Runtime(settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay)
+        runtime = Runtime(
+            settings=settings, service=spec.name, pool=pool, worker_pool=worker_pool, bus=bus, relay=relay
+        )
         app.state.runtime = runtime
         await relay.start()
         for consumer_spec in spec.consumers(runtime):
-            runner = busmod.ConsumerRunner(pool, bus, consumer_spec)
+            runner = busmod.ConsumerRunner(worker_pool, bus, consumer_spec)
             await runner.start()
             runtime.consumers.append(runner)
         for hook in spec.on_startup:
@@ -199,6 +226,7 @@ def build_app(spec: ServiceSpec, settings: Settings) -> Litestar:
             await relay.stop()
             await bus.close()
             await pool.close()
+            await worker_pool.close()
             log.info("service stopped", extra={"service": spec.name})
 
     config = AppConfig(
