@@ -19,15 +19,12 @@ from prometheus_client import Counter
 if TYPE_CHECKING:
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-else:
-    Pool = asyncpg.Pool
-    Connection = asyncpg.Connection | PoolConnectionProxy
-
-if TYPE_CHECKING:
     _PoolBase: TypeAlias = asyncpg.Pool[asyncpg.Record]
     _AcquireBase: TypeAlias = PoolAcquireContext[asyncpg.Record]
     _Proxy: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 else:
+    Pool = asyncpg.Pool
+    Connection = asyncpg.Connection | PoolConnectionProxy
     _PoolBase = asyncpg.Pool
     _AcquireBase = PoolAcquireContext
     _Proxy = PoolConnectionProxy
@@ -182,7 +179,10 @@ async def connect(database_url: str, schema: str) -> asyncpg.Connection[asyncpg.
 
 @contextlib.asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
-    """A connection inside a transaction: state change and outbox rows commit together or not at all."""
+    """A connection inside a transaction: state change and outbox rows commit together or not at all.
+
+    Everything called inside gets this connection passed down; asking the pool again raises NestedAcquire.
+    """
     async with pool.acquire() as conn, conn.transaction():
         yield conn
 
