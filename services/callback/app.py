@@ -425,21 +425,23 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         async with db.transaction(runtime.pool) as conn:
             await store.seal_plain_webhook_secrets(conn, protector)
         sites = SiteDirectory(runtime.pool)
-        callbacks = CallbackService(runtime.pool, protector, sites, agents=PresenceAgents(runtime.pool))
+        callbacks = CallbackService(runtime.pool, protector, sites, agents=PresenceAgents())
         context.callbacks = callbacks
+        # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
+        background = CallbackService(runtime.worker_pool, protector, sites, agents=PresenceAgents())
         feed = StatusFeed(runtime.bus)
         await feed.start()
         own = own_settings()
         adapter = build_adapter(own.telephony, own.telephony_config())
-        dialer = Dialer(runtime.pool, protector, sites, adapter)
+        dialer = Dialer(runtime.worker_pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
-        webhooks = WebhookSender(runtime.pool, webhook_http, CRM_WEBHOOKS, crm_endpoints(protector))
+        webhooks = WebhookSender(runtime.worker_pool, webhook_http, CRM_WEBHOOKS, crm_endpoints(protector))
         await webhooks.start()
         runtime.extras.update(
             callbacks=callbacks, feed=feed, dialer=dialer, webhooks=webhooks, webhook_http=webhook_http
         )
-        runtime.extras["sweeper"] = asyncio.create_task(periodically(60, callbacks.expire_overdue, stop))
+        runtime.extras["sweeper"] = asyncio.create_task(periodically(60, background.expire_overdue, stop))
 
     async def finish(runtime: Runtime) -> None:
         stop.set()

@@ -267,7 +267,7 @@ async def console_state(request: Request[Any, Any, Any], agent: store.AgentRow) 
             attempt = await store.get_attempt(conn, presence.current_attempt)
             row = await store.get_callback(conn, presence.current_callback)
             if attempt is not None and row is not None:
-                site = await callbacks.sites.require(row.site_key)
+                site = await callbacks.sites.require(row.site_key, conn)
                 call = CallView(
                     attempt_id=attempt.id,
                     stage=attempt.state,

@@ -149,7 +149,7 @@ class Dialer:
         orders: list[CallOrder] = []
         async with db.transaction(self.pool) as conn:
             for row in await store.due_callbacks(conn, now, limit):
-                site = await self.sites.require(row.site_key)
+                site = await self.sites.require(row.site_key, conn)
                 callee = callee_window(site.settings, row.visitor_tz, row.not_before)
                 calendar = site_calendar(site.settings)
                 if not is_callable_at(now, calendar, callee):
@@ -226,7 +226,7 @@ class Dialer:
                 row = await store.get_callback(conn, attempt.callback_id)
                 agent = await store.agent_by_id(conn, attempt.agent_id) if attempt.agent_id else None
                 if row is not None and agent is not None:
-                    site = await self.sites.require(row.site_key)
+                    site = await self.sites.require(row.site_key, conn)
                     orphaned.append(self._order(attempt.id, row, agent, site.settings))
         for attempt_id in lost:
             await self.finish_attempt(attempt_id, "failed")
@@ -340,7 +340,7 @@ class Dialer:
     async def _after_failed_attempt(
         self, conn: db.Connection, row: store.CallbackRow, outcome: Outcome, now: dt.datetime
     ) -> None:
-        site = await self.sites.require(row.site_key)
+        site = await self.sites.require(row.site_key, conn)
         policy = site.settings.retry_policy
         spacing = RetrySpacing(
             max_attempts=policy.max_attempts,

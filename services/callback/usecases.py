@@ -88,26 +88,24 @@ def utc_now() -> dt.datetime:
 
 
 class AgentAvailability(Protocol):
-    """Ready agents per queue from live presence; None when nobody uses the agent console for it."""
+    """Ready agents per queue from live presence; None when nobody uses the agent console for it.
 
-    async def ready_agents(self, queue: str) -> int | None: ...
+    Asked inside the caller's transaction, so it reads through the caller's connection."""
+
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None: ...
 
 
 class PresenceAgents:
     """Ready agents from the console's presence; None (use staffed_agents) where nobody signs in."""
 
-    def __init__(self, pool: db.Pool) -> None:
-        self.pool = pool
-
-    async def ready_agents(self, queue: str) -> int | None:
-        async with self.pool.acquire() as conn:
-            return await store.ready_agent_count(conn, queue)
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
+        return await store.ready_agent_count(conn, queue)
 
 
 class StaffedAgents:
     """Until agents sign in, a site's `staffed_agents` setting stands for its agents."""
 
-    async def ready_agents(self, queue: str) -> int | None:
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
         return None
 
 
@@ -172,17 +170,22 @@ class SiteDirectory:
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Site | None]] = {}
 
-    async def get(self, site_key: str) -> Site | None:
+    async def get(self, site_key: str, conn: db.Connection | None = None) -> Site | None:
+        """The site, from the cache or the database. A caller holding a connection (inside a transaction)
+        passes it: a miss then reads through it instead of taking a second one from the pool."""
         cached = self._cache.get(site_key)
         if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
             return cached[1]
-        async with self.pool.acquire() as conn:
+        if conn is not None:
             site = await store.get_site(conn, site_key)
+        else:
+            async with self.pool.acquire() as own:
+                site = await store.get_site(own, site_key)
         self._cache[site_key] = (time.monotonic(), site)
         return site
 
-    async def require(self, site_key: str) -> Site:
-        site = await self.get(site_key)
+    async def require(self, site_key: str, conn: db.Connection | None = None) -> Site:
+        site = await self.get(site_key, conn)
         if site is None:
             raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
         return site
@@ -230,7 +233,7 @@ class CallbackService:
 
     async def _snapshot(self, conn: db.Connection, settings: SiteSettings, now: dt.datetime) -> QueueSnapshot:
         figures = await store.queue_figures(conn, settings.queue, now)
-        ready = await self.agents.ready_agents(settings.queue)
+        ready = await self.agents.ready_agents(conn, settings.queue)
         if ready is None:
             ready = max(settings.staffed_agents - len(figures.busy_elapsed_s), 0)
         return QueueSnapshot(
@@ -258,11 +261,12 @@ class CallbackService:
         )
 
     async def offer(self, site_key: str, tz: str, lang: Lang, not_before: str | None) -> Offer:
-        site = await self.sites.require(site_key)
-        settings = site.settings
         now = self.clock()
-        callee = callee_window(settings, tz, parse_clock(not_before))
+        # One connection for the whole read: the widget's hottest path takes one pool slot, once.
         async with self.pool.acquire() as conn:
+            site = await self.sites.require(site_key, conn)
+            settings = site.settings
+            callee = callee_window(settings, tz, parse_clock(not_before))
             snapshot = await self._snapshot(conn, settings, now)
         promise = self._promise(now, snapshot, settings, callee)
         slots = offer_slots(now, site_calendar(settings), callee)
@@ -647,7 +651,7 @@ class CallbackService:
             row = await self._locked(conn, row.id)
             if row.status not in ("requested", "scheduled"):
                 raise ApiError(409, "not_reschedulable", f"A request that is {row.status} cannot be moved")
-            site = await self.sites.require(row.site_key)
+            site = await self.sites.require(row.site_key, conn)
             not_before = parse_clock(body.not_before) if body.not_before else row.not_before
             callee = callee_window(site.settings, row.visitor_tz, not_before)
             slot = self._chosen_slot(body.slot_start, now, site.settings, callee)

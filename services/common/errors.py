@@ -12,6 +12,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from services.common.db import PoolTimeout
+
 log = logging.getLogger(__name__)
 
 _CODES_BY_STATUS = {
@@ -99,6 +101,15 @@ def with_retry_after(status: int, headers: dict[str, str] | None) -> dict[str, s
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.detail, exc.field, exc.headers)
+    if isinstance(exc, PoolTimeout):
+        # Saturated, not broken: say when to come back instead of letting the caller hang or see a 500.
+        log.warning("http 503: %s on %s %s", exc, request.method, request.url.path)
+        return error_response(
+            503,
+            "unavailable",
+            "The service is busy; please retry shortly",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
     if isinstance(exc, ValidationException):
         return error_response(400, "invalid_request", _validation_message(exc), _field_of_validation(exc))
     if isinstance(exc, HTTPException):

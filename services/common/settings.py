@@ -49,7 +49,13 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     stream_replicas: int = 1
     # Prefix for stream and subject names, so tests (or tenants of one NATS) never see each other's events.
     nats_namespace: str = ""
+    # Connections for HTTP handlers, per process.
     db_pool_max: int = 10
+    # A request waits this long for one of them, then gets 503 with Retry-After instead of hanging.
+    db_acquire_timeout_s: float = 5.0
+    # A separate small pool for background work (outbox relay, consumers, dialer, timers), so HTTP
+    # traffic can never starve it.
+    db_worker_pool_max: int = 6
     outbox_poll_interval_s: float = 1.0
     # How long a relay holds the outbox rows it claimed before another relay may take them over; keep it
     # well inside JetStream's 2-minute duplicate window so a takeover's republish is deduplicated.
@@ -117,6 +123,13 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
         if not 0 < self.outbox_lease_s <= 90:
             raise SettingsError(
                 f"{env_name('outbox_lease_s')} must be in (0, 90] seconds, got {self.outbox_lease_s}"
+            )
+        for name in ("db_pool_max", "db_worker_pool_max"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
+        if not self.db_acquire_timeout_s > 0:
+            raise SettingsError(
+                f"{env_name('db_acquire_timeout_s')} must be positive, got {self.db_acquire_timeout_s}"
             )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")

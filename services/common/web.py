@@ -41,6 +41,10 @@ access_log = logging.getLogger("abonent.access")
 
 T = TypeVar("T")
 
+# Background work waits longer than a visitor would (nobody is waiting on it), but not forever: a
+# connection leak then shows up as errors in the log instead of a silent stall.
+WORKER_ACQUIRE_TIMEOUT_S = 30.0
+
 HTTP_REQUESTS = Counter("abonent_http_requests_total", "HTTP requests", ["service", "method", "status"])
 
 
@@ -50,7 +54,10 @@ class Runtime:
 
     settings: Settings
     service: ServiceName
+    # For HTTP handlers only.
     pool: db.Pool
+    # For background work (relay, consumers, a service's dialers and timers): HTTP cannot starve it.
+    worker_pool: db.Pool
     bus: busmod.Bus
     relay: OutboxRelay
     # Durable timers; its handlers come from ServiceSpec.jobs, and retention runs on it.
@@ -113,17 +120,18 @@ async def live() -> dict[str, str]:
 @get(
     "/health/ready",
     tags=["health"],
-    summary="Readiness: PostgreSQL and NATS connections work",
+    summary="Readiness: PostgreSQL (both pools) and NATS connections work",
     responses={503: ResponseSpec(data_container=ReadinessBody, description="A dependency is down")},
 )
 async def ready(state: State) -> Response[ReadinessBody]:
     runtime: Runtime = state.runtime
     checks: dict[str, str] = {}
-    try:
-        await db.ping(runtime.pool, timeout=2.0)
-        checks["postgres"] = "ok"
-    except Exception as exc:
-        checks["postgres"] = f"unavailable: {type(exc).__name__}"
+    for check, pool in (("postgres", runtime.pool), ("postgres_workers", runtime.worker_pool)):
+        try:
+            await db.ping(pool, timeout=2.0)
+            checks[check] = "ok"
+        except Exception as exc:
+            checks[check] = f"unavailable: {type(exc).__name__}"
     checks["nats"] = "ok" if runtime.bus.connected else "unavailable: not connected"
     if runtime.shutting_down:
         checks["service"] = "shutting down"
@@ -269,7 +277,20 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, spec.name, max_size=settings.db_pool_max)
+        pool = await db.create_pool(
+            settings.database_url,
+            spec.name,
+            name="http",
+            max_size=settings.db_pool_max,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
+        )
+        worker_pool = await db.create_pool(
+            settings.database_url,
+            spec.name,
+            name="workers",
+            max_size=settings.db_worker_pool_max,
+            acquire_timeout_s=WORKER_ACQUIRE_TIMEOUT_S,
+        )
         async with db.transaction(pool) as conn:
             await auth.register_bootstrap_token(conn, settings.admin_token, sorted(spec.scopes))
         bus = await busmod.connect(
@@ -278,28 +299,33 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
         bus.stream_max_age_s = settings.stream_max_age_days * 86400.0
         await bus.ensure_streams()
         relay = OutboxRelay(
-            pool,
+            worker_pool,
             bus,
             spec.name,
             settings.database_url,
             poll_interval_s=settings.outbox_poll_interval_s,
             lease_s=settings.outbox_lease_s,
         )
-        # TODO(pools): give it the worker pool once Runtime has one, so HTTP traffic cannot starve it.
         scheduler = Scheduler(
-            pool,
+            worker_pool,
             spec.name,
             settings.database_url,
             clock=clock,
             poll_interval_s=settings.scheduler_poll_interval_s,
         )
         runtime = Runtime(
-            settings=settings, service=spec.name, pool=pool, bus=bus, relay=relay, scheduler=scheduler
+            settings=settings,
+            service=spec.name,
+            pool=pool,
+            worker_pool=worker_pool,
+            bus=bus,
+            relay=relay,
+            scheduler=scheduler,
         )
         app.state.runtime = runtime
         await relay.start()
         for consumer_spec in spec.consumers(runtime):
-            runner = busmod.ConsumerRunner(pool, bus, consumer_spec)
+            runner = busmod.ConsumerRunner(worker_pool, bus, consumer_spec)
             await runner.start()
             runtime.consumers.append(runner)
         for hook in spec.on_startup:
@@ -325,6 +351,7 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
             await relay.stop()
             await bus.close()
             await pool.close()
+            await worker_pool.close()
             log.info("service stopped", extra={"service": spec.name})
 
     config = AppConfig(

@@ -238,7 +238,8 @@ async def test_agent_presence_expires_and_feeds_the_promise(
     await db.execute("update callback.agent_presence set last_seen_at = now() - interval '16 seconds'")
     pool = await dbmod.create_pool(settings.database_url, "callback")
     try:
-        assert await PresenceAgents(pool).ready_agents("default") == 0
+        async with pool.acquire() as conn:
+            assert await PresenceAgents().ready_agents(conn, "default") == 0
     finally:
         await pool.close()
     # pagehide's beacon takes the agent offline at once.

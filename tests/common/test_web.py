@@ -24,12 +24,16 @@ async def test_ready_turns_503_when_postgres_stops_and_200_when_back(
         async with AsyncTestClient(app=create_app(settings)) as client:
             ok = await client.get("/health/ready")
             assert ok.status_code == 200, ok.text
-            assert ok.json() == {"status": "ok", "checks": {"postgres": "ok", "nats": "ok"}}
+            assert ok.json() == {
+                "status": "ok",
+                "checks": {"postgres": "ok", "postgres_workers": "ok", "nats": "ok"},
+            }
 
             postgres.stop()
             down = await client.get("/health/ready")
             assert down.status_code == 503
             assert down.json()["checks"]["postgres"].startswith("unavailable")
+            assert down.json()["checks"]["postgres_workers"].startswith("unavailable")
             assert (await client.get("/health/live")).status_code == 200
 
             postgres.start()  # same port and data
