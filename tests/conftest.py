@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from support.harness import make_settings
 
+from services.common import bus as busmod
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.settings import Settings
 
@@ -104,3 +105,12 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(settings.database_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
+    """A NATS connection in this test's namespace, with the catalogue's streams declared."""
+    connected = await busmod.connect(settings.nats_url, "test", settings.nats_namespace)
+    await connected.ensure_streams()
+    yield connected
+    await connected.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -12,7 +11,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -35,7 +34,6 @@ LOGIN_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@\-]{1,63}")
 # Recognisable in logs and by secret scanners; the rest is 256 random bits.
 TOKEN_PREFIX = "abt_"  # noqa: S105 - a public prefix, not a secret
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_ACQUIRE_TIMEOUT_S = 5.0
 REALM = "abonent"
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
@@ -358,7 +356,7 @@ async def sign_in(
 ) -> SignedIn | SignInRefused:
     """Check a staff password within the (login, client) budget and open a session."""
     login = login.strip().lower()
-    async with acquire(pool) as conn:
+    async with pool.acquire() as conn:
         attempts, left_s = await spend_sign_in_attempt(conn, login, client, settings.sign_in_window_s)
         if attempts > settings.sign_in_max_failures:
             return SignInRefused(reason="rate_limited", retry_after_s=left_s)
@@ -370,7 +368,7 @@ async def sign_in(
     matches = await asyncio.to_thread(verify_password, password, stored)
     if credentials is None or not matches:
         return SignInRefused(reason="wrong_credentials")
-    async with acquire(pool) as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         await clear_sign_in_budget(conn, login, client, settings.sign_in_window_s)
         session_id, csrf_token = await start_session(conn, credentials[0], settings.session_max_age_s)
     return SignedIn(session_id=session_id, csrf_token=csrf_token)
@@ -397,22 +395,6 @@ def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AuthRuntime:
 def session_cookie_name(service: str) -> str:
     # Cookies ignore ports: services on one host need distinct names or they overwrite each other's.
     return f"abonent_staff_{service}"
-
-
-@contextlib.asynccontextmanager
-async def acquire(pool: db.Pool) -> AsyncIterator[db.Connection]:
-    """A pooled connection, or 503 + Retry-After instead of waiting forever for one."""
-    try:
-        conn_cm = pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
-        conn = await conn_cm.__aenter__()
-    except TimeoutError:
-        raise ApiError(
-            503, "unavailable", "The service is busy; try again shortly", headers={"Retry-After": "1"}
-        ) from None
-    try:
-        yield conn
-    finally:
-        await conn_cm.__aexit__(None, None, None)
 
 
 def own_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -456,14 +438,14 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("Send the token as `Authorization: Bearer <token>`", "invalid_request")
-        async with acquire(runtime.pool) as conn:
+        async with runtime.pool.acquire() as conn:
             principal = await token_principal(conn, token.strip())
         if principal is None:
             raise _unauthorized("The bearer token is unknown, expired or revoked", "invalid_token")
         return principal
     session_id = connection.cookies.get(session_cookie_name(runtime.service))
     if session_id:
-        async with acquire(runtime.pool) as conn:
+        async with runtime.pool.acquire() as conn:
             found = await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
         if found is None:
             raise _unauthorized("Your session has ended; sign in again at /auth/sign-in")

@@ -17,7 +17,6 @@ from services.common.auth import (
     CurrentPrincipal,
     Principal,
     SignInRefused,
-    acquire,
     check_csrf,
     end_session,
     own_origin,
@@ -72,7 +71,7 @@ async def _current_session(request: Request[Any, Any, Any]) -> tuple[Principal, 
     session_id = request.cookies.get(session_cookie_name(runtime.service))
     if not session_id:
         return None
-    async with acquire(runtime.pool) as conn:
+    async with runtime.pool.acquire() as conn:
         return await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
 
 
@@ -142,7 +141,7 @@ async def sign_out(
     runtime = runtime_of(request)
     session_id = request.cookies.get(session_cookie_name(runtime.service))
     if session_id:
-        async with acquire(runtime.pool) as conn:
+        async with runtime.pool.acquire() as conn:
             found = await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
             if found is not None:
                 check_csrf(request, found[1], data.csrf_token)

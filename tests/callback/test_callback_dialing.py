@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +18,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from support.callback_api import ADMIN, ask, put_site, sign_in_agent, site_body
 from support.harness import migrate_service, running_service
+from support.polling import until
 
 from services.callback import store
 from services.callback.app import create_app
@@ -31,15 +32,6 @@ from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
 
 Client = AsyncTestClient[Any]
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    for _ in range(int(timeout / 0.05)):
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout}s: {await check()!r}")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import AsyncTestClient
 from support.harness import make_settings, migrate_service
+from support.polling import until
 
 from services.callback import store
 from services.callback.app import SPEC
@@ -109,14 +110,6 @@ async def pool(settings: Settings) -> AsyncIterator[dbmod.Pool]:
 
 
 @pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
-    connected = await busmod.connect(settings.nats_url, "t", settings.nats_namespace)
-    await connected.ensure_streams()
-    yield connected
-    await connected.close()
-
-
-@pytest.fixture
 async def consumer(pool: dbmod.Pool, bus: busmod.Bus) -> AsyncIterator[busmod.ConsumerRunner]:
     runner = busmod.ConsumerRunner(pool, bus, webhook_consumer_spec())
     await runner.start()
@@ -165,15 +158,6 @@ def requested(site_key: str = SITE) -> CallbackRequested:
         promised_latest=now + dt.timedelta(minutes=5),
         promise_kind="asap",
     )
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := await predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def publish(bus: busmod.Bus, *events: CallbackEvent) -> None:

@@ -7,7 +7,6 @@ import datetime as dt
 import gc
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
-from support.delivery import plumbing_schema, until
+from support.polling import plumbing_schema, until
 from support.probe_process import SCHEMA, record_probe
 
 from services.common import bus as busmod
@@ -31,14 +30,6 @@ from services.common.events import (
     encode_event,
 )
 from services.common.settings import Settings
-
-
-@pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
-    connected = await busmod.connect(settings.nats_url, "test", settings.nats_namespace)
-    await connected.ensure_streams()
-    yield connected
-    await connected.nc.close()
 
 
 def metric(name: str, **labels: str) -> float:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
-from support.delivery import plumbing_schema, until
 from support.harness import settings_env, spawn
+from support.polling import plumbing_schema, until
 
 from services.common import bus as busmod
 from services.common import db as dbmod
@@ -19,14 +17,6 @@ from services.common.settings import Settings
 
 # The CLI looks for dead letters in the services' schemas; the notifier's is free in a test database.
 SCHEMA = "notifier"
-
-
-@pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
-    connected = await busmod.connect(settings.nats_url, "test", settings.nats_namespace)
-    await connected.ensure_streams()
-    yield connected
-    await connected.nc.close()
 
 
 async def abonent(settings: Settings, tmp_path: Path, *args: str) -> tuple[int, str]:

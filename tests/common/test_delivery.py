@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from support.harness import REPO, settings_env, spawn
+from support.polling import until
 from support.probe_process import SCHEMA, probe_consumer_spec
 
 from services.common import bus as busmod
@@ -25,18 +26,6 @@ from services.common.settings import Settings
 PROBE = str(REPO / "tests" / "support" / "probe_process.py")
 
 
-async def until(predicate, timeout: float = 20.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll an async predicate until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 async def probe_db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     await migrate(settings.database_url, SCHEMA, discover(None))
@@ -44,14 +33,6 @@ async def probe_db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute("create table probe_effects (event_id uuid not null, at timestamptz default now())")
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
-    connected = await busmod.connect(settings.nats_url, "test", settings.nats_namespace)
-    await connected.ensure_streams()
-    yield connected
-    await connected.nc.close()
 
 
 async def stream_count(bus: busmod.Bus, stream: str = "SYSTEM") -> int:

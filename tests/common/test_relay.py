@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from support.delivery import plumbing_schema, until
 from support.harness import REPO, settings_env, spawn
+from support.polling import plumbing_schema, until
 from support.probe_process import SCHEMA
 
 from services.common import bus as busmod
@@ -21,14 +20,6 @@ from services.common.events import SystemProbe, decode_event
 from services.common.settings import Settings
 
 PROBE = str(REPO / "tests" / "support" / "probe_process.py")
-
-
-@pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[busmod.Bus]:
-    connected = await busmod.connect(settings.nats_url, "test", settings.nats_namespace)
-    await connected.ensure_streams()
-    yield connected
-    await connected.nc.close()
 
 
 async def append_events(conn: asyncpg.Connection, transactions: int, per_transaction: int) -> list[uuid.UUID]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from support.harness import REPO, settings_env, spawn
+from support.polling import until
 
 from services.common import db as dbmod
 from services.common import scheduler
@@ -23,18 +24,6 @@ from services.common.settings import Settings
 SCHEMA = "sched"
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 SCHEDULER_PROCESS = str(REPO / "tests" / "support" / "scheduler_process.py")
-
-
-async def until(predicate: Callable[[], Awaitable[object]], timeout: float = 60.0) -> object:
-    """Poll an async predicate until it returns something truthy (generous: CPU is shared)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Delivery test helpers: polling with a deadline, a schema with the plumbing and an effects table."""
+"""Test helpers: polling with a generous deadline, and a schema with the plumbing and an effects table."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from services.common.migrate import discover, migrate
 T = TypeVar("T")
 
 
-async def until(predicate: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.1) -> T:
+async def until(predicate: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05) -> T:
     """Poll an async predicate until it returns something truthy; generous deadlines, no timing claims."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
