@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import brotli
 import jinja2
 from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
@@ -123,13 +124,14 @@ class Asset:
     """One file as served: the identity body, its pre-compressed forms and a strong ETag per form."""
 
     body: bytes
-    encoded: dict[str, bytes]  # content-coding → body; gzip only: no brotli package is installed
+    encoded: dict[str, bytes]  # content-coding → body
     etag: str
 
     @classmethod
     def of(cls, body: bytes) -> Asset:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        return cls(body=body, encoded={"gzip": gzip.compress(body, 9, mtime=0)}, etag=etag)
+        encoded = {"gzip": gzip.compress(body, 9, mtime=0), "br": brotli.compress(body, quality=11)}
+        return cls(body=body, encoded=encoded, etag=etag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,10 +79,13 @@ def test_widget_script_is_content_hashed_and_immutable(client: TestClient[Any]) 
     assert script.content.startswith(b"/* Abonent callback widget v1 | Apache-2.0 */")
     revalidated = client.get(path, headers={"If-None-Match": script.headers["etag"], "Accept-Encoding": ""})
     assert revalidated.status_code == 304
-    # No brotli package is installed, so gzip is the only coding on offer; "br" alone gets identity.
-    br = client.get(path, headers={"Accept-Encoding": "br"})
-    assert "content-encoding" not in br.headers
-    assert br.content == script.content
+    # Brotli is on offer beside gzip and is smaller, so a browser accepting both gets brotli.
+    br = client.get(path, headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert br.headers["content-encoding"] == "br"
+    assert br.content == script.content  # httpx decoded it: the same bytes
+    assert int(br.headers["content-length"]) < len(gzip.compress(script.content, 9))
+    gz_only = client.get(path, headers={"Accept-Encoding": "gzip, br;q=0"})
+    assert gz_only.headers["content-encoding"] == "gzip"
     refused = client.get(path, headers={"Accept-Encoding": "gzip;q=0, *;q=0"})
     assert "content-encoding" not in refused.headers
     # A hash this replica does not have (mid-rollout) still gets a working script, but it is not cached.
