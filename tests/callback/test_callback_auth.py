@@ -14,7 +14,8 @@ from support.callback_api import ADMIN, site_body
 from support.harness import REPO, TEST_ADMIN_TOKEN, migrate_service, settings_env
 
 from services.callback.app import create_app
-from services.cli import migrate_all, seed_back_office
+from services.cli.service import migrate_all
+from services.cli.up import seed_back_office
 from services.common import auth_admin
 from services.common.settings import SERVICE_NAMES, Settings
 

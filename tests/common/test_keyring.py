@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from services.cli import dev_keys
 from services.cli import main as cli_main
+from services.cli.up import dev_keys
 from services.common.crypto import (
     CannotDecrypt,
     DataProtector,
