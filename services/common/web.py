@@ -35,6 +35,7 @@ from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
 from services.common.scheduler import JobHandler, Recurring, Scheduler
 from services.common.settings import ServiceName, Settings, SettingsSection
+from services.common.text_guard import reject_control_characters
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("abonent.access")
@@ -380,5 +381,5 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
     app = Litestar.from_config(spec.extra_config(config))
     # Outside Litestar's router and exception handling rather than in `middleware` (which Litestar runs
     # per matched route): so unmatched paths, 405s and errors get a request id and an access-log line too.
-    app.asgi_handler = request_id_middleware(app.asgi_handler, spec.name)
+    app.asgi_handler = request_id_middleware(reject_control_characters(app.asgi_handler), spec.name)
     return app
