@@ -40,6 +40,7 @@ from services.callback.webhooks import (
     webhook_routes,
 )
 from services.common import bus as busmod
+from services.common import consumers
 from services.common import db as dbmod
 from services.common.crypto import DataProtector
 from services.common.embedded import free_port
@@ -110,8 +111,8 @@ async def pool(settings: Settings) -> AsyncIterator[dbmod.Pool]:
 
 
 @pytest.fixture
-async def consumer(pool: dbmod.Pool, bus: busmod.Bus) -> AsyncIterator[busmod.ConsumerRunner]:
-    runner = busmod.ConsumerRunner(pool, bus, webhook_consumer_spec())
+async def consumer(pool: dbmod.Pool, bus: busmod.Bus) -> AsyncIterator[consumers.ConsumerRunner]:
+    runner = consumers.ConsumerRunner(pool, bus, webhook_consumer_spec())
     await runner.start()
     yield runner
     # Every test waits until its events are acked, so nothing is in flight: skip the idle 1 s fetch.
