@@ -66,7 +66,7 @@ from services.common.web import (
     rate_limit_per_ip,
     runtime_extra,
 )
-from services.common.webhooks import WebhookSender
+from services.common.webhook_sender import WebhookSender
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
 TokenHeader = Annotated[

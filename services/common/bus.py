@@ -1,7 +1,4 @@
-"""NATS JetStream: a connection that never gives up, the namespace, streams declared in code, publishing.
-
-Consumers (routing, retries, dead letters) live in services/common/consumers.py.
-"""
+"""NATS JetStream: a connection that never gives up, the namespace, streams and publishing."""
 
 from __future__ import annotations
 

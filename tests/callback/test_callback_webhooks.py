@@ -56,7 +56,8 @@ from services.common.events import (
 from services.common.logging import mask_phone
 from services.common.migrate import discover, migrate
 from services.common.settings import Settings
-from services.common.webhooks import RETRY_DELAYS_S, WebhookSender
+from services.common.webhook_sender import WebhookSender
+from services.common.webhooks import RETRY_DELAYS_S
 
 PHONE = "+79123456789"
 SECRET = "whsec_0123456789abcdef"
