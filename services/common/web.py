@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import auth, db, retention
 from services.common import bus as busmod
+from services.common.auth_guard import provide_principal
 from services.common.auth_pages import AUTH_ROUTES
 from services.common.clock import Clock
 from services.common.consumers import ConsumerRunner, ConsumerSpec
@@ -363,7 +364,7 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "pool": Provide(_provide_pool, sync_to_thread=False),
             "bus": Provide(_provide_bus, sync_to_thread=False),
-            "principal": Provide(auth.provide_principal, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
             **spec.dependencies,
         },
         openapi_config=OpenAPIConfig(
