@@ -52,7 +52,7 @@ from services.callback.usecases import (
 from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common import db
-from services.common.auth import requires
+from services.common.auth_guard import requires
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
 from services.common.retention import RetentionRule
@@ -66,7 +66,7 @@ from services.common.web import (
     rate_limit_per_ip,
     runtime_extra,
 )
-from services.common.webhooks import WebhookSender
+from services.common.webhook_sender import WebhookSender
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]
 TokenHeader = Annotated[

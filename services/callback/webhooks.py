@@ -15,7 +15,7 @@ from litestar.types import Guard
 
 from services.callback import store
 from services.common import db
-from services.common.bus import ConsumerSpec
+from services.common.consumers import ConsumerSpec
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event

@@ -13,19 +13,15 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, QueryParameter
 from litestar.response import Redirect
 
-from services.common.auth import (
+from services.common.auth import Principal, SignInRefused, end_session, session_principal, sign_in
+from services.common.auth_guard import (
     CurrentPrincipal,
-    Principal,
-    SignInRefused,
     check_csrf,
-    end_session,
     own_origin,
     request_origin,
     requires,
     runtime_of,
     session_cookie_name,
-    session_principal,
-    sign_in,
 )
 from services.common.errors import ApiError
 

@@ -26,8 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import auth, db, retention
 from services.common import bus as busmod
+from services.common.auth_guard import provide_principal
 from services.common.auth_pages import AUTH_ROUTES
 from services.common.clock import Clock
+from services.common.consumers import ConsumerRunner, ConsumerSpec
 from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
@@ -63,7 +65,7 @@ class Runtime:
     relay: OutboxRelay
     # Durable timers; its handlers come from ServiceSpec.jobs, and retention runs on it.
     scheduler: Scheduler
-    consumers: list[busmod.ConsumerRunner] = field(default_factory=list)
+    consumers: list[ConsumerRunner] = field(default_factory=list)
     shutting_down: bool = False
     # A service's own long-lived components (its use-case objects, feeds, timers), set by its hooks.
     extras: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +83,7 @@ class ServiceSpec:
     description: str
     route_handlers: Sequence[Any]
     migrations_dir: Path
-    consumers: Callable[[Runtime], list[busmod.ConsumerSpec]] = lambda _rt: []
+    consumers: Callable[[Runtime], list[ConsumerSpec]] = lambda _rt: []
     # Started after the pool/bus are up and stopped (in reverse) before they close: dispatchers, timers.
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
@@ -326,7 +328,7 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
         app.state.runtime = runtime
         await relay.start()
         for consumer_spec in spec.consumers(runtime):
-            runner = busmod.ConsumerRunner(worker_pool, bus, consumer_spec)
+            runner = ConsumerRunner(worker_pool, bus, consumer_spec)
             await runner.start()
             runtime.consumers.append(runner)
         for hook in spec.on_startup:
@@ -363,7 +365,7 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "pool": Provide(_provide_pool, sync_to_thread=False),
             "bus": Provide(_provide_bus, sync_to_thread=False),
-            "principal": Provide(auth.provide_principal, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
             **spec.dependencies,
         },
         openapi_config=OpenAPIConfig(

@@ -40,6 +40,7 @@ from services.callback.webhooks import (
     webhook_routes,
 )
 from services.common import bus as busmod
+from services.common import consumers
 from services.common import db as dbmod
 from services.common.crypto import DataProtector
 from services.common.embedded import free_port
@@ -55,7 +56,8 @@ from services.common.events import (
 from services.common.logging import mask_phone
 from services.common.migrate import discover, migrate
 from services.common.settings import Settings
-from services.common.webhooks import RETRY_DELAYS_S, WebhookSender
+from services.common.webhook_sender import WebhookSender
+from services.common.webhooks import RETRY_DELAYS_S
 
 PHONE = "+79123456789"
 SECRET = "whsec_0123456789abcdef"
@@ -110,8 +112,8 @@ async def pool(settings: Settings) -> AsyncIterator[dbmod.Pool]:
 
 
 @pytest.fixture
-async def consumer(pool: dbmod.Pool, bus: busmod.Bus) -> AsyncIterator[busmod.ConsumerRunner]:
-    runner = busmod.ConsumerRunner(pool, bus, webhook_consumer_spec())
+async def consumer(pool: dbmod.Pool, bus: busmod.Bus) -> AsyncIterator[consumers.ConsumerRunner]:
+    runner = consumers.ConsumerRunner(pool, bus, webhook_consumer_spec())
     await runner.start()
     yield runner
     # Every test waits until its events are acked, so nothing is in flight: skip the idle 1 s fetch.

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service
 
 from services.common import auth, auth_admin
-from services.common.auth import CurrentPrincipal, requires
+from services.common.auth_guard import CurrentPrincipal, requires
 from services.common.settings import Settings
 from services.common.web import ServiceSpec, build_app
 

@@ -19,9 +19,11 @@ from support.polling import plumbing_schema, until
 from support.probe_process import SCHEMA, record_probe
 
 from services.common import bus as busmod
+from services.common import consumers
 from services.common import db as dbmod
 from services.common.embedded import EmbeddedPostgres
 from services.common.events import (
+    AnyEvent,
     CallbackCancelled,
     CallbackEvent,
     CallbackRequested,
@@ -61,22 +63,22 @@ def requested() -> CallbackRequested:
 
 
 def test_handled_types_default_to_the_subjects_and_accept_base_classes() -> None:
-    async def nothing(_conn: dbmod.Connection, _event: busmod.AnyEvent) -> None:
+    async def nothing(_conn: dbmod.Connection, _event: AnyEvent) -> None:
         return None
 
-    probe = busmod.ConsumerSpec(name="p", stream="SYSTEM", subjects=["system.probe"], handler=nothing)
+    probe = consumers.ConsumerSpec(name="p", stream="SYSTEM", subjects=["system.probe"], handler=nothing)
     assert probe.handled_tags == {"system.probe.v1"}
-    every_callback = busmod.ConsumerSpec(
+    every_callback = consumers.ConsumerSpec(
         name="c", stream="CALLBACK", subjects=["callback.>"], handler=nothing
     )
     assert "callback.requested.v1" in every_callback.handled_tags
     assert "system.probe.v1" not in every_callback.handled_tags
-    by_base = busmod.ConsumerSpec(
+    by_base = consumers.ConsumerSpec(
         name="b", stream="CALLBACK", subjects=["callback.>"], handler=nothing, handles=[CallbackEvent]
     )
     assert by_base.handled_tags == every_callback.handled_tags
     with pytest.raises(ValueError, match="not in the event catalogue"):
-        busmod.ConsumerSpec(
+        consumers.ConsumerSpec(
             name="x", stream="SYSTEM", subjects=["system.>"], handler=nothing, handles=[Stray]
         )
 
@@ -92,7 +94,7 @@ async def test_unknown_and_unhandled_types_are_acked_and_counted_only_invalid_on
 ) -> None:
     conn = await plumbing_schema(settings.database_url, SCHEMA)
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
-    spec = busmod.ConsumerSpec(
+    spec = consumers.ConsumerSpec(
         name="tolerant",
         stream="CALLBACK",
         subjects=["callback.>"],
@@ -100,7 +102,7 @@ async def test_unknown_and_unhandled_types_are_acked_and_counted_only_invalid_on
         handles=[CallbackRequested],
         retry_delays_s=(0.1,),
     )
-    runner = busmod.ConsumerRunner(pool, bus, spec)
+    runner = consumers.ConsumerRunner(pool, bus, spec)
     skipped_unknown = metric("abonent_events_skipped_total", consumer="tolerant", type="unknown")
     skipped_cancelled = metric(
         "abonent_events_skipped_total", consumer="tolerant", type="callback.cancelled.v1"
@@ -148,7 +150,7 @@ async def test_postgres_outage_longer_than_the_retry_budget_dead_letters_nothing
         conn = await plumbing_schema(url, SCHEMA)
         await conn.close()
         pool = await dbmod.create_pool(url, SCHEMA)
-        spec = busmod.ConsumerSpec(
+        spec = consumers.ConsumerSpec(
             name="outage",
             stream="SYSTEM",
             subjects=["system.probe"],
@@ -157,7 +159,7 @@ async def test_postgres_outage_longer_than_the_retry_budget_dead_letters_nothing
             max_deliver=2,  # the old budget: two deliveries, 0.5 s apart
             retry_delays_s=(0.2, 0.5),
         )
-        runner = busmod.ConsumerRunner(pool, bus, spec)
+        runner = consumers.ConsumerRunner(pool, bus, spec)
         await runner.start()
         try:
             before = SystemProbe(note="before")
@@ -206,15 +208,15 @@ async def test_an_idle_consumer_logs_no_loop_errors(
 ) -> None:
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
 
-    async def nothing(_conn: dbmod.Connection, _event: busmod.AnyEvent) -> None:
+    async def nothing(_conn: dbmod.Connection, _event: AnyEvent) -> None:
         return None
 
     # Tiny fetch timeouts make nats-py's empty-fetch variants (incl. plain asyncio.TimeoutError) frequent.
-    spec = busmod.ConsumerSpec(
+    spec = consumers.ConsumerSpec(
         name="idle", stream="SYSTEM", subjects=["system.probe"], handler=nothing, fetch_timeout_s=0.001
     )
-    runner = busmod.ConsumerRunner(pool, bus, spec)
-    with caplog.at_level(logging.WARNING, logger="services.common.bus"):
+    runner = consumers.ConsumerRunner(pool, bus, spec)
+    with caplog.at_level(logging.WARNING, logger="services.common.consumers"):
         await runner.start()
         await asyncio.sleep(2.0)  # an observation window, not a timing claim
         await runner.stop()
@@ -259,8 +261,8 @@ async def test_an_existing_durable_loses_its_delivery_cap(settings: Settings, bu
             filter_subject=bus.ns.subject("system.probe"),
         ),
     )
-    spec = busmod.ConsumerSpec(
+    spec = consumers.ConsumerSpec(
         name="capped", stream="SYSTEM", subjects=["system.probe"], handler=record_probe
     )
-    await busmod.ensure_consumer(bus, spec)
+    await consumers.ensure_consumer(bus, spec)
     assert (await bus.js.consumer_info(stream, "capped")).config.max_deliver == -1

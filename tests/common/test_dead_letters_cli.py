@@ -11,8 +11,9 @@ from support.harness import settings_env, spawn
 from support.polling import plumbing_schema, until
 
 from services.common import bus as busmod
+from services.common import consumers
 from services.common import db as dbmod
-from services.common.events import SystemProbe, encode_event
+from services.common.events import AnyEvent, SystemProbe, encode_event
 from services.common.settings import Settings
 
 # The CLI looks for dead letters in the services' schemas; the notifier's is free in a test database.
@@ -33,23 +34,23 @@ async def test_replay_applies_a_dead_letter_once_after_the_fix(
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
     fixed = False
 
-    async def strict(db: dbmod.Connection, event: busmod.AnyEvent) -> None:
+    async def strict(db: dbmod.Connection, event: AnyEvent) -> None:
         if not fixed:
-            raise busmod.PoisonMessage("cannot handle this yet")
+            raise consumers.PoisonMessage("cannot handle this yet")
         await db.execute(
             "insert into probe_effects (event_id, consumer) values ($1, 'strict')", event.event_id
         )
 
-    async def bystander(db: dbmod.Connection, event: busmod.AnyEvent) -> None:
+    async def bystander(db: dbmod.Connection, event: AnyEvent) -> None:
         await db.execute(
             "insert into probe_effects (event_id, consumer) values ($1, 'bystander')", event.event_id
         )
 
     runners = [
-        busmod.ConsumerRunner(
+        consumers.ConsumerRunner(
             pool,
             bus,
-            busmod.ConsumerSpec(name=name, stream="SYSTEM", subjects=["system.probe"], handler=handler),
+            consumers.ConsumerSpec(name=name, stream="SYSTEM", subjects=["system.probe"], handler=handler),
         )
         for name, handler in (("strict", strict), ("bystander", bystander))
     ]

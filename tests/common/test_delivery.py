@@ -16,10 +16,10 @@ from support.polling import until
 from support.probe_process import SCHEMA, probe_consumer_spec
 
 from services.common import bus as busmod
+from services.common import consumers, outbox
 from services.common import db as dbmod
-from services.common import outbox
 from services.common.embedded import EmbeddedNats
-from services.common.events import SystemProbe
+from services.common.events import AnyEvent, SystemProbe
 from services.common.migrate import discover, migrate
 from services.common.settings import Settings
 
@@ -121,16 +121,16 @@ async def test_poison_and_failing_handlers_are_dead_lettered_but_outages_retry_f
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
     calls: dict[str, int] = {}
 
-    async def judge(conn: dbmod.Connection, event: busmod.AnyEvent) -> None:
+    async def judge(conn: dbmod.Connection, event: AnyEvent) -> None:
         assert isinstance(event, SystemProbe)
         calls[event.note] = calls.get(event.note, 0) + 1
         if event.note == "reject":
-            raise busmod.PoisonMessage("note says reject")
+            raise consumers.PoisonMessage("note says reject")
         if event.note == "bug":
             raise RuntimeError("handler bug")
-        raise busmod.TransientError("dependency down")
+        raise consumers.TransientError("dependency down")
 
-    spec = busmod.ConsumerSpec(
+    spec = consumers.ConsumerSpec(
         name="picky",
         stream="SYSTEM",
         subjects=["system.probe"],
@@ -139,7 +139,7 @@ async def test_poison_and_failing_handlers_are_dead_lettered_but_outages_retry_f
         max_deliver=2,
         retry_delays_s=(0.1,),
     )
-    runner = busmod.ConsumerRunner(pool, bus, spec)
+    runner = consumers.ConsumerRunner(pool, bus, spec)
     await runner.start()
     try:
         await bus.publish("system.probe", b"{not json", uuid.uuid4().hex)
@@ -183,7 +183,7 @@ async def test_consumption_resumes_after_nats_restart(
     nats = EmbeddedNats(tmp_path / "js").start()
     pool = await dbmod.create_pool(settings.database_url, SCHEMA)
     bus = await busmod.connect(nats.url, "restart-test", settings.nats_namespace)
-    runner = busmod.ConsumerRunner(pool, bus, probe_consumer_spec())
+    runner = consumers.ConsumerRunner(pool, bus, probe_consumer_spec())
     try:
         await bus.ensure_streams()
         await runner.start()

@@ -24,7 +24,8 @@ from services.common.errors import ApiError
 from services.common.events import utc_now
 from services.common.migrate import discover, migrate
 from services.common.settings import Settings
-from services.common.webhooks import AttemptResult, Endpoint, Resolver, WebhookChannel, WebhookSender
+from services.common.webhook_sender import WebhookSender
+from services.common.webhooks import AttemptResult, Endpoint, Resolver, WebhookChannel
 
 # Not a service: no service migrations, so the engine can lean on nothing but its own plumbing tables.
 SCHEMA = "hooks_only"

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from services.common import bus as busmod
-from services.common import db
+from services.common import consumers, db
 from services.common.events import AnyEvent
 from services.common.logging import configure_logging
 from services.common.outbox import OutboxRelay
@@ -24,8 +24,8 @@ async def record_probe(conn: db.Connection, event: AnyEvent) -> None:
     await conn.execute("insert into probe_effects (event_id) values ($1)", event.event_id)
 
 
-def probe_consumer_spec(max_deliver: int = 5, ack_wait_s: float = 2.0) -> busmod.ConsumerSpec:
-    return busmod.ConsumerSpec(
+def probe_consumer_spec(max_deliver: int = 5, ack_wait_s: float = 2.0) -> consumers.ConsumerSpec:
+    return consumers.ConsumerSpec(
         name="probe_effects",
         stream="SYSTEM",
         subjects=["system.probe"],
@@ -52,7 +52,7 @@ async def main(role: str) -> None:
         await stop.wait()
         await relay.stop()
     else:
-        runner = busmod.ConsumerRunner(pool, bus, probe_consumer_spec())
+        runner = consumers.ConsumerRunner(pool, bus, probe_consumer_spec())
         await runner.start()
         await stop.wait()
         await runner.stop()
