@@ -772,7 +772,7 @@ def test_widget_loader_adds_the_hashed_script_with_cache_headers(
         for headers in (loader_headers, script_headers):
             assert headers["content-type"] == "text/javascript; charset=utf-8"
             assert headers["vary"] == "Accept-Encoding"
-            assert headers["content-encoding"] == "gzip"  # Chromium asks for it; served pre-compressed
+            assert headers["content-encoding"] == "br"  # Chromium accepts brotli; served pre-compressed
         # The widget runs from the hashed script, configured by the loader's tag.
         assert tab.page.evaluate(
             "document.querySelector('script[src*=\"/widget/v1/widget.\"][data-site-key]').dataset.siteKey"
