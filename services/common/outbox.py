@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from services.common import db
 from services.common.bus import Bus
 from services.common.events import Event, encode_event
 from services.common.failpoints import failpoint
+from services.common.wakeup import NotifyWakeup
 
 log = logging.getLogger(__name__)
 
@@ -108,50 +108,31 @@ class OutboxRelay:
         self.lease_s = lease_s
         # Names the holder of a lease (for operators reading the outbox, and for releasing our own rows).
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._wakeup = NotifyWakeup(database_url, f"abonent_outbox_{schema}", poll_interval_s)
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay:{self.schema}")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush what is pending (bounded by timeout), then stop."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout)
-            except TimeoutError:
-                log.warning("outbox relay did not flush in time; its leased rows go to the next relay")
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-
-    async def _listen(self) -> None:
-        """LISTEN wakes the relay at once; polling remains the fallback when the listener is down."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            self._listener = await asyncpg.connect(self.database_url, timeout=3)
-            await self._listener.add_listener(f"abonent_outbox_{self.schema}", lambda *_: self._wake.set())
+        late = "outbox relay did not flush in time; its leased rows go to the next relay"
+        await self._wakeup.stop(self._task, timeout, late)
 
     async def _run(self) -> None:
         while True:
-            await self._listen()
+            await self._wakeup.listen()
             try:
                 sent = await self.publish_batch()
             except Exception as exc:
                 log.warning("outbox relay error: %r", exc)
                 sent = 0
-            if self._stopping.is_set() and sent == 0:
+            if self._wakeup.stopping.is_set() and sent == 0:
                 return
             if sent >= self.batch:
                 continue  # more rows are waiting
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
     async def publish_batch(self) -> int:
         """Lease a batch, publish it in seq order outside any transaction, mark it; return rows sent."""

@@ -19,7 +19,6 @@ How it holds together:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -36,6 +35,7 @@ from services.common import db
 from services.common.clock import Clock, SystemClock
 from services.common.failpoints import failpoint
 from services.common.logging import mask_pii
+from services.common.wakeup import NotifyWakeup
 
 log = logging.getLogger(__name__)
 
@@ -295,10 +295,8 @@ class Scheduler:
         self._kinds: dict[str, _Kind] = {}
         self._recurring: dict[tuple[str, str], Recurring] = {}
         self._recurring_ensured = False
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._wakeup = NotifyWakeup(database_url, f"abonent_jobs_{schema}", poll_interval_s)
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
 
     # registration
 
@@ -330,22 +328,13 @@ class Scheduler:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let the job in hand finish (bounded by timeout), then stop; unfinished claims expire."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout)
-            except TimeoutError:
-                log.warning("scheduler did not stop in time; its claimed jobs wait for their lease")
-            self._task = None
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-            self._listener = None
+        late = "scheduler did not stop in time; its claimed jobs wait for their lease"
+        await self._wakeup.stop(self._task, timeout, late)
+        self._task = None
 
     def wake(self) -> None:
         """Run a pass now rather than at the next poll (after driving a test clock, for instance)."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def _ensure_recurring(self) -> None:
         if self._recurring_ensured:
@@ -356,20 +345,12 @@ class Scheduler:
                 await _ensure_recurring(conn, job, now)
         self._recurring_ensured = True
 
-    async def _listen(self) -> None:
-        """LISTEN wakes the runner when a job is added or moved; polling is the fallback."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            self._listener = await asyncpg.connect(self.database_url, timeout=3)
-            await self._listener.add_listener(f"abonent_jobs_{self.schema}", lambda *_: self._wake.set())
-
     async def _run(self) -> None:
         failures = 0
-        while not self._stopping.is_set():
-            await self._listen()
+        while not self._wakeup.stopping.is_set():
+            await self._wakeup.listen()
             # Cleared before the pass: a NOTIFY that arrives during it triggers the next one at once.
-            self._wake.clear()
+            self._wakeup.clear()
             try:
                 ran = await self.run_once()
                 failures = 0
@@ -380,8 +361,7 @@ class Scheduler:
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
             if ran >= self.batch:
                 continue  # more may be due
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            await self._wakeup.wait()
 
     # one pass
 
@@ -403,7 +383,7 @@ class Scheduler:
                 limit=self.batch,
             )
         for row in sorted(rows, key=lambda r: (r["due_at"], r["kind"], r["key"])):
-            if self._stopping.is_set():
+            if self._wakeup.stopping.is_set():
                 break  # the rest wait for their lease; stopping should not start new work
             await self._run_job(row, token)
         return len(rows)
