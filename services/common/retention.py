@@ -52,6 +52,8 @@ PLUMBING_RULES: tuple[RetentionRule, ...] = (
     RetentionRule("inbox", "processed_at", "retention_inbox_days"),
     RetentionRule("dead_letters", "created_at", "retention_dead_letters_days"),
     RetentionRule("scheduled_jobs", "finished_at", "retention_jobs_days"),
+    # Delivered or given-up outbound webhooks; their attempt log goes with them (on delete cascade).
+    RetentionRule("outbound_webhooks", "finished_at", "retention_webhooks_days"),
 )
 
 

@@ -93,6 +93,8 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     retention_dead_letters_days: int = 14
     # Scheduler jobs that are done or failed.
     retention_jobs_days: int = 7
+    # Outbound webhook deliveries once delivered or given up, with their attempt log.
+    retention_webhooks_days: int = 30
     # Spent idempotency keys (a retry after this is a new request) and used form tokens.
     retention_idempotency_keys_hours: int = 48
     retention_form_tokens_hours: int = 24

@@ -209,7 +209,8 @@ class WebhookChannel:
         moved = await conn.fetchval(
             "update outbound_webhooks set status = $2, attempts = attempts + 1, next_attempt_at = $3,"
             " last_status_code = $4, last_error = $5, url = coalesce($6, url), lease_token = null,"
-            " delivered_at = case when $2 = 'delivered' then $7 else delivered_at end"
+            " delivered_at = case when $2 = 'delivered' then $7 else delivered_at end,"
+            " finished_at = case when $2 = 'pending' then null else $7 end"
             " where id = $1 and status = 'pending' and lease_token = $8 returning true",
             delivery.id,
             status,
@@ -271,7 +272,7 @@ class WebhookChannel:
             )
         record = await conn.fetchrow(
             "update outbound_webhooks set status = 'pending', attempts = 0, next_attempt_at = now(),"
-            f" lease_token = null where id = $1 returning {_DELIVERY_COLUMNS}",
+            f" lease_token = null, finished_at = null where id = $1 returning {_DELIVERY_COLUMNS}",
             delivery_id,
         )
         return _delivery(record)

@@ -56,6 +56,7 @@ async def test_plumbing_tables_are_pruned_by_age_in_bounded_batches(
     keep_inbox = DAY * settings.retention_inbox_days
     keep_dead = DAY * settings.retention_dead_letters_days
     keep_jobs = DAY * settings.retention_jobs_days
+    keep_hooks = DAY * settings.retention_webhooks_days
     old, recent = dt.timedelta(minutes=1), -dt.timedelta(minutes=1)  # just past / just inside the age
     async with dbmod.transaction(pool) as conn:
         # Five old published outbox rows (more than one batch), one recent, one old but never published.
@@ -75,6 +76,24 @@ async def test_plumbing_tables_are_pruned_by_age_in_bounded_batches(
             " values ('c', 's', $1, 'r', $2)",
             [(1, T0 - keep_dead - old), (2, T0 - keep_dead - recent)],
         )
+        # Outbound webhooks: a delivery finished long ago (with its attempt log), one finished recently,
+        # and an old one still being retried (never pruned).
+        hooks = [
+            (uuid.uuid4(), "delivered", T0 - keep_hooks - old),
+            (uuid.uuid4(), "failed", T0 - keep_hooks - recent),
+        ]
+        hooks.append((uuid.uuid4(), "pending", None))
+        await conn.executemany(
+            "insert into outbound_webhooks (id, channel, subscriber, event_id, event_type, payload, status,"
+            " created_at, finished_at) values ($1, 'c', 's', gen_random_uuid(), 't', '', $2, $4, $3)",
+            [(hook_id, status, finished, T0 - 60 * DAY) for hook_id, status, finished in hooks],
+        )
+        await conn.execute(
+            "insert into outbound_webhook_attempts (delivery_id, attempted_at, duration_ms)"
+            " values ($1, $2, 1)",
+            hooks[0][0],
+            T0 - keep_hooks - old,
+        )
         await scheduler.schedule(conn, "other", "old", T0 - keep_jobs - HOUR)
         await scheduler.schedule(conn, "other", "recent", T0 - HOUR)
         await scheduler.schedule(conn, "other", "waiting", T0 + 400 * DAY)
@@ -93,8 +112,11 @@ async def test_plumbing_tables_are_pruned_by_age_in_bounded_batches(
     clock.set(T0)
     retention.install(runner, settings)
     # Outbox: three passes of at most two rows each, then the job waits for the next hour.
-    assert await run_until_idle(runner) == 4 + 2
+    assert await run_until_idle(runner) == 5 + 2
     async with pool.acquire() as conn:
+        statuses = await conn.fetch("select status from outbound_webhooks order by status")
+        assert [r["status"] for r in statuses] == ["failed", "pending"]
+        assert await count(conn, "outbound_webhook_attempts") == 0  # went with its delivery
         assert await count(conn, "outbox") == 2
         assert await conn.fetchval("select count(*) from outbox where published_at is null") == 1
         assert await count(conn, "inbox") == 1
@@ -107,7 +129,7 @@ async def test_plumbing_tables_are_pruned_by_age_in_bounded_batches(
 
     # An hour later the rows that have aged past the limit go too.
     clock.advance(HOUR)
-    assert await run_until_idle(runner) == 4
+    assert await run_until_idle(runner) == 5
     async with pool.acquire() as conn:
         assert await count(conn, "outbox") == 1
         assert await count(conn, "inbox") == 0
@@ -216,7 +238,13 @@ async def test_every_service_runs_its_scheduler_with_declared_jobs_retention_and
             tables = await conn.fetch(
                 "select key from scheduled_jobs where kind = $1 order by key", retention.RETENTION_KIND
             )
-            assert [r["key"] for r in tables] == ["dead_letters", "inbox", "outbox", "scheduled_jobs"]
+            assert [r["key"] for r in tables] == [
+                "dead_letters",
+                "inbox",
+                "outbound_webhooks",
+                "outbox",
+                "scheduled_jobs",
+            ]
     finally:
         await conn.close()
     bus = await busmod.connect(nats_url, "check", nats_namespace)
