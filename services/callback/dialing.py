@@ -208,10 +208,19 @@ class Dialer:
         DIALS.labels(self.adapter.name).inc()
         async with db.transaction(self.pool) as conn:
             attempt = await store.get_attempt(conn, attempt_id, for_update=True)
-            if attempt is not None and attempt.state == "placing":
-                await store.update_attempt(
-                    conn, attempt_id, state="placed", provider_call_id=provider_id, placed_at=self.clock()
-                )
+            if attempt is None:
+                return
+            # A fast provider's events can overtake this commit: the attempt may already be ringing or
+            # even over. When and under which provider id it was placed is recorded either way.
+            changes: dict[str, object] = {}
+            if attempt.placed_at is None:
+                changes["placed_at"] = self.clock()
+            if attempt.provider_call_id is None:
+                changes["provider_call_id"] = provider_id
+            if attempt.state == "placing":
+                changes["state"] = "placed"
+            if changes:
+                await store.update_attempt(conn, attempt_id, **changes)
 
     async def recover(self) -> None:
         """Re-place attempts orphaned between reservation and dial; close attempts whose call was lost."""

@@ -518,6 +518,7 @@ class AttemptRow(msgspec.Struct, kw_only=True):
     provider_call_id: str | None
     outcome: str | None
     started_at: dt.datetime
+    placed_at: dt.datetime | None
     connected_at: dt.datetime | None
 
 
