@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from services.callback import store
 from services.callback.domain.calendar import is_callable_at, next_callable_instant
-from services.callback.domain.lifecycle import CallbackState
+from services.callback.domain.lifecycle import CallbackState, retime
 from services.callback.domain.retry import Outcome, RetrySpacing, decide_retry, last_attempt_by
 from services.callback.schemas import SiteSettings
 from services.callback.telephony import CallEvent, CallEventKind, CallOrder, TelephonyAdapter, TelephonyError
@@ -53,6 +53,11 @@ from services.common.failpoints import failpoint
 log = logging.getLogger(__name__)
 
 DIALS = Counter("abonent_callback_dials_total", "Dial attempts placed", ["adapter"])
+PROVIDER_ERRORS = Counter(
+    "abonent_callback_provider_errors_total",
+    "Dial orders the telephony provider refused outright (alert on any increase)",
+    ["adapter"],
+)
 OUTCOMES = Counter("abonent_callback_attempt_outcomes_total", "Dial attempt outcomes", ["outcome"])
 
 _PROGRESS_STEPS = {
@@ -144,58 +149,74 @@ class Dialer:
     # --- dispatch ---------------------------------------------------------------------------------------
 
     async def dispatch_once(self, limit: int = 10) -> int:
-        """Reserve agents for due requests (oldest first) and dial them; returns calls placed."""
+        """Reserve agents for up to `limit` due requests (oldest first) and dial them; returns calls placed.
+
+        Each request is reserved in its own transaction: a row that cannot be dispatched (bad data, a
+        site that fails to load) is logged and left for a later pass, and never rolls back the others.
+        """
         now = self.clock()
         orders: list[CallOrder] = []
-        async with db.transaction(self.pool) as conn:
-            for row in await store.due_callbacks(conn, now, limit):
-                site = await self.sites.require(row.site_key, conn)
-                callee = callee_window(site.settings, row.visitor_tz, row.not_before)
-                calendar = site_calendar(site.settings)
-                if not is_callable_at(now, calendar, callee):
-                    # Never call outside the visitor's window, even if a retry was planned for "now".
-                    await self._reschedule(
-                        conn, row, next_callable_instant(now, calendar, callee), "outside_window"
-                    )
-                    continue
-                agent = await store.reserve_agent(conn, row.queue)
-                if agent is None:
-                    continue  # nobody free for this queue; younger requests of other queues may still go
-                attempt_id = uuid.uuid4()
-                attempt_no = row.attempts + 1
-                await store.insert_attempt(
-                    conn, attempt_id, row.id, attempt_no, agent.id, adapter=self.adapter.name, now=now
+        seen: list[uuid.UUID] = []
+        for _ in range(limit):
+            row_id: uuid.UUID | None = None
+            try:
+                async with db.transaction(self.pool) as conn:
+                    rows = await store.due_callbacks(conn, now, 1, exclude=seen)
+                    if not rows:
+                        break
+                    row_id = rows[0].id
+                    seen.append(row_id)
+                    order = await self._dispatch_row(conn, rows[0], now)
+            except Exception:
+                if row_id is None:
+                    raise  # not a row's fault (the database is away): the pass fails as a whole
+                log.exception(
+                    "due request not dispatched; retried on a later pass", extra={"callback": row_id}
                 )
-                await store.assign_agent(conn, agent.id, row.id, attempt_id)
-                await advance_callback(
-                    conn,
-                    row,
-                    CallbackState.DIALING,
-                    CallbackDialing(
-                        callback_id=row.id,
-                        site_key=row.site_key,
-                        state="dialing",
-                        attempt=attempt_no,
-                        agent_id=str(agent.id),
-                    ),
-                    attempts=attempt_no,
-                    first_dial_at=row.first_dial_at or now,
-                )
-                orders.append(
-                    CallOrder(
-                        attempt_id=attempt_id.hex,
-                        visitor_phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
-                        agent_endpoint=agent.endpoint,
-                        caller_id="",
-                        whisper_text=f"Callback from {site.settings.name}, page {row.page_url or 'unknown'}",
-                        order=site.settings.dial_order,
-                    )
-                )
+                continue
+            if order is not None:
+                orders.append(order)
         if orders:
             failpoint("dialer.after_reserve")
         for order in orders:
             await self.place(order)
         return len(orders)
+
+    async def _dispatch_row(
+        self, conn: db.Connection, row: store.CallbackRow, now: dt.datetime
+    ) -> CallOrder | None:
+        """Reserve an agent for one due request in the caller's transaction; the order to place, if any."""
+        site = await self.sites.require(row.site_key, conn)
+        callee = callee_window(site.settings, row.visitor_tz, row.not_before)
+        calendar = site_calendar(site.settings)
+        if not is_callable_at(now, calendar, callee):
+            # Never call outside the visitor's window, even if a retry was planned for "now".
+            await self._reschedule(conn, row, next_callable_instant(now, calendar, callee), "outside_window")
+            return None
+        agent = await store.reserve_agent(conn, row.queue)
+        if agent is None:
+            return None  # taken by another dispatcher meanwhile; the request waits for the next agent
+        attempt_id = uuid.uuid4()
+        attempt_no = row.attempts + 1
+        await store.insert_attempt(
+            conn, attempt_id, row.id, attempt_no, agent.id, adapter=self.adapter.name, now=now
+        )
+        await store.assign_agent(conn, agent.id, row.id, attempt_id)
+        await advance_callback(
+            conn,
+            row,
+            CallbackState.DIALING,
+            CallbackDialing(
+                callback_id=row.id,
+                site_key=row.site_key,
+                state="dialing",
+                attempt=attempt_no,
+                agent_id=str(agent.id),
+            ),
+            attempts=attempt_no,
+            first_dial_at=row.first_dial_at or now,
+        )
+        return self._order(attempt_id, row, agent, site.settings)
 
     async def place(self, order: CallOrder) -> None:
         attempt_id = uuid.UUID(order.attempt_id)
@@ -203,7 +224,10 @@ class Dialer:
             provider_id = await self.adapter.place_call(order)
         except TelephonyError as exc:
             log.warning("dial refused by provider: %s", exc, extra={"attempt": order.attempt_id})
-            await self.finish_attempt(attempt_id, "failed" if exc.retryable else "declined")
+            if not exc.retryable:
+                # Our trunk or account is broken, not the visitor's phone: alert, and do not charge them.
+                PROVIDER_ERRORS.labels(self.adapter.name).inc()
+            await self.finish_attempt(attempt_id, "failed" if exc.retryable else "provider_error")
             return
         DIALS.labels(self.adapter.name).inc()
         async with db.transaction(self.pool) as conn:
@@ -407,19 +431,20 @@ class Dialer:
                 ended_at=self.clock(),
             )
             return
-        await advance_callback(
-            conn,
-            row,
-            CallbackState.SCHEDULED,
-            CallbackScheduled(
-                callback_id=row.id,
-                site_key=row.site_key,
-                state="scheduled",
-                due_at=due_at,
-                promised_earliest=row.promised_earliest,
-                promised_latest=row.promised_latest,
-                reason=reason,
-                last_attempt_by=last_by,
-            ),
+        event = CallbackScheduled(
+            callback_id=row.id,
+            site_key=row.site_key,
+            state="scheduled",
             due_at=due_at,
+            promised_earliest=row.promised_earliest,
+            promised_latest=row.promised_latest,
+            reason=reason,
+            last_attempt_by=last_by,
         )
+        if row.status == CallbackState.SCHEDULED:
+            # Still waiting (due but not callable now): a re-time, not a transition.
+            retime(CallbackState(row.status))
+            await store.update_callback(conn, row.id, due_at=due_at)
+            await outbox.append(conn, event)
+            return
+        await advance_callback(conn, row, CallbackState.SCHEDULED, event, due_at=due_at)

@@ -463,13 +463,32 @@ async def ready_agent_count(conn: Connection, queue: str) -> int | None:
 # --- dispatch and attempts ----------------------------------------------------------------------------
 
 
-async def due_callbacks(conn: Connection, now: dt.datetime, limit: int) -> list[CallbackRow]:
-    """Requests whose time has come, oldest original request first; rows are locked for this dispatcher."""
+# An agent a dispatcher may reserve right now: Ready, not on a call, console alive (alias p = agent_presence).
+_RESERVABLE = (
+    "p.status = 'ready' and p.current_attempt is null"
+    f" and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds'"
+)
+
+
+async def due_callbacks(
+    conn: Connection, now: dt.datetime, limit: int, *, exclude: list[uuid.UUID] | None = None
+) -> list[CallbackRow]:
+    """Requests whose time has come and whose queue has a reservable agent, oldest original request first;
+    rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
+
+    Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
+    and starve the others. The queues come from the (small) agents table; the rows from the partial index
+    callbacks_queue_due (queue, requested_at).
+    """
     records = await conn.fetch(
         f"select {_CALLBACK_COLUMNS} from callbacks where status = 'scheduled' and due_at <= $1"
+        " and id <> all($3::uuid[]) and queue in ("
+        "  select unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
+        f"  where {_RESERVABLE})"
         " order by requested_at limit $2 for update skip locked",
         now,
         limit,
+        exclude or [],
     )
     return [_row(r) for r in records]
 
@@ -479,8 +498,7 @@ async def reserve_agent(conn: Connection, queue: str) -> AgentRow | None:
     record = await conn.fetchrow(
         "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint"
         " from agent_presence p join agents a on a.id = p.agent_id"
-        " where p.status = 'ready' and p.current_attempt is null and $1 = any(a.queues)"
-        f" and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds'"
+        f" where {_RESERVABLE} and $1 = any(a.queues)"
         " order by p.ready_since nulls last limit 1 for update of p skip locked",
         queue,
     )

@@ -11,6 +11,7 @@ from services.callback.domain.lifecycle import (
     CallbackState,
     IllegalTransition,
     is_terminal,
+    retime,
     transition,
 )
 
@@ -90,3 +91,11 @@ def test_events() -> None:
     }
     assert S("dialing") is S.DIALING
     assert str(S.COMPLETED) == "completed"
+
+
+def test_retime_keeps_a_waiting_state_and_nothing_else() -> None:
+    # A due request outside its window is re-timed in place; scheduled -> scheduled stays illegal.
+    assert retime(S.SCHEDULED) is S.SCHEDULED
+    for state in set(CallbackState) - {S.SCHEDULED}:
+        with pytest.raises(IllegalTransition):
+            retime(state)

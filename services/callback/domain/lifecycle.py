@@ -7,10 +7,12 @@ from collections.abc import Mapping
 
 __all__ = [
     "EVENT_FOR_STATE",
+    "RETIMABLE",
     "TRANSITIONS",
     "CallbackState",
     "IllegalTransition",
     "is_terminal",
+    "retime",
     "transition",
 ]
 
@@ -41,6 +43,11 @@ TRANSITIONS: Mapping[CallbackState, frozenset[CallbackState]] = {
     _S.EXPIRED: frozenset(),
 }
 
+# A re-time gives a waiting request a new due time without a transition (a due request that may not be
+# dialed now, e.g. outside the visitor's window, waits for its next allowed time). It is not scheduled ->
+# scheduled: the state does not change, and only a waiting request may be re-timed.
+RETIMABLE: frozenset[CallbackState] = frozenset({_S.SCHEDULED})
+
 # Event published when a request enters the state (callback.requested when it is created).
 EVENT_FOR_STATE: Mapping[CallbackState, str] = {state: f"callback.{state.value}" for state in CallbackState}
 
@@ -63,3 +70,10 @@ def transition(current: CallbackState, target: CallbackState) -> CallbackState:
     if target not in TRANSITIONS[current]:
         raise IllegalTransition(current, target)
     return target
+
+
+def retime(current: CallbackState) -> CallbackState:
+    """`current` if a request in it may get a new due time (the state is kept), else IllegalTransition."""
+    if current not in RETIMABLE:
+        raise IllegalTransition(current, current)
+    return current

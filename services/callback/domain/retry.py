@@ -10,8 +10,20 @@ import msgspec
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, next_callable_instant
 
 Outcome = Literal[
-    "connected", "visitor_no_answer", "busy", "voicemail", "agent_no_answer", "failed", "declined"
+    "connected",
+    "visitor_no_answer",
+    "busy",
+    "voicemail",
+    "agent_no_answer",
+    "failed",
+    "declined",
+    "provider_error",
 ]
+
+# After the provider refuses an order outright (bad credentials, number format, account blocked) the
+# request waits this long before the next try: long enough not to hammer a broken trunk, short enough
+# that the visitor is still called once an operator fixes it.
+PROVIDER_BACKOFF_S = 60
 
 
 class RetrySpacing(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,11 +52,16 @@ def decide_retry(
     """What to do after an attempt that did not connect.
 
     - An agent who did not answer is our failure, not the visitor's: redial at once, no attempt used.
+    - A provider that refused the order is our failure too: no attempt used, never a reason to give up,
+      but back off so a broken trunk is not hammered.
     - An explicit decline stops everything: people who reject a call do not want another.
     - Busy is retried soon (they are on the phone), no answer / voicemail later, technical failures quickly.
     """
     if outcome == "agent_no_answer":
         return RetryDecision(next_at=now, counts_as_attempt=False)
+    if outcome == "provider_error":
+        backoff = now + dt.timedelta(seconds=PROVIDER_BACKOFF_S)
+        return RetryDecision(next_at=next_callable_instant(backoff, site, callee), counts_as_attempt=False)
     if outcome in ("declined", "connected") or attempts_done >= spacing.max_attempts:
         return RetryDecision(next_at=None, counts_as_attempt=True)
     delay = {

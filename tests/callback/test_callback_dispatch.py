@@ -1,0 +1,215 @@
+"""The dispatcher in trouble: closed windows, bad rows, busy queues, refusing providers (real DB/NATS)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+import pytest
+from fakes.fake_ari import serve_fake_ari
+from prometheus_client import REGISTRY
+from support.callback_api import site_body
+from support.harness import migrate_service
+
+from services.callback import store
+from services.callback.dialing import Dialer
+from services.callback.schemas import CallbackCreate, SiteSettings
+from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
+from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
+from services.callback.usecases import CallbackService, SiteDirectory
+from services.common import db as dbmod
+from services.common.crypto import DataProtector, hash_password
+from services.common.settings import Settings
+
+
+@dataclass
+class World:
+    pool: dbmod.Pool
+    protector: DataProtector
+    service: CallbackService
+    requests: int = 0
+
+    async def site(self, key: str, **overrides: object) -> None:
+        async with self.pool.acquire() as conn:
+            await store.upsert_site(conn, key, msgspec.convert(site_body(**overrides), SiteSettings))
+
+    async def agent(self, login: str, queues: list[str], endpoint: str = "PJSIP/101") -> uuid.UUID:
+        agent = store.AgentRow(
+            id=uuid.uuid4(),
+            login=login,
+            name=login,
+            password_hash=hash_password("x" * 8),
+            queues=queues,
+            endpoint=endpoint,
+        )
+        async with self.pool.acquire() as conn:
+            await store.upsert_agent(conn, agent)
+            await store.set_presence(conn, agent.id, "ready")
+        return agent.id
+
+    async def ask(self, site_key: str) -> uuid.UUID:
+        """An ASAP request as the widget makes it (distinct phone and address each time)."""
+        self.requests += 1
+        offer = await self.service.offer(site_key, "Europe/Moscow", "en", None)
+        body = CallbackCreate(
+            phone=f"+7912{self.requests:07d}",
+            visitor_tz="Europe/Moscow",
+            form_token=offer.form_token,
+            consent=True,
+        )
+        _, created = await self.service.create(
+            site_key,
+            body,
+            client_ip=f"10.1.{self.requests // 200}.{self.requests % 200}",
+            idempotency_key=None,
+        )
+        return uuid.UUID(str(created.id))
+
+    def dialer(self, adapter: TelephonyAdapter) -> Dialer:
+        # Its own site directory: no cached settings from before a test changed them.
+        return Dialer(self.pool, self.protector, SiteDirectory(self.pool), adapter)
+
+
+@pytest.fixture
+async def world(settings: Settings) -> AsyncIterator[World]:
+    await migrate_service(settings, "callback")
+    pool = await dbmod.create_pool(settings.database_url, "callback")
+    protector = DataProtector.from_settings(settings)
+    try:
+        yield World(pool, protector, CallbackService(pool, protector, SiteDirectory(pool)))
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedPbx]:
+    """A PBX where nobody picks up until told: dialed requests stay dialing, their agents busy."""
+    pbx = SimulatedPbx(SimConfig(manual=True), time_scale=0.01)
+    await pbx.start()
+    try:
+        yield pbx
+    finally:
+        await pbx.aclose()
+
+
+async def statuses(db: asyncpg.Connection) -> dict[uuid.UUID, str]:
+    return {r["id"]: r["status"] for r in await db.fetch("select id, status from callback.callbacks")}
+
+
+async def test_request_due_outside_its_window_is_retimed_and_the_others_still_dial(
+    world: World, sim: SimulatedPbx, db: asyncpg.Connection
+) -> None:
+    await world.site("night")
+    await world.site("day")
+    await world.agent("olga", ["default"])
+    closed = await world.ask("night")
+    open_ = await world.ask("day")
+    # Closing time came for the night shop's visitors while its (older) request was waiting.
+    hour = dt.datetime.now(ZoneInfo("Europe/Moscow")).hour
+    start, end = (hour + 2, hour + 3) if hour < 20 else (1, 2)
+    await world.site("night", calling_window={"start": f"{start:02d}:00", "end": f"{end:02d}:00"})
+    await db.execute(
+        "update callback.callbacks set due_at = now() - interval '1 minute',"
+        " requested_at = requested_at - interval '1 minute' where id = $1",
+        closed,
+    )
+
+    assert await world.dialer(sim).dispatch_once() == 1
+
+    assert (await statuses(db)) == {closed: "scheduled", open_: "dialing"}
+    due = await db.fetchval("select due_at from callback.callbacks where id = $1", closed)
+    local = due.astimezone(ZoneInfo("Europe/Moscow"))
+    assert due > dt.datetime.now(dt.UTC)
+    assert (local.hour, local.minute) == (start, 0), "moved to the moment the window opens"
+    reasons = await db.fetch(
+        "select subject, convert_from(payload, 'utf8')::jsonb->>'reason' as reason from callback.outbox"
+        " where convert_from(payload, 'utf8')::jsonb->>'callback_id' = $1 order by seq",
+        str(closed),
+    )
+    assert (reasons[-1]["subject"], reasons[-1]["reason"]) == ("callback.scheduled", "outside_window")
+
+
+async def test_a_row_that_cannot_be_dispatched_is_skipped_and_the_others_dial(
+    world: World, sim: SimulatedPbx, db: asyncpg.Connection
+) -> None:
+    await world.site("shop")
+    await world.agent("olga", ["default"])
+    broken = await world.ask("shop")
+    fine = await world.ask("shop")
+    # The older request's phone no longer decrypts (e.g. a key rotated away): it cannot be dialed.
+    await db.execute("update callback.callbacks set phone_enc = '\\x00'::bytea where id = $1", broken)
+
+    assert await world.dialer(sim).dispatch_once() == 1
+
+    assert (await statuses(db)) == {broken: "scheduled", fine: "dialing"}
+    assert (
+        await db.fetchval("select count(*) from callback.dial_attempts where callback_id = $1", broken) == 0
+    )
+
+
+async def test_a_busy_queue_does_not_starve_another_queue(
+    world: World, sim: SimulatedPbx, db: asyncpg.Connection
+) -> None:
+    await world.site("busy", queue="busy")
+    await world.site("calm", queue="calm")
+    await world.agent("olga", ["busy"])
+    dialer = world.dialer(sim)
+    await world.ask("busy")
+    assert await dialer.dispatch_once() == 1  # olga is on that call now
+    waiting = [await world.ask("busy") for _ in range(12)]
+    await world.agent("ivan", ["calm"])
+    calm = await world.ask("calm")
+
+    # The twelve busy-queue rows are older than the calm one and more than a batch.
+    assert await dialer.dispatch_once() == 1
+
+    now = await statuses(db)
+    assert now[calm] == "dialing"
+    assert {now[w] for w in waiting} == {"scheduled"}
+
+
+async def test_provider_refusal_is_not_charged_to_the_visitor(world: World, db: asyncpg.Connection) -> None:
+    await world.site("shop", retry_policy={"max_attempts": 1})
+    agent = await world.agent("olga", ["default"])
+    created = await world.ask("shop")
+    async with serve_fake_ari() as fake:
+        adapter = AsteriskAriAdapter(
+            AriConfig(
+                base_url=fake.base_url,
+                username=fake.username,
+                password=fake.password,
+                connect_timeout_s=5.0,
+                reconnect_initial_s=0.02,
+            )
+        )
+        refused = REGISTRY.get_sample_value(
+            "abonent_callback_provider_errors_total", {"adapter": adapter.name}
+        )
+        await adapter.start()
+        try:
+            fake.fail_next("POST", "/channels", 403)  # e.g. the trunk's account is blocked
+            before = dt.datetime.now(dt.UTC)
+            assert await world.dialer(adapter).dispatch_once() == 1
+        finally:
+            await adapter.aclose()
+
+    attempt = await db.fetchrow("select state, outcome from callback.dial_attempts")
+    assert (attempt["state"], attempt["outcome"]) == ("ended", "provider_error")
+    row = await db.fetchrow(
+        "select status, attempts, outcome, due_at from callback.callbacks where id = $1", created
+    )
+    assert (row["status"], row["attempts"], row["outcome"]) == ("scheduled", 0, "provider_error")
+    assert row["due_at"] > before + dt.timedelta(seconds=30), "backs off instead of redialing at once"
+    subjects = await db.fetch("select subject from callback.outbox")
+    assert "callback.failed" not in {r["subject"] for r in subjects}, "nobody texts 'we missed you'"
+    presence = await db.fetchrow(
+        "select status, current_attempt from callback.agent_presence where agent_id = $1", agent
+    )
+    assert (presence["status"], presence["current_attempt"]) == ("ready", None)
+    after = REGISTRY.get_sample_value("abonent_callback_provider_errors_total", {"adapter": adapter.name})
+    assert (after or 0) == (refused or 0) + 1
