@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hmac
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -23,9 +24,12 @@ from services.callback import store
 from services.callback.dialing import Dialer
 from services.callback.telephony import SimulatedPbx
 from services.callback.usecases import PHONE_CONTEXT, CallbackService
+from services.common.auth_guard import CurrentPrincipal
 from services.common.crypto import hash_password, verify_password
 from services.common.errors import ApiError
 from services.common.web import runtime_extra
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "abonent_agent"
 SESSION_TTL_S = 12 * 3600
@@ -160,6 +164,11 @@ def page(template: str, **context: Any) -> Response[str]:
 # --- back office -------------------------------------------------------------------------------------------
 
 
+class AgentReleased(msgspec.Struct, kw_only=True):
+    login: str
+    attempt_id: uuid.UUID | None  # the call the agent was held by, now closed
+
+
 def admin_routes(guard: Any) -> list[Any]:
     @put("/v1/admin/agents/{login:str}", guards=[guard], tags=["admin"], summary="Create or replace an agent")
     async def put_agent(
@@ -192,7 +201,36 @@ def admin_routes(guard: Any) -> list[Any]:
                 raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
             return await store.punctuality(conn, site_key, dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
 
-    return [put_agent, site_punctuality]
+    @post(
+        "/v1/admin/agents/{login:str}/release",
+        guards=[guard],
+        tags=["admin"],
+        summary="Free an agent stuck with a call (hangs it up and closes its attempt)",
+        status_code=200,
+    )
+    async def release_agent(
+        login: FromPath[str], request: Request[Any, Any, Any], principal: CurrentPrincipal
+    ) -> AgentReleased:
+        callbacks = _callbacks(request.app.state)
+        async with callbacks.pool.acquire() as conn:
+            agent = await store.agent_by_login(conn, login)
+            if agent is None:
+                raise ApiError(404, "agent_not_found", f"No agent with login {login!r}", "login")
+            attempt_id = await store.agent_attempt(conn, agent.id)
+        dialer = _dialer(request.app.state)
+        if attempt_id is not None:
+            await dialer.force_end(attempt_id)
+        async with callbacks.pool.acquire() as conn:
+            # Whatever the attempt's state was, the operator's word frees the agent.
+            await store.free_agent(conn, agent.id)
+        log.warning(
+            "agent released by an operator",
+            extra={"agent": login, "attempt": attempt_id.hex if attempt_id else None, "by": principal.who},
+        )
+        dialer.wake()
+        return AgentReleased(login=login, attempt_id=attempt_id)
+
+    return [put_agent, site_punctuality, release_agent]
 
 
 # --- pages ---------------------------------------------------------------------------------------------
@@ -342,7 +380,8 @@ async def call_action(request: Request[Any, Any, Any], action: FromPath[str]) ->
     adapter = _dialer(request.app.state).adapter
     attempt = state.call.attempt_id.hex
     if action == "hangup":
-        await adapter.hangup(attempt)
+        # Also when the call died with another process: the attempt is closed and the agent freed.
+        await _dialer(request.app.state).end_call(state.call.attempt_id)
     elif action in ("answer", "visitor-answer") and isinstance(adapter, SimulatedPbx):
         try:
             await adapter.answer(attempt, "agent" if action == "answer" else "visitor")

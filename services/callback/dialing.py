@@ -77,6 +77,10 @@ _FAILURE_OUTCOMES: dict[CallEventKind, Outcome] = {
 PLACING_GRACE = dt.timedelta(seconds=5)
 # Ringing legs end well within this; silence beyond it means the call was lost with its process.
 SILENT_ATTEMPT = dt.timedelta(minutes=3)
+# Graceful shutdown lets a dispatch pass finish placing its calls for at most this long.
+DRAIN_TIMEOUT_S = 20.0
+# Attempt states in which a call exists at the provider ('placing' ones are re-placed by recover()).
+_LIVE_STATES = ["placed", *_PROGRESS_STEPS.values(), "connected"]
 
 
 class Dialer:
@@ -104,6 +108,10 @@ class Dialer:
 
     async def start(self) -> None:
         await self.adapter.start()
+        try:
+            await self.resync()
+        except Exception:
+            log.exception("re-sync of open calls with the provider failed")
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dialer:dispatch"),
             asyncio.create_task(self._event_loop(), name="dialer:events"),
@@ -112,6 +120,7 @@ class Dialer:
     async def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        await self._drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -127,7 +136,8 @@ class Dialer:
         while not self._stop.is_set():
             try:
                 await self.recover()
-                while await self.dispatch_once():
+                await self.sweep_overdue()
+                while not self._stop.is_set() and await self.dispatch_once():
                     pass
             except Exception:
                 log.exception("dispatch pass failed")
@@ -278,6 +288,73 @@ class Dialer:
             whisper_text=f"Callback from {settings.name}, page {row.page_url or 'unknown'}",
             order=settings.dial_order,
         )
+
+    # --- lost calls: drain, re-sync, maximum talk time, forced hang-up ------------------------------------
+
+    async def _drain(self) -> None:
+        """Stop taking new work but let the running dispatch pass finish placing what it reserved.
+
+        A pass cancelled between reservation and 'placed' leaves attempts for the next process to recover.
+        """
+        dispatch = [t for t in self._tasks if t.get_name() == "dialer:dispatch" and not t.done()]
+        if dispatch:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(dispatch[0]), DRAIN_TIMEOUT_S)
+
+    async def resync(self) -> int:
+        """Close attempts a previous process left open whose call the provider no longer has.
+
+        Adapters that cannot tell (None) leave theirs to the maximum talk time. Returns attempts closed.
+        """
+        async with self.pool.acquire() as conn:
+            attempts = await store.open_attempts(conn, _LIVE_STATES)
+        closed = 0
+        for attempt in attempts:
+            if attempt.adapter != self.adapter.name:
+                continue  # placed through another provider: this adapter cannot tell
+            if await self.adapter.call_exists(attempt.id.hex) is False:
+                log.warning("closing an attempt whose call is gone", extra={"attempt": attempt.id.hex})
+                # 'connected' completes a bridged call; finish_attempt turns an unbridged one into 'failed'.
+                await self.finish_attempt(attempt.id, "connected")
+                closed += 1
+        if closed:
+            self.wake()
+        return closed
+
+    async def sweep_overdue(self) -> int:
+        """Close 'connected' attempts past their site's maximum talk time; returns how many."""
+        now = self.clock()
+        async with self.pool.acquire() as conn:
+            attempts = await store.open_attempts(conn, ["connected"])
+            overdue: list[uuid.UUID] = []
+            for attempt in attempts:
+                site = await self.sites.require(attempt.site_key, conn)
+                limit = dt.timedelta(seconds=site.settings.max_talk_s)
+                if attempt.connected_at is not None and now - attempt.connected_at > limit:
+                    overdue.append(attempt.id)
+        for attempt_id in overdue:
+            log.warning("closing a call past the maximum talk time", extra={"attempt": attempt_id.hex})
+            await self.force_end(attempt_id)
+        if overdue:
+            self.wake()
+        return len(overdue)
+
+    async def force_end(self, attempt_id: uuid.UUID) -> None:
+        """Hang up at the provider if it can, and close the attempt here regardless, freeing its agent."""
+        try:
+            await self.adapter.hangup(attempt_id.hex)
+        except Exception:
+            log.exception("hang-up at the provider failed", extra={"attempt": attempt_id.hex})
+        await self.finish_attempt(attempt_id, "connected")
+
+    async def end_call(self, attempt_id: uuid.UUID) -> None:
+        """The agent hangs up. A call the adapter knows ends through its terminal event (applied in order
+        after any bridge still queued); one it does not know is closed here, so the agent is always freed."""
+        known = await self.adapter.call_exists(attempt_id.hex)
+        await self.adapter.hangup(attempt_id.hex)
+        if not known:
+            await self.finish_attempt(attempt_id, "connected")
+        self.wake()
 
     # --- call events --------------------------------------------------------------------------------------
 

@@ -109,6 +109,9 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Agents assumed Ready while nobody is signed in to the agent console (simple deployments, demos).
     staffed_agents: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
     dial_order: Literal["agent_first", "customer_first"] = "agent_first"
+    # A call still 'connected' after this long lost its hangup (e.g. died with its process): it is closed
+    # and the agent freed, so one lost event cannot hold an agent forever.
+    max_talk_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 7_200
     default_lang: Lang = "ru"
     # Overrides of the widget's texts per language: {"en": {"title": "Call me back"}}.
     texts: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)

@@ -597,6 +597,39 @@ async def stale_attempts(
     return [msgspec.convert(dict(r), AttemptRow) for r in records]
 
 
+class OpenAttempt(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    site_key: str
+    state: str
+    adapter: str
+    connected_at: dt.datetime | None
+
+
+async def open_attempts(conn: Connection, states: list[str]) -> list[OpenAttempt]:
+    """Attempts in these states with their site; no locks (finishing one re-checks it under a lock)."""
+    records = await conn.fetch(
+        "select a.id, c.site_key, a.state, a.adapter, a.connected_at from dial_attempts a"
+        " join callbacks c on c.id = a.callback_id where a.state = any($1::text[])",
+        states,
+    )
+    return [msgspec.convert(dict(r), OpenAttempt) for r in records]
+
+
+async def agent_attempt(conn: Connection, agent_id: uuid.UUID) -> uuid.UUID | None:
+    """The attempt an agent is held by, if any."""
+    value = await conn.fetchval("select current_attempt from agent_presence where agent_id = $1", agent_id)
+    return value if isinstance(value, uuid.UUID) else None
+
+
+async def free_agent(conn: Connection, agent_id: uuid.UUID) -> None:
+    """Detach the agent from whatever call it is held by (an operator's release)."""
+    await conn.execute(
+        "update agent_presence set current_callback = null, current_attempt = null, ready_since = now()"
+        " where agent_id = $1",
+        agent_id,
+    )
+
+
 # --- client card and punctuality ------------------------------------------------------------------------
 
 

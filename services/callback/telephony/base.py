@@ -185,6 +185,13 @@ class TelephonyAdapter(Protocol):
         """End the attempt wherever it is; its terminal event follows. Unknown or finished ids are a no-op."""
         ...
 
+    async def call_exists(self, attempt_id: str) -> bool | None:
+        """Whether the attempt's call is still going at the provider; None when this adapter cannot tell.
+
+        Used after a restart to close attempts whose call died with the previous process.
+        """
+        ...
+
     def events(self) -> AsyncIterator[CallEvent]:
         """The one stream of events for every call of this adapter (a single consumer reads it)."""
         ...

@@ -227,6 +227,12 @@ class MangoOfficeAdapter:
             if leg in call.leg_call_ids and leg not in call.disconnected:
                 await self._hangup_leg(call, call.leg_call_ids[leg])
 
+    async def call_exists(self, attempt_id: str) -> bool | None:
+        # Only calls placed by this process are known; another process's call cannot be asked about here,
+        # so those are left to the maximum talk time.
+        call = self._calls.get(attempt_id)
+        return None if call is None else not call.finished
+
     async def events(self) -> AsyncIterator[CallEvent]:
         async for event in self._stream:
             yield event

@@ -192,6 +192,10 @@ class SimulatedPbx:
         if call.task is not None:
             call.task.cancel()
 
+    async def call_exists(self, attempt_id: str) -> bool | None:
+        # The simulated PBX lives in this process: a call it does not know does not exist.
+        return attempt_id in self._calls and not self._stream.is_finished(attempt_id)
+
     async def events(self) -> AsyncIterator[CallEvent]:
         async for event in self._stream:
             yield event
