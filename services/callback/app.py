@@ -102,7 +102,6 @@ CREATED_EXAMPLE = Example(
         "id": "0f8b1c8e-3c1d-4a53-9a3f-0d1b2c3d4e5f",
         "status_token": "<secret>",
         "status": "scheduled",
-        "merged": False,
         "promise": _PROMISE_EXAMPLE,
     },
 )
@@ -290,12 +289,12 @@ async def callback_status(
 async def callback_events(
     callback_id: FromPath[uuid.UUID], callbacks: Callbacks, feed: Feed, token: TokenQuery = None
 ) -> ServerSentEvent:
-    await callbacks.status(callback_id, token)  # 404 before the stream opens
+    watched = await callbacks.watched_callback(callback_id, token)  # 404 before the stream opens
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         # Watch first, then read: a change between the two still wakes us. Every wake-up and every
         # keep-alive re-reads the row, so a missed notification costs at most one keep-alive period.
-        async with feed.watch(callback_id) as wakeups:
+        async with feed.watch(watched) as wakeups:
             last: CallbackStatus | None = None
             while True:
                 current = await callbacks.status(callback_id, token)

@@ -331,7 +331,8 @@ async def console_state(request: Request[Any, Any, Any], agent: store.AgentRow) 
         status=presence.status if presence else "offline",
         online=presence is not None,
         call=call,
-        can_simulate=isinstance(dialer.adapter, SimulatedPbx),
+        # Answer buttons only where people answer by hand: an automatic simulated call would refuse them.
+        can_simulate=isinstance(dialer.adapter, SimulatedPbx) and dialer.adapter.config.manual,
     )
 
 

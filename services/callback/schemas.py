@@ -239,7 +239,6 @@ class CallbackCreated(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     status_token: str
     status: str
-    merged: bool
     promise: PromiseView
 
 

@@ -18,6 +18,9 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.
     sim_time_scale: float = 1.0
     sim_manual: bool = False
+    # Demo switch: "on" makes simulated visitors sometimes busy, on voicemail or not picking up, to show
+    # retries; "off" (the default, what `abonent up` shows) has everyone pick up, so a demo call succeeds.
+    sim_failures: Literal["off", "on"] = "off"
     # Asterisk ARI (ABONENT_TELEPHONY=asterisk).
     ari_url: str = ""
     ari_user: str = ""
@@ -57,13 +60,15 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
                 raise SettingsError(f"{env_name('mango_url')} must be an http(s) URL")
 
     def telephony_config(self) -> TelephonySettings:
-        """The simulated PBX behaves like people: agents answer, most visitors pick up after a few rings."""
+        """The simulated PBX: agents answer and visitors pick up after a few rings; with the failures switch
+        on, some visitors are busy, on voicemail or let it ring out, as real ones are."""
+        failures = self.sim_failures == "on"
         return TelephonySettings(
             sim=SimConfig(
                 ring_s=3.0,
-                visitor_answer_p=0.85,
-                busy_p=0.1,
-                voicemail_p=0.05,
+                visitor_answer_p=0.85 if failures else 1.0,
+                busy_p=0.1 if failures else 0.0,
+                voicemail_p=0.05 if failures else 0.0,
                 talk_s=20.0,
                 manual=self.sim_manual,
             ),

@@ -296,10 +296,25 @@ class CallbackService:
             reason=cast(PromiseReason, row.promise_reason),
         )
 
-    def status_view(self, row: store.CallbackRow) -> CallbackStatus:
+    def status_view(self, row: store.CallbackRow, alias: store.AliasRow | None = None) -> CallbackStatus:
+        """The request's status; through an alias, the same call under the alias's id, language and time
+        zone, and "cancelled" once the alias's holder withdrew (the call itself goes on for the other)."""
         now = self.clock()
-        lang: Lang = "en" if row.lang == "en" else "ru"
-        promise = self._view(self._stored_promise(row), now, row.visitor_tz, lang)
+        language, visitor_tz = (row.lang, row.visitor_tz) if alias is None else (alias.lang, alias.visitor_tz)
+        lang: Lang = "en" if language == "en" else "ru"
+        promise = self._view(self._stored_promise(row), now, visitor_tz, lang)
+        if alias is not None and alias.withdrawn_at is not None:
+            return CallbackStatus(
+                id=alias.id,
+                status=CallbackState.CANCELLED,
+                text=status_text(CallbackState.CANCELLED, lang, promise.text),
+                promise=promise,
+                attempts=0,
+                max_attempts=row.max_attempts,
+                retry_plan=None,
+                outcome=None,
+                updated_at=alias.withdrawn_at,
+            )
         retry_plan = None
         if row.attempts > 0 and not is_terminal(CallbackState(row.status)):
             retry_plan = RetryPlan(
@@ -308,7 +323,7 @@ class CallbackService:
                 last_attempt_by=row.last_attempt_by,
             )
         return CallbackStatus(
-            id=row.id,
+            id=row.id if alias is None else alias.id,
             status=row.status,
             text=status_text(row.status, lang, promise.text),
             promise=promise,
@@ -321,17 +336,31 @@ class CallbackService:
 
     async def status(self, callback_id: uuid.UUID, token: str | None) -> CallbackStatus:
         async with self.pool.acquire() as conn:
-            row = await self._authorised(conn, callback_id, token)
-        return self.status_view(row)
+            row, alias = await self._authorised(conn, callback_id, token)
+        return self.status_view(row, alias)
+
+    async def watched_callback(self, callback_id: uuid.UUID, token: str | None) -> uuid.UUID:
+        """The request whose changes a status stream for this id waits on (an alias's is its target's)."""
+        async with self.pool.acquire() as conn:
+            row, _ = await self._authorised(conn, callback_id, token)
+        return row.id
 
     async def _authorised(
         self, conn: db.Connection, callback_id: uuid.UUID, token: str | None
-    ) -> store.CallbackRow:
-        row = None if not token else await store.callback_by_token(conn, callback_id, token_hash(token))
-        if row is None:
-            # One answer for "no such request" and "wrong token": ids cannot be probed.
-            raise ApiError(404, "callback_not_found", "No callback request with this id and token")
-        return row
+    ) -> tuple[store.CallbackRow, store.AliasRow | None]:
+        """The request the token opens, and the alias it came through when it is a repeat's token."""
+        if token:
+            hashed = token_hash(token)
+            row = await store.callback_by_token(conn, callback_id, hashed)
+            if row is not None:
+                return row, None
+            alias = await store.alias_by_token(conn, callback_id, hashed)
+            if alias is not None:
+                target = await store.get_callback(conn, alias.callback_id)
+                assert target is not None
+                return target, alias
+        # One answer for "no such request" and "wrong token": ids cannot be probed.
+        raise ApiError(404, "callback_not_found", "No callback request with this id and token")
 
     # --- creating -------------------------------------------------------------------------------------
 
@@ -361,17 +390,19 @@ class CallbackService:
                     return replay
             phone_hash = self.protector.blind_index(phone, "phone")
             await store.lock(conn, site_key, phone.encode().hex())
+            # A repeat for a pending phone is a request like any other: it spends its form and passes the
+            # budgets before it may join, so joining can't be used to probe numbers for free.
+            if not await store.spend_form_token(conn, token_hash(body.form_token)):
+                raise refuse(
+                    400, "form_token_spent", "This form was already sent; please reload it", "form_token"
+                )
+            await self._check_budgets(
+                conn, site_key, settings, phone_hash=phone_hash, client_ip=client_ip, now=now
+            )
             existing = await store.pending_for_phone(conn, site_key, phone_hash)
             if existing is not None:
-                status_code, created = await self._merge(conn, existing, now, body.lang)
+                status_code, created = await self._merge(conn, existing, body, client_ip=client_ip, now=now)
             else:
-                if not await store.spend_form_token(conn, token_hash(body.form_token)):
-                    raise refuse(
-                        400, "form_token_spent", "This form was already sent; please reload it", "form_token"
-                    )
-                await self._check_budgets(
-                    conn, site_key, settings, phone_hash=phone_hash, client_ip=client_ip, now=now
-                )
                 status_code, created = await self._insert(
                     conn,
                     site_key,
@@ -591,17 +622,40 @@ class CallbackService:
             id=callback_id,
             status_token=token,
             status=state,
-            merged=False,
             promise=self._view(promise, now, body.visitor_tz, lang),
         )
 
     async def _merge(
-        self, conn: db.Connection, existing: store.CallbackRow, now: dt.datetime, lang: Lang
+        self,
+        conn: db.Connection,
+        existing: store.CallbackRow,
+        body: CallbackCreate,
+        *,
+        client_ip: str,
+        now: dt.datetime,
     ) -> tuple[int, CallbackCreated]:
-        """Same phone, same site, still pending: join it, keep its place and its promise."""
+        """Same phone, same site, still pending: the number is called once, at the original's place and
+        promise. The caller may be the same visitor again or a stranger who typed that number, so they get
+        an alias: an id and token of their own that follow the call and can withdraw only the alias. The
+        answer is shaped like a fresh acceptance (201, "scheduled", a new id): nothing tells the caller
+        that the number had a pending request, and nothing they get can cancel or move it."""
         await store.mark_merged(conn, existing.id)
         token = secrets.token_urlsafe(24)
-        await store.add_token(conn, existing.id, token_hash(token))
+        alias = store.AliasRow(
+            id=uuid.uuid4(),
+            callback_id=existing.id,
+            visitor_tz=body.visitor_tz,
+            lang=body.lang,
+            withdrawn_at=None,
+        )
+        await store.add_alias(
+            conn,
+            alias,
+            site_key=existing.site_key,
+            token_hash=token_hash(token),
+            client_ip_hash=self.protector.blind_index(client_ip, "ip"),
+            now=now,
+        )
         await outbox.append(
             conn,
             CallbackMerged(
@@ -609,19 +663,20 @@ class CallbackService:
             ),
         )
         CREATED.labels("merged").inc()
-        return 200, CallbackCreated(
-            id=existing.id,
+        return 201, CallbackCreated(
+            id=alias.id,
             status_token=token,
-            status=existing.status,
-            merged=True,
-            promise=self._view(self._stored_promise(existing), now, existing.visitor_tz, lang),
+            status=CallbackState.SCHEDULED,
+            promise=self._view(self._stored_promise(existing), now, body.visitor_tz, body.lang),
         )
 
     # --- visitor actions --------------------------------------------------------------------------------
 
     async def cancel(self, callback_id: uuid.UUID, token: str | None) -> CallbackStatus:
         async with db.transaction(self.pool) as conn:
-            row = await self._authorised(conn, callback_id, token)
+            row, alias = await self._authorised(conn, callback_id, token)
+            if alias is not None:
+                return await self._withdraw(conn, row, alias)
             row = await self._locked(conn, row.id)
             try:
                 await advance_callback(
@@ -638,6 +693,17 @@ class CallbackService:
             row = await self._locked(conn, row.id)
         return self.status_view(row)
 
+    async def _withdraw(
+        self, conn: db.Connection, row: store.CallbackRow, alias: store.AliasRow
+    ) -> CallbackStatus:
+        """An alias's holder cancels: only their alias ends; the request they joined is someone's promise."""
+        now = self.clock()
+        if is_terminal(CallbackState(row.status)):
+            raise ApiError(409, "already_finished", f"This request is already {row.status}")
+        if not await store.withdraw_alias(conn, alias.id, now):
+            raise ApiError(409, "already_finished", "This request is already cancelled")
+        return self.status_view(row, msgspec.structs.replace(alias, withdrawn_at=now))
+
     async def _locked(self, conn: db.Connection, callback_id: uuid.UUID) -> store.CallbackRow:
         row = await store.get_callback(conn, callback_id, for_update=True)
         assert row is not None
@@ -647,10 +713,17 @@ class CallbackService:
         """Move a pending request to a chosen slot or a "not before"; it keeps its original place."""
         now = self.clock()
         async with db.transaction(self.pool) as conn:
-            row = await self._authorised(conn, callback_id, token)
+            row, alias = await self._authorised(conn, callback_id, token)
             row = await self._locked(conn, row.id)
+            if alias is not None and alias.withdrawn_at is not None:
+                raise ApiError(409, "not_reschedulable", "A request that is cancelled cannot be moved")
             if row.status not in ("requested", "scheduled"):
                 raise ApiError(409, "not_reschedulable", f"A request that is {row.status} cannot be moved")
+            if alias is not None:
+                # The call it follows keeps the time promised to whoever asked first.
+                raise ApiError(
+                    409, "not_reschedulable", "This request cannot be moved; cancel it and send a new one"
+                )
             site = await self.sites.require(row.site_key, conn)
             not_before = parse_clock(body.not_before) if body.not_before else row.not_before
             callee = callee_window(site.settings, row.visitor_tz, not_before)

@@ -77,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=15,
+        # Client address and scheme from X-Forwarded-* only when the peer is a trusted proxy: the per-IP
+        # budgets and rate limits read the address uvicorn puts on the request.
         proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxy_list(),
     )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -101,6 +102,14 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     # Rows deleted per table per transaction, so pruning never holds long locks.
     retention_batch_size: int = 1000
 
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated; "*" for
+    # any): the ingress or load balancer in front. The client address every per-IP budget and rate limit
+    # counts is the forwarded one only when the immediate peer is listed; anyone else could write the header.
+    trusted_proxies: str = "127.0.0.1,::1"
+
+    def trusted_proxy_list(self) -> list[str]:
+        return [part.strip() for part in self.trusted_proxies.split(",") if part.strip()]
+
     def port_of(self, service: ServiceName) -> int:
         ports: dict[ServiceName, int] = {
             "callback": self.callback_port,
@@ -135,6 +144,15 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
             )
         if self.nats_namespace and not re.fullmatch(r"[a-z0-9_]+", self.nats_namespace):
             raise SettingsError(f"{env_name('nats_namespace')} may hold only a-z, 0-9 and _")
+        for proxy in self.trusted_proxy_list():
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"{env_name('trusted_proxies')} must list IPs or CIDRs (or *), got {proxy!r}"
+                ) from None
         self._check_keys()
         self._check_retention()
 

@@ -96,7 +96,6 @@ async def test_request_lifecycle_starts_scheduled_with_status_and_events(
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["status"] == "scheduled"
-    assert body["merged"] is False
     status = await client.get(f"/v1/callbacks/{body['id']}", headers={"X-Status-Token": body["status_token"]})
     assert status.status_code == 200
     assert status.json()["status"] == "scheduled"
@@ -116,23 +115,65 @@ async def test_request_lifecycle_starts_scheduled_with_status_and_events(
     assert await db.fetchval("select count(*) from callback.promises") == 1
 
 
-async def test_second_request_for_same_phone_merges_and_keeps_its_place(
+async def test_second_request_for_same_phone_joins_it_without_revealing_or_controlling_it(
     client: Client, db: asyncpg.Connection
 ) -> None:
     await put_site(client)
     first = (await ask(client, phone="+79123456789")).json()
     other = (await ask(client, phone="+79990001122")).json()
     again = await ask(client, phone="8 (912) 345-67-89")
-    assert again.status_code == 200
-    merged = again.json()
-    assert merged["merged"] is True
-    assert merged["id"] == first["id"]
-    assert merged["promise"]["latest"] == first["promise"]["latest"], "same promise back"
-    # Both tokens see the one request.
-    for token in (first["status_token"], merged["status_token"]):
-        assert (await client.get(f"/v1/callbacks/{first['id']}?token={token}")).status_code == 200
+    # The same answer as a fresh acceptance: 201, the same fields, an id of its own.
+    assert again.status_code == 201, again.text
+    joined = again.json()
+    assert set(joined) == set(other) == {"id", "status_token", "status", "promise"}
+    assert joined["status"] == "scheduled"
+    assert joined["id"] not in (first["id"], other["id"])
+    assert joined["promise"]["latest"] == first["promise"]["latest"], "the call keeps its first promise"
+    original = f"/v1/callbacks/{first['id']}"
+    mine = f"/v1/callbacks/{joined['id']}"
+    # The second caller's token neither opens, cancels nor moves the original request.
+    assert_error(await client.get(f"{original}?token={joined['status_token']}"), 404, "callback_not_found")
+    refused = await client.post(f"{original}/cancel", headers={"X-Status-Token": joined["status_token"]})
+    assert_error(refused, 404, "callback_not_found")
+    moved = await client.post(
+        f"{mine}/reschedule", json={"not_before": "20:00"}, headers={"X-Status-Token": joined["status_token"]}
+    )
+    assert_error(moved, 409, "not_reschedulable")
+    # It follows the one call to that number and can withdraw only itself.
+    assert (await client.get(f"{mine}?token={joined['status_token']}")).json()["status"] == "scheduled"
+    withdrawn = await client.post(f"{mine}/cancel", headers={"X-Status-Token": joined["status_token"]})
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["status"] == "cancelled"
+    assert withdrawn.json()["id"] == joined["id"]
+    assert (await client.get(f"{original}?token={first['status_token']}")).json()["status"] == "scheduled"
+    assert (
+        await db.fetchval("select status from callback.callbacks where id = $1", uuid.UUID(first["id"]))
+        == "scheduled"
+    )
+    # The join is recorded for the back office, and the repeat spent its form like any request.
+    subjects = [r["subject"] for r in await db.fetch("select subject from callback.outbox order by seq")]
+    assert subjects.count("callback.merged") == 1
+    assert await db.fetchval("select count(*) from callback.spent_form_tokens") == 3
     order = [r["id"] for r in await db.fetch("select id from callback.callbacks order by requested_at")]
     assert order == [uuid.UUID(first["id"]), uuid.UUID(other["id"])], "original request time keeps the order"
+
+
+async def test_a_repeat_for_a_pending_phone_spends_its_form_and_passes_the_budgets(client: Client) -> None:
+    await put_site(client, abuse={"min_fill_ms": 0, "per_ip_10min": 2, "per_phone_day": 50, "daily_cap": 100})
+    offer = (await client.get("/v1/sites/shop/offer")).json()
+    body = {"phone": "+79123456789", "visitor_tz": "Europe/Moscow", "consent": True, "lang": "en"}
+    form = {**body, "form_token": offer["form_token"]}
+    assert (await client.post("/v1/sites/shop/callbacks", json=form)).status_code == 201
+    # The same form again, now for the pending number: spent, not joined.
+    assert_error(
+        await client.post("/v1/sites/shop/callbacks", json=form),
+        400,
+        "form_token_spent",
+        "form_token",
+    )
+    assert (await ask(client, phone="+79123456789")).status_code == 201
+    # Repeats count towards the per-IP budget like new requests.
+    assert_error(await ask(client, phone="+79123456789"), 429, "rate_limited")
 
 
 async def test_idempotency_key_replays_and_conflicts(client: Client, db: asyncpg.Connection) -> None:
