@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from support.harness import REPO, settings_env, spawn
-from support.polling import until
+from support.polling import plumbing_schema, until
 from support.probe_process import SCHEMA, probe_consumer_spec
 
 from services.common import bus as busmod
@@ -20,7 +20,6 @@ from services.common import consumers, outbox
 from services.common import db as dbmod
 from services.common.embedded import EmbeddedNats
 from services.common.events import AnyEvent, SystemProbe
-from services.common.migrate import discover, migrate
 from services.common.settings import Settings
 
 PROBE = str(REPO / "tests" / "support" / "probe_process.py")
@@ -28,9 +27,7 @@ PROBE = str(REPO / "tests" / "support" / "probe_process.py")
 
 @pytest.fixture
 async def probe_db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    await migrate(settings.database_url, SCHEMA, discover(None))
-    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": SCHEMA})
-    await conn.execute("create table probe_effects (event_id uuid not null, at timestamptz default now())")
+    conn = await plumbing_schema(settings.database_url, SCHEMA)
     yield conn
     await conn.close()
 
