@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, FloatRect, Locator, Page, expect
 from widget_support import HostSite, Stack
 
 pytestmark = pytest.mark.browser
@@ -84,6 +84,13 @@ def open_tab(browser: Browser, artifacts: Path, **options: Any) -> Iterator[Tab]
         yield Tab(context.new_page(), artifacts)
     finally:
         context.close()
+
+
+def box_of(locator: Locator) -> FloatRect:
+    """Where an element is drawn (it must be drawn)."""
+    box = locator.bounding_box()
+    assert box is not None, locator
+    return box
 
 
 def submit_callback(tab: Tab, digits: str, submit_name: str = "Call me back") -> None:
@@ -246,8 +253,7 @@ def test_widget_mobile_viewport(browser: Browser, stack: Stack, artifacts: Path)
         expect(tab.w(".promise")).to_have_text(re.compile("Перезвоним в течение"))
         # Reduced motion: the sheet appears without sliding in.
         assert dialog.evaluate("e => getComputedStyle(e).animationName") == "none"
-        box = dialog.bounding_box()
-        assert box is not None
+        box = box_of(dialog)
         # A full-width bottom sheet that fits the screen.
         assert (box["x"], box["width"]) == (0, 375), box
         assert box["y"] >= 0, box
@@ -402,8 +408,7 @@ def test_widget_survives_hostile_css_without_crypto_subtle(
         tab.page.goto(url)
         fab = tab.page.get_by_role("button", name="Call me back")
         expect(fab).to_be_visible()
-        box = fab.bounding_box()
-        assert box is not None
+        box = box_of(fab)
         assert box["height"] >= 44, box
         assert box["width"] >= 120, box
         assert fab.evaluate("e => getComputedStyle(e).fontSize") == "15px"
@@ -411,8 +416,7 @@ def test_widget_survives_hostile_css_without_crypto_subtle(
         fab.click()
         dialog = tab.page.get_by_role("dialog")
         expect(dialog).to_be_visible()
-        box = dialog.bounding_box()
-        assert box is not None
+        box = box_of(dialog)
         assert box["width"] >= 300, box
         expect(tab.w(".promise")).to_have_text(re.compile("We'll call you within"))
         submit_callback(tab, "9123450004")
@@ -711,17 +715,14 @@ def test_widget_stays_in_the_viewport_ltr_whatever_the_page_does(
         page.goto(url)
         fab = page.get_by_role("button", name="Call me back")
         expect(fab).to_be_visible()
-        box = fab.bounding_box()
-        assert box is not None
+        box = box_of(fab)
         # Bottom-right, 20 px from the edges, as designed, and not scaled.
         assert abs(viewport["width"] - (box["x"] + box["width"]) - 20) < 1, box
         assert abs(viewport["height"] - (box["y"] + box["height"]) - 20) < 1, box
         assert box["height"] >= 50, box
         # Left to right inside: the icon comes before the words.
-        icon = tab.w(".fab svg").bounding_box()
-        words = tab.w(".fab span").bounding_box()
-        assert icon is not None
-        assert words is not None
+        icon = box_of(tab.w(".fab svg"))
+        words = box_of(tab.w(".fab span"))
         assert icon["x"] < words["x"], (icon, words)
         assert fab.evaluate("e => getComputedStyle(e).direction") == "ltr"
         # Clickable where it is drawn: nothing of the page sits above it.
@@ -734,16 +735,13 @@ def test_widget_stays_in_the_viewport_ltr_whatever_the_page_does(
         dialog = page.get_by_role("dialog")
         expect(dialog).to_be_visible()
         expect(tab.w(".promise")).to_have_text(re.compile("We'll call you within"))
-        box = dialog.bounding_box()
-        assert box is not None
+        box = box_of(dialog)
         assert box["x"] >= 0, box
         assert box["y"] >= 0, box
         assert abs(viewport["width"] - (box["x"] + box["width"]) - 20) < 1, box
         assert box["width"] >= 300, box
-        title = tab.w(".title").bounding_box()
-        close = tab.w(".x").bounding_box()
-        assert title is not None
-        assert close is not None
+        title = box_of(tab.w(".title"))
+        close = box_of(tab.w(".x"))
         assert title["x"] < close["x"], (title, close)
         tab.shot(f"{name}-open")
         tab.assert_clean()
