@@ -33,12 +33,16 @@ class Namespace:
 class Bus:
     """One NATS connection per process, with its JetStream context and namespace."""
 
-    def __init__(self, nc: NatsClient, namespace: Namespace, replicas: int = 1) -> None:
+    def __init__(
+        self, nc: NatsClient, namespace: Namespace, replicas: int = 1, stream_max_age_s: float = 0.0
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=5)
         self.ns = namespace
         self.replicas = replicas
-        self.stream_max_age_s = 0.0  # 0: keep messages forever; services set it from their settings
+        # Streams this bus declares keep messages this long (0: forever); fixed at connect, so every
+        # re-declaration (e.g. a consumer re-subscribing after a reconnect) keeps the same retention.
+        self.stream_max_age_s = stream_max_age_s
         # Set by the reconnect callback; pull loops re-create their subscriptions when they see it.
         self.reconnects = 0
 
@@ -101,7 +105,13 @@ class Bus:
 
 
 async def connect(
-    url: str, name: str, namespace: str = "", replicas: int = 1, *, drain_timeout_s: float = 5.0
+    url: str,
+    name: str,
+    namespace: str = "",
+    replicas: int = 1,
+    *,
+    stream_max_age_s: float = 0.0,
+    drain_timeout_s: float = 5.0,
 ) -> Bus:
     """Connect and keep reconnecting forever (nats-py gives up after ~2 min by default)."""
     holder: list[Bus] = []
@@ -131,6 +141,6 @@ async def connect(
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
-    bus = Bus(nc, Namespace(namespace), replicas)
+    bus = Bus(nc, Namespace(namespace), replicas, stream_max_age_s)
     holder.append(bus)
     return bus

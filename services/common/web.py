@@ -297,9 +297,12 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
         async with db.transaction(pool) as conn:
             await auth.register_bootstrap_token(conn, settings.admin_token, sorted(spec.scopes))
         bus = await busmod.connect(
-            settings.nats_url, f"abonent-{spec.name}", settings.nats_namespace, settings.stream_replicas
+            settings.nats_url,
+            f"abonent-{spec.name}",
+            settings.nats_namespace,
+            settings.stream_replicas,
+            stream_max_age_s=settings.stream_max_age_days * 86400.0,
         )
-        bus.stream_max_age_s = settings.stream_max_age_days * 86400.0
         await bus.ensure_streams()
         relay = OutboxRelay(
             worker_pool,
