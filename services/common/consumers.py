@@ -49,7 +49,7 @@ from services.common import db
 from services.common.bus import Bus
 from services.common.events import AnyEvent, Event, decode_event
 from services.common.failpoints import failpoint
-from services.common.logging import event_id_var
+from services.common.logging import event_id_var, mask_pii
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ async def dead_letter(
             event_id,
             stream_seq,
             payload,
-            reason,
+            # Stored where logging's masking never looks: error texts can quote a phone or a passport.
+            mask_pii(reason),
             deliveries,
         )
     EVENTS_DEAD.labels(spec.name).inc()
@@ -224,7 +225,7 @@ async def record_failure(pool: db.Pool, consumer: str, event_id: uuid.UUID, erro
             " last_error = excluded.last_error, updated_at = now() returning failures",
             consumer,
             event_id,
-            error[:2000],
+            mask_pii(error[:2000]),
         )
     return failures
 

@@ -15,6 +15,7 @@ from services.common import db
 from services.common.bus import Bus
 from services.common.events import Event, encode_event
 from services.common.failpoints import failpoint
+from services.common.logging import mask_pii
 from services.common.wakeup import NotifyWakeup
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ async def release_failed(
         relay_id,
         failed,
         [failed, *behind],
-        error[:500],
+        # Stored where logging's masking never looks: error texts can quote personal data.
+        mask_pii(error[:500]),
     )
 
 
