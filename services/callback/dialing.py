@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from services.callback import store
 from services.callback.domain.calendar import is_callable_at, next_callable_instant
-from services.callback.domain.lifecycle import CallbackState, retime
+from services.callback.domain.lifecycle import CallbackState
 from services.callback.domain.retry import Outcome, RetrySpacing, decide_retry, last_attempt_by
 from services.callback.schemas import SiteSettings
 from services.callback.telephony import CallEvent, CallEventKind, CallOrder, TelephonyAdapter, TelephonyError
@@ -518,10 +518,5 @@ class Dialer:
             reason=reason,
             last_attempt_by=last_by,
         )
-        if row.status == CallbackState.SCHEDULED:
-            # Still waiting (due but not callable now): a re-time, not a transition.
-            retime(CallbackState(row.status))
-            await store.update_callback(conn, row.id, due_at=due_at)
-            await outbox.append(conn, event)
-            return
+        # From scheduled (due but not callable now) this is a re-time; otherwise a transition.
         await advance_callback(conn, row, CallbackState.SCHEDULED, event, due_at=due_at)

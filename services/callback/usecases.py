@@ -20,7 +20,13 @@ from prometheus_client import Counter, Histogram
 from services.callback import store
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, Slot, TimeRange, offer_slots
 from services.callback.domain.guard import check_form_token, issue_form_token, proof_of_work_ok
-from services.callback.domain.lifecycle import CallbackState, IllegalTransition, is_terminal, transition
+from services.callback.domain.lifecycle import (
+    CallbackState,
+    IllegalTransition,
+    is_terminal,
+    retime,
+    transition,
+)
 from services.callback.domain.phone import (
     PhoneRejected,
     calling_code,
@@ -125,8 +131,13 @@ async def advance_callback(
     **changes: object,
 ) -> None:
     """One lifecycle step in the caller's transaction: the state machine must allow it, and the row
-    change and its event commit together."""
-    transition(CallbackState(row.status), target)
+    change and its event commit together. Staying in the same state is a re-time (a waiting request
+    gets a new due time), which the state machine allows only where it makes sense."""
+    current = CallbackState(row.status)
+    if target is current:
+        retime(current)
+    else:
+        transition(current, target)
     await store.update_callback(conn, row.id, status=target, **changes)
     await outbox.append(conn, event)
 
@@ -733,17 +744,6 @@ class CallbackService:
             if promise is None:
                 raise refuse(400, "no_callable_time", "We cannot call you at these hours", "not_before")
             due_at = now if promise.kind == "asap" else promise.earliest
-            await store.update_callback(
-                conn,
-                row.id,
-                not_before=not_before,
-                due_at=due_at,
-                promise_kind=promise.kind,
-                promise_reason=promise.reason,
-                promised_earliest=promise.earliest,
-                promised_latest=promise.latest,
-                status=CallbackState.SCHEDULED,
-            )
             await store.record_promise(
                 conn,
                 row.id,
@@ -754,8 +754,10 @@ class CallbackService:
                 latest=promise.latest,
                 snapshot=msgspec.to_builtins(snapshot),
             )
-            await outbox.append(
+            await advance_callback(
                 conn,
+                row,
+                CallbackState.SCHEDULED,
                 CallbackScheduled(
                     callback_id=row.id,
                     site_key=row.site_key,
@@ -765,6 +767,12 @@ class CallbackService:
                     promised_latest=promise.latest,
                     reason="rescheduled",
                 ),
+                not_before=not_before,
+                due_at=due_at,
+                promise_kind=promise.kind,
+                promise_reason=promise.reason,
+                promised_earliest=promise.earliest,
+                promised_latest=promise.latest,
             )
             row = await self._locked(conn, row.id)
         return self.status_view(row)
