@@ -323,15 +323,8 @@ class Dialer:
 
     async def sweep_overdue(self) -> int:
         """Close 'connected' attempts past their site's maximum talk time; returns how many."""
-        now = self.clock()
         async with self.pool.acquire() as conn:
-            attempts = await store.open_attempts(conn, ["connected"])
-            overdue: list[uuid.UUID] = []
-            for attempt in attempts:
-                site = await self.sites.require(attempt.site_key, conn)
-                limit = dt.timedelta(seconds=site.settings.max_talk_s)
-                if attempt.connected_at is not None and now - attempt.connected_at > limit:
-                    overdue.append(attempt.id)
+            overdue = await store.calls_past_max_talk(conn, self.clock())
         for attempt_id in overdue:
             log.warning("closing a call past the maximum talk time", extra={"attempt": attempt_id.hex})
             await self.force_end(attempt_id)

@@ -91,6 +91,10 @@ def _default_hours() -> dict[str, list[list[str]]]:
     return {day: [["09:00", "18:00"]] for day in WEEKDAYS[:5]}
 
 
+# A call still connected this long after bridging is taken for lost (its hangup never reached us).
+DEFAULT_MAX_TALK_S = 7_200
+
+
 class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     """A site (tenant) as the operator's back office configures it."""
 
@@ -111,7 +115,7 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     dial_order: Literal["agent_first", "customer_first"] = "agent_first"
     # A call still 'connected' after this long lost its hangup (e.g. died with its process): it is closed
     # and the agent freed, so one lost event cannot hold an agent forever.
-    max_talk_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 7_200
+    max_talk_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = DEFAULT_MAX_TALK_S
     default_lang: Lang = "ru"
     # Overrides of the widget's texts per language: {"en": {"title": "Call me back"}}.
     texts: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from services.callback.schemas import Site, SiteSettings
+from services.callback.schemas import DEFAULT_MAX_TALK_S, Site, SiteSettings
 from services.common.crypto import DataProtector
 from services.common.db import Connection
 from services.common.webhooks import Endpoint
@@ -671,6 +671,19 @@ async def open_attempts(conn: Connection, states: list[str]) -> list[OpenAttempt
         states,
     )
     return [msgspec.convert(dict(r), OpenAttempt) for r in records]
+
+
+async def calls_past_max_talk(conn: Connection, now: dt.datetime) -> list[uuid.UUID]:
+    """Connected attempts longer than their site's max_talk_s; usually none, so the filter is in SQL."""
+    records = await conn.fetch(
+        "select a.id from dial_attempts a join callbacks c on c.id = a.callback_id"
+        " join sites s on s.site_key = c.site_key"
+        " where a.state = 'connected' and a.connected_at"
+        "  < $1::timestamptz - make_interval(secs => coalesce((s.settings->>'max_talk_s')::int, $2::int))",
+        now,
+        DEFAULT_MAX_TALK_S,
+    )
+    return [r["id"] for r in records]
 
 
 async def agent_attempt(conn: Connection, agent_id: uuid.UUID) -> uuid.UUID | None:
