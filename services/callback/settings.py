@@ -11,8 +11,6 @@ from services.common.settings import SettingsError, SettingsSection, env_name, g
 class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     """Read from the same ABONENT_* variables as the shared section; only the callback service reads these."""
 
-    # Public base URL of the callback service as seen by browsers (widget, SSE, links).
-    public_callback_url: str = ""
     # Telephony adapter for callback dialing: sim | asterisk | mango.
     telephony: Literal["sim", "asterisk", "mango"] = "sim"
     # Simulated PBX: delays are multiplied by this (tests use 0.01); manual = people click answer/hang up.

@@ -61,9 +61,6 @@ class Settings(SettingsSection, kw_only=True, frozen=True):
     # How long a relay holds the outbox rows it claimed before another relay may take them over; keep it
     # well inside JetStream's 2-minute duplicate window so a takeover's republish is deduplicated.
     outbox_lease_s: float = 30.0
-    # Ack timeout and redelivery policy for consumers.
-    consumer_ack_wait_s: float = 30.0
-    consumer_max_deliver: int = 8
     # Data-encryption keyring: "id:<urlsafe-base64 32 bytes>,…" (every key decrypts) and the id of the one
     # that encrypts (may be left empty while the ring holds one key). `abonent up` generates them into
     # data_dir when empty; `abonent keys rotate` moves stored values onto the active key.

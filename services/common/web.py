@@ -378,7 +378,6 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
         ),
-        state=State({"service_name": spec.name}),
         # Bodies past this are refused with 413 before a handler runs.
         request_max_body_size=64 * 1024,
         debug=False,

@@ -88,9 +88,7 @@ class Slot(msgspec.Struct, frozen=True, kw_only=True):
 def blocking_constraints(at: dt.datetime, site: SiteCalendar, callee: CalleeWindow) -> tuple[Constraint, ...]:
     """Every constraint that forbids calling at `at`, in preference order; empty when callable."""
     blocking: list[Constraint] = []
-    site_local = as_utc(at).astimezone(site.zone)
-    site_wall = site_local.time().replace(fold=0)
-    if not any(r.contains(site_wall) for r in site.ranges_on(site_local.date())):
+    if not site.is_open_at(at):
         blocking.append("outside_hours")
     callee_wall = as_utc(at).astimezone(callee.zone).time().replace(fold=0)
     if not callee.window.contains(callee_wall):
