@@ -5,19 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
     Message,
     Receive,
     Scope,
     Send,
 )
 
-from services.common.errors import ErrorBody, ErrorResponse
+from services.common.errors import send_error, send_raw
 
 # The origins allowed to call what this request addresses, or None when the request is not subject to
 # per-client CORS (not a client's API, or an unknown client: the handler answers 404).
@@ -33,13 +30,6 @@ class CorsPolicy:
     # Date lets a browser client correct a visitor's wrong device clock.
     expose_headers: Sequence[str] = ("retry-after", "x-request-id", "date")
     max_age_s: int = 600
-
-
-def _forbidden(origin: str) -> bytes:
-    body = ErrorResponse(
-        error=ErrorBody(code="origin_not_allowed", message=f"{origin} may not call this API", field=None)
-    )
-    return msgspec.json.encode(body)
 
 
 def per_client_cors(
@@ -69,16 +59,17 @@ def per_client_cors(
                 return
             preflight = scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
             if origin not in allowed:
-                await _send(
+                await send_error(
                     send,
                     403,
-                    _forbidden(origin),
-                    [(b"content-type", b"application/json"), (b"vary", b"Origin")],
+                    "origin_not_allowed",
+                    f"{origin} may not call this API",
+                    headers=[(b"vary", b"Origin")],
                 )
                 return
             cors_headers = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
             if preflight:
-                await _send(
+                await send_raw(
                     send,
                     204,
                     b"",
@@ -105,14 +96,3 @@ def per_client_cors(
         return handle
 
     return middleware
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*headers, (b"content-length", str(len(body)).encode())],
-    }
-    await send(start)
-    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
-    await send(end)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 from services.common.db import PoolTimeout
 
@@ -123,3 +124,32 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: handle_exception}
+
+
+# --- raw ASGI answers, for middleware that refuses a request before the app runs -------------------
+
+
+async def send_raw(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """One complete response straight on the ASGI channel."""
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """The one error shape, sent by middleware (no Litestar response object exists there)."""
+    body = msgspec.json.encode(ErrorResponse(error=ErrorBody(code=code, message=message, field=field)))
+    await send_raw(send, status, body, [(b"content-type", b"application/json"), *headers])

@@ -16,15 +16,13 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
     Receive,
     ReceiveMessage,
     Scope,
     Send,
 )
 
-from services.common.errors import ErrorBody, ErrorResponse
+from services.common.errors import send_error
 
 # In free text (JSON strings, form values) tab, LF and CR are fine; in paths and query strings nothing is.
 _FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -33,8 +31,6 @@ _FORBIDDEN_IN_URL = re.compile(r"[\x00-\x1f\x7f]")
 _JSON_CONTROL_ESCAPE = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])")
 # Bodies past this are not buffered here; the app's own body limit refuses them.
 _MAX_SCANNED_BODY = 1024 * 1024
-
-_encode_error = msgspec.json.Encoder().encode
 
 
 def _first_bad_path(value: Any, path: str = "") -> str | None:
@@ -64,36 +60,19 @@ def _bad_query_field(query: str) -> str | None:
     return None
 
 
-def _bad_body_field(content_type: str, body: bytes) -> str | None:
-    if "json" in content_type:
-        if not _JSON_CONTROL_ESCAPE.search(body):
-            return None
-        try:
-            document = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            return None  # not JSON after all: the handler's own decoding answers 400
-        return _first_bad_path(document)
-    return None
+def _bad_json_field(body: bytes) -> str | None:
+    if not _JSON_CONTROL_ESCAPE.search(body):
+        return None
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None  # not JSON after all: the handler's own decoding answers 400
+    return _first_bad_path(document)
 
 
 async def _refuse(send: Send, field: str) -> None:
-    body = _encode_error(
-        ErrorResponse(
-            error=ErrorBody(
-                code="invalid_characters",
-                message="Control characters (such as NUL) are not allowed in text",
-                field=field,
-            )
-        )
-    )
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": 400,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
-    await send(start)
-    await send(end)
+    message = "Control characters (such as NUL) are not allowed in text"
+    await send_error(send, 400, "invalid_characters", message, field=field)
 
 
 def reject_control_characters(app: ASGIApp) -> ASGIApp:
@@ -133,7 +112,7 @@ def reject_control_characters(app: ASGIApp) -> ASGIApp:
             if size > _MAX_SCANNED_BODY:
                 break
         if not more and size <= _MAX_SCANNED_BODY:
-            field = _bad_body_field(content_type, b"".join(chunks))
+            field = _bad_json_field(b"".join(chunks))
             if field is not None:
                 await _refuse(send, field)
                 return
