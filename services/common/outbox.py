@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import uuid
 
 import asyncpg
@@ -16,7 +14,7 @@ from services.common.bus import Bus
 from services.common.events import Event, encode_event
 from services.common.failpoints import failpoint
 from services.common.logging import mask_pii
-from services.common.wakeup import NotifyWakeup
+from services.common.wakeup import NotifyWakeup, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +107,7 @@ class OutboxRelay:
         self.batch = batch
         self.lease_s = lease_s
         # Names the holder of a lease (for operators reading the outbox, and for releasing our own rows).
-        self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.relay_id = worker_id()
         self._wakeup = NotifyWakeup(database_url, f"abonent_outbox_{schema}", poll_interval_s)
         self._task: asyncio.Task[None] | None = None
 
@@ -124,6 +122,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         while True:
             await self._wakeup.listen()
+            # Cleared before the pass: a NOTIFY that arrives during it triggers the next one at once.
+            self._wakeup.clear()
             try:
                 sent = await self.publish_batch()
             except Exception as exc:
@@ -133,7 +133,6 @@ class OutboxRelay:
                 return
             if sent >= self.batch:
                 continue  # more rows are waiting
-            self._wakeup.clear()
             await self._wakeup.wait()
 
     async def publish_batch(self) -> int:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from services.common import db
 from services.common.clock import Clock, SystemClock
 from services.common.failpoints import failpoint
 from services.common.logging import mask_pii
-from services.common.wakeup import NotifyWakeup
+from services.common.wakeup import NotifyWakeup, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +289,7 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.runner_id = worker_id()
         self._kinds: dict[str, _Kind] = {}
         self._recurring: dict[tuple[str, str], Recurring] = {}
         self._recurring_ensured = False

@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 
 import asyncpg
 
 log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """Names the holder of a lease (host, process, a random tail), for operators reading the tables."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class NotifyWakeup:
@@ -41,6 +49,8 @@ class NotifyWakeup:
 
     async def wait(self) -> None:
         """Until a NOTIFY, a stop request or the poll interval, whichever comes first."""
+        if self.stopping.is_set():
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), self.poll_interval_s)
 
