@@ -140,9 +140,9 @@ class WidgetBundle:
     digest: str  # the first 16 hex digits of the script's SHA-256: its file name
     loader: Asset
 
-    @property
-    def script_path(self) -> str:
-        return f"/widget/v1/widget.{self.digest}.js"
+    @staticmethod
+    def path_of(digest: str) -> str:
+        return f"/widget/v1/widget.{digest}.js"
 
 
 def build_loader(script_path: str) -> bytes:
@@ -159,10 +159,10 @@ def widget_bundle() -> WidgetBundle:
     bundle = _cache.get(stamp)
     if bundle is None:
         js_source, css_source = (path.read_text(encoding="utf-8") for path in _SOURCES)
-        body = build_widget(js_source, css_source)
-        digest = hashlib.sha256(body).hexdigest()[:16]
-        loader = build_loader(f"/widget/v1/widget.{digest}.js")
-        bundle = WidgetBundle(script=Asset.of(body), digest=digest, loader=Asset.of(loader))
+        script = Asset.of(build_widget(js_source, css_source))
+        digest = script.etag[1:17]  # the ETag is the SHA-256's first 32 hex digits, quoted
+        loader = build_loader(WidgetBundle.path_of(digest))
+        bundle = WidgetBundle(script=script, digest=digest, loader=Asset.of(loader))
         _cache.clear()
         _cache[stamp] = bundle
     return bundle
@@ -220,14 +220,9 @@ def _serve(request: Request[Any, Any, Any], asset: Asset, cache_control: str) ->
     )
 
 
-@get("/widget/v1/widget.js", include_in_schema=False, sync_to_thread=False)
-def widget_v1(request: Request[Any, Any, Any]) -> Response[bytes]:
+@get(["/widget/v1/widget.js", "/widget/widget.js"], include_in_schema=False, sync_to_thread=False)
+def widget_loader(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The loader every embed points at."""
-    return _serve(request, widget_bundle().loader, SHORT)
-
-
-@get("/widget/widget.js", include_in_schema=False, sync_to_thread=False)
-def widget_latest(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _serve(request, widget_bundle().loader, SHORT)
 
 
@@ -279,4 +274,4 @@ def demo_css() -> Response[bytes]:
     )
 
 
-WIDGET_ROUTES: list[HTTPRouteHandler] = [widget_v1, widget_latest, widget_hashed, demo_page, demo_css]
+WIDGET_ROUTES: list[HTTPRouteHandler] = [widget_loader, widget_hashed, demo_page, demo_css]
