@@ -200,10 +200,16 @@ async def staff_id(conn: db.Connection, login: str) -> uuid.UUID | None:
 
 
 async def upsert_staff(
-    conn: db.Connection, *, login: str, scopes: Sequence[str], password_hash: str | None
+    conn: db.Connection,
+    *,
+    login: str,
+    scopes: Sequence[str],
+    password_hash: str | None,
+    keep_existing_password: bool = False,
 ) -> uuid.UUID:
     """Create or update an account. A new password ends the account's sessions; scopes apply at once
-    because sessions read them from the account on every request."""
+    because sessions read them from the account on every request. `keep_existing_password` sets the
+    password only on a new account (the dev seed)."""
     existing = await staff_id(conn, login)
     if existing is None:
         if password_hash is None:
@@ -217,9 +223,15 @@ async def upsert_staff(
             list(scopes),
         )
         return new_id
-    await conn.execute("update staff set scopes = $2 where id = $1", existing, list(scopes))
+    if keep_existing_password:
+        password_hash = None
+    await conn.execute(
+        "update staff set scopes = $2, password_hash = coalesce($3, password_hash) where id = $1",
+        existing,
+        list(scopes),
+        password_hash,
+    )
     if password_hash is not None:
-        await conn.execute("update staff set password_hash = $2 where id = $1", existing, password_hash)
         await conn.execute("delete from staff_sessions where staff_id = $1", existing)
     return existing
 

@@ -159,10 +159,12 @@ async def add_staff(
             if schema not in wanted:
                 await auth.remove_staff(conn, login)
                 continue
-            exists = await auth.staff_id(conn, login) is not None
-            keep = keep_existing_password and exists
             await auth.upsert_staff(
-                conn, login=login, scopes=scopes, password_hash=None if keep else password_hash
+                conn,
+                login=login,
+                scopes=scopes,
+                password_hash=password_hash,
+                keep_existing_password=keep_existing_password,
             )
 
 
