@@ -30,7 +30,7 @@ from services.common.auth_guard import provide_principal
 from services.common.auth_pages import AUTH_ROUTES
 from services.common.clock import Clock
 from services.common.consumers import ConsumerRunner, ConsumerSpec
-from services.common.errors import EXCEPTION_HANDLERS, error_response, with_retry_after
+from services.common.errors import EXCEPTION_HANDLERS, handle_exception
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
 from services.common.retention import RetentionRule
@@ -234,11 +234,9 @@ def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp
                 # Route handlers' own errors never get here (Litestar answers them inside). Left to
                 # propagate, the limiter's 429 would be answered outside every route middleware, without
                 # the CORS headers that let a browser widget read it and its Retry-After.
-                response = error_response(
-                    429, "rate_limited", exc.detail, headers=with_retry_after(429, exc.headers)
-                )
                 litestar_app: Litestar = scope["litestar_app"]
                 request = litestar_app.request_class(scope)
+                response = handle_exception(request, exc)
                 await response.to_asgi_response(None, request)(scope, receive, send)
 
         return answer_here
