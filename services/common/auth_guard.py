@@ -89,10 +89,8 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
         if principal is None:
             raise _unauthorized("The bearer token is unknown, expired or revoked", "invalid_token")
         return principal
-    session_id = connection.cookies.get(session_cookie_name(runtime.service))
+    session_id, found = await current_session(connection)
     if session_id:
-        async with runtime.pool.acquire() as conn:
-            found = await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
         if found is None:
             raise _unauthorized("Your session has ended; sign in again at /auth/sign-in")
         principal, csrf_token = found
@@ -100,6 +98,19 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
             check_csrf(connection, csrf_token, connection.headers.get("x-csrf-token"))
         return principal
     raise _unauthorized("Send `Authorization: Bearer <token>` or sign in at /auth/sign-in")
+
+
+async def current_session(
+    connection: ASGIConnection[Any, Any, Any, Any],
+) -> tuple[str | None, tuple[Principal, str] | None]:
+    """The staff session cookie's id (None without one) and, while it lives, its principal and CSRF token."""
+    runtime = runtime_of(connection)
+    session_id = connection.cookies.get(session_cookie_name(runtime.service))
+    if not session_id:
+        return None, None
+    async with runtime.pool.acquire() as conn:
+        found = await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
+    return session_id, found
 
 
 def requires(*scopes: str) -> Guard:

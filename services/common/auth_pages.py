@@ -13,10 +13,11 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, QueryParameter
 from litestar.response import Redirect
 
-from services.common.auth import Principal, SignInRefused, end_session, session_principal, sign_in
+from services.common.auth import SignInRefused, end_session, sign_in
 from services.common.auth_guard import (
     CurrentPrincipal,
     check_csrf,
+    current_session,
     own_origin,
     request_origin,
     requires,
@@ -62,20 +63,11 @@ def render(request: Request[Any, Any, Any], status: int = 200, **context: Any) -
     return Response(html, status_code=status, media_type="text/html", headers=PAGE_HEADERS)
 
 
-async def _current_session(request: Request[Any, Any, Any]) -> tuple[Principal, str] | None:
-    runtime = runtime_of(request)
-    session_id = request.cookies.get(session_cookie_name(runtime.service))
-    if not session_id:
-        return None
-    async with runtime.pool.acquire() as conn:
-        return await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
-
-
 @get(SIGN_IN_PATH, include_in_schema=False)
 async def sign_in_page(
     request: Request[Any, Any, Any], next_path: Annotated[str, QueryParameter(name="next")] = ""
 ) -> Response[str]:
-    session = await _current_session(request)
+    _session_id, session = await current_session(request)
     if session is not None:
         return render(request, principal=session[0], csrf_token=session[1])
     return render(request, next=safe_next(next_path) if next_path else "")
@@ -135,12 +127,11 @@ async def sign_out(
     data: Annotated[SignOutForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Response[str]:
     runtime = runtime_of(request)
-    session_id = request.cookies.get(session_cookie_name(runtime.service))
+    session_id, found = await current_session(request)
     if session_id:
+        if found is not None:
+            check_csrf(request, found[1], data.csrf_token)
         async with runtime.pool.acquire() as conn:
-            found = await session_principal(conn, session_id, runtime.settings.session_idle_timeout_s)
-            if found is not None:
-                check_csrf(request, found[1], data.csrf_token)
             await end_session(conn, session_id)
     redirect = Redirect(SIGN_IN_PATH, status_code=303)
     redirect.delete_cookie(session_cookie_name(runtime.service), path="/")
