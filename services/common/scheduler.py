@@ -193,62 +193,33 @@ async def _lock_claimed(conn: db.Connection, kind: str, key: str, token: uuid.UU
     return bool(found)
 
 
-async def _finish(conn: db.Connection, kind: str, key: str, token: uuid.UUID, now: dt.datetime) -> None:
-    # No row matches when the handler itself re-scheduled or cancelled this job: that wins.
-    await conn.execute(
-        "update scheduled_jobs set state = 'done', finished_at = $4, attempts = 0, last_error = null,"
-        "  claimed_until = null, claim_token = null, updated_at = now()"
-        " where kind = $1 and key = $2 and claim_token = $3",
-        kind,
-        key,
-        token,
-        now,
-    )
-
-
-async def _rearm(
+async def _settle(
     conn: db.Connection,
     kind: str,
     key: str,
     token: uuid.UUID,
-    due_at: dt.datetime,
     *,
-    attempts: int,
-    last_error: str | None,
+    state: str,
+    due_at: dt.datetime | None = None,
+    finished_at: dt.datetime | None = None,
+    attempts: int = 0,
+    last_error: str | None = None,
 ) -> None:
+    """End a claimed run: done or failed (finished_at), or pending again at due_at; the claim is released.
+
+    No row matches when the handler itself re-scheduled or cancelled this job: that wins."""
     await conn.execute(
-        "update scheduled_jobs set state = 'pending', due_at = $4, attempts = $5, last_error = $6,"
-        "  claimed_until = null, claim_token = null, updated_at = now()"
+        "update scheduled_jobs set state = $4, due_at = coalesce($5, due_at), finished_at = $6,"
+        "  attempts = $7, last_error = $8, claimed_until = null, claim_token = null, updated_at = now()"
         " where kind = $1 and key = $2 and claim_token = $3",
         kind,
         key,
         token,
+        state,
         due_at,
+        finished_at,
         attempts,
         last_error,
-    )
-
-
-async def _fail(
-    conn: db.Connection,
-    kind: str,
-    key: str,
-    token: uuid.UUID,
-    *,
-    now: dt.datetime,
-    attempts: int,
-    error: str,
-) -> None:
-    await conn.execute(
-        "update scheduled_jobs set state = 'failed', finished_at = $4, attempts = $5, last_error = $6,"
-        "  claimed_until = null, claim_token = null, updated_at = now()"
-        " where kind = $1 and key = $2 and claim_token = $3",
-        kind,
-        key,
-        token,
-        now,
-        attempts,
-        error,
     )
 
 
@@ -405,21 +376,13 @@ class Scheduler:
                     return
                 again = await registered.handler(conn, job)
                 if again is not None:
-                    await _rearm(
-                        conn,
-                        job.kind,
-                        job.key,
-                        token,
-                        _aware(again, "handler result"),
-                        attempts=0,
-                        last_error=None,
-                    )
+                    due = _aware(again, "handler result")
+                    await _settle(conn, job.kind, job.key, token, state="pending", due_at=due)
                 elif job.every is not None:
-                    await _rearm(
-                        conn, job.kind, job.key, token, job.now + job.every, attempts=0, last_error=None
-                    )
+                    due = job.now + job.every
+                    await _settle(conn, job.kind, job.key, token, state="pending", due_at=due)
                 else:
-                    await _finish(conn, job.kind, job.key, token, job.now)
+                    await _settle(conn, job.kind, job.key, token, state="done", finished_at=job.now)
                 failpoint(f"scheduler.{job.kind}.before_commit")
         except Exception as exc:
             await self._record_failure(job, token, registered.max_attempts, exc)
@@ -438,20 +401,37 @@ class Scheduler:
                     retry_at = now + self.backoff(attempts)
                     if job.every is not None:
                         retry_at = min(retry_at, now + job.every)
-                    await _rearm(
-                        conn, job.kind, job.key, token, retry_at, attempts=attempts, last_error=error
+                    await _settle(
+                        conn,
+                        job.kind,
+                        job.key,
+                        token,
+                        state="pending",
+                        due_at=retry_at,
+                        attempts=attempts,
+                        last_error=error,
                     )
                     JOBS_RUN.labels(self.schema, job.kind, "retry").inc()
                     log.warning("scheduled job failed, will retry", extra=extra)
                 elif job.every is not None:
                     # Housekeeping never ends up failed: it is recorded, logged and tried next period.
-                    await _rearm(
-                        conn, job.kind, job.key, token, now + job.every, attempts=0, last_error=error
+                    due = now + job.every
+                    await _settle(
+                        conn, job.kind, job.key, token, state="pending", due_at=due, last_error=error
                     )
                     JOBS_RUN.labels(self.schema, job.kind, "failed").inc()
                     log.error("recurring job failed every retry; trying next period", extra=extra)
                 else:
-                    await _fail(conn, job.kind, job.key, token, now=now, attempts=attempts, error=error)
+                    await _settle(
+                        conn,
+                        job.kind,
+                        job.key,
+                        token,
+                        state="failed",
+                        finished_at=now,
+                        attempts=attempts,
+                        last_error=error,
+                    )
                     JOBS_RUN.labels(self.schema, job.kind, "failed").inc()
                     log.error("scheduled job failed for good", extra=extra)
         except Exception:
