@@ -314,20 +314,12 @@ class CallbackService:
         language, visitor_tz = (row.lang, row.visitor_tz) if alias is None else (alias.lang, alias.visitor_tz)
         lang: Lang = "en" if language == "en" else "ru"
         promise = self._view(self._stored_promise(row), now, visitor_tz, lang)
+        status: str = row.status
+        attempts, outcome, updated_at = row.attempts, row.outcome, row.updated_at
         if alias is not None and alias.withdrawn_at is not None:
-            return CallbackStatus(
-                id=alias.id,
-                status=CallbackState.CANCELLED,
-                text=status_text(CallbackState.CANCELLED, lang, promise.text),
-                promise=promise,
-                attempts=0,
-                max_attempts=row.max_attempts,
-                retry_plan=None,
-                outcome=None,
-                updated_at=alias.withdrawn_at,
-            )
+            status, attempts, outcome, updated_at = CallbackState.CANCELLED, 0, None, alias.withdrawn_at
         retry_plan = None
-        if row.attempts > 0 and not is_terminal(CallbackState(row.status)):
+        if attempts > 0 and not is_terminal(CallbackState(status)):
             retry_plan = RetryPlan(
                 attempts_left=max(row.max_attempts - row.attempts, 0),
                 next_attempt_at=row.due_at if row.status == "scheduled" else None,
@@ -335,14 +327,14 @@ class CallbackService:
             )
         return CallbackStatus(
             id=row.id if alias is None else alias.id,
-            status=row.status,
-            text=status_text(row.status, lang, promise.text),
+            status=status,
+            text=status_text(status, lang, promise.text),
             promise=promise,
-            attempts=row.attempts,
+            attempts=attempts,
             max_attempts=row.max_attempts,
             retry_plan=retry_plan,
-            outcome=row.outcome,
-            updated_at=row.updated_at,
+            outcome=outcome,
+            updated_at=updated_at,
         )
 
     async def status(self, callback_id: uuid.UUID, token: str | None) -> CallbackStatus:

@@ -36,6 +36,11 @@ class EncryptedColumn:
                 raise ValueError(f"not a plain SQL identifier: {name!r}")
 
     @property
+    def not_under_active_key(self) -> str:
+        """SQL: a value not written under the active key, whose header is bound as $2 (its length $1)."""
+        return f"{self.column} is not null and substring({self.column} from 1 for $1) is distinct from $2"
+
+    @property
     def label(self) -> str:
         return f"{self.table}.{self.column}"
 
@@ -52,8 +57,7 @@ async def count_not_active(conn: db.Connection, protector: DataProtector, column
     prefix = protector.active_prefix
     return int(
         await conn.fetchval(
-            f"select count(*) from {column.table} where {column.column} is not null"
-            f" and substring({column.column} from 1 for $1) is distinct from $2",
+            f"select count(*) from {column.table} where {column.not_under_active_key}",
             len(prefix),
             prefix,
         )
@@ -78,8 +82,7 @@ async def rotate_batch(
     params: list[Any] = [len(prefix), prefix, batch] + ([] if after is None else [after])
     records = await conn.fetch(
         f"select {column.id_column} as id, {column.column} as value from {column.table}"
-        f" where {column.column} is not null"
-        f" and substring({column.column} from 1 for $1) is distinct from $2{bound}"
+        f" where {column.not_under_active_key}{bound}"
         f" order by {column.id_column} limit $3 for update skip locked",
         *params,
     )
