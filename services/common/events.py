@@ -14,8 +14,8 @@ Rules (msgspec schema evolution):
   concurrent batches, a taken-over batch lands after newer events, and consumer retries reorder again.
   Consumers decide by `occurred_at` and `state`, never by arrival order; a tag a consumer does not know
   (a v2 beside v1) is skipped by it, not dead-lettered.
-- Personal data: only events a consumer must act on carry a phone number (callback.requested and
-  callback.failed, for the notifier). Logs mask it; CRM webhooks mask it. The embedded dev NATS stores
+- Personal data: only events a consumer must act on carry a phone number (callback.requested,
+  callback.failed and the verification notices, for the notifier). Logs mask it; CRM webhooks mask it. The embedded dev NATS stores
   streams unencrypted: production must enable JetStream encryption at rest (server `jetstream.cipher`).
 """
 
@@ -139,6 +139,92 @@ class CallbackExpired(CallbackEvent, frozen=True, kw_only=True, tag="callback.ex
     SUBJECT = "callback.expired"
 
 
+# --- verification -------------------------------------------------------------------------------------
+# A case asks one subscriber (an MSISDN) to confirm the passport data on their contract by a deadline.
+# The notifier turns case_opened / reminder_due / suspension_ordered into messages; billing acts on
+# suspension_ordered / restore_ordered. Only these carry the phone: the notifier must reach the person.
+
+VerificationReason = Literal["outdated_data", "used_by_other_person", "regulator_request", "corporate_sim"]
+VerificationCaseState = Literal["open", "confirmed", "mismatch", "suspended", "restored", "cancelled"]
+
+
+class VerificationEvent(Event, frozen=True, kw_only=True):
+    """Every verification.* event names the case, the number and the state the case moved to."""
+
+    case_id: uuid.UUID
+    state: VerificationCaseState
+
+
+class VerificationCaseOpened(VerificationEvent, frozen=True, kw_only=True, tag="verification.case_opened.v1"):
+    """A case was opened: the subscriber must be sent the link (legally required notice)."""
+
+    SUBJECT = "verification.case_opened"
+    msisdn: str  # E.164
+    reason: VerificationReason
+    deadline: dt.datetime
+    link: str  # the short single-use link, absolute URL
+    lang: str = "ru"
+    tz: str = ""  # IANA zone when known; "" lets the notifier derive one from the number
+
+
+class VerificationReminderDue(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.reminder_due.v1"
+):
+    """A reminder from the case's policy schedule fell due (e.g. 7, 3, 1 days before the deadline)."""
+
+    SUBJECT = "verification.reminder_due"
+    msisdn: str
+    deadline: dt.datetime
+    link: str
+    days_left: int
+    lang: str = "ru"
+    tz: str = ""
+
+
+class VerificationConfirmed(VerificationEvent, frozen=True, kw_only=True, tag="verification.confirmed.v1"):
+    """The data the state portal returned matches the contract."""
+
+    SUBJECT = "verification.confirmed"
+
+
+class VerificationMismatch(VerificationEvent, frozen=True, kw_only=True, tag="verification.mismatch.v1"):
+    """The subscriber signed in but the portal's data differs; back office must look (fields, no values)."""
+
+    SUBJECT = "verification.mismatch"
+    fields: list[str] = []
+
+
+class VerificationSuspensionOrdered(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.suspension_ordered.v1"
+):
+    """The deadline passed unconfirmed: billing suspends the number; the subscriber is told (urgent)."""
+
+    SUBJECT = "verification.suspension_ordered"
+    msisdn: str
+    reason: VerificationReason
+    link: str = ""
+    lang: str = "ru"
+    tz: str = ""
+
+
+class VerificationRestoreOrdered(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.restore_ordered.v1"
+):
+    """A suspended number's data was confirmed: billing restores service."""
+
+    SUBJECT = "verification.restore_ordered"
+    msisdn: str
+    lang: str = "ru"
+    tz: str = ""
+
+
+class VerificationCaseCancelled(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.case_cancelled.v1"
+):
+    SUBJECT = "verification.case_cancelled"
+    by: str = ""
+
+
 AnyEvent = (
     SystemProbe
     | CallbackRequested
@@ -151,6 +237,13 @@ AnyEvent = (
     | CallbackFailed
     | CallbackCancelled
     | CallbackExpired
+    | VerificationCaseOpened
+    | VerificationReminderDue
+    | VerificationConfirmed
+    | VerificationMismatch
+    | VerificationSuspensionOrdered
+    | VerificationRestoreOrdered
+    | VerificationCaseCancelled
 )
 
 # Streams, declared in code and created/updated at start. One stream per owning service.
