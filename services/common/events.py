@@ -15,8 +15,9 @@ Rules (msgspec schema evolution):
   Consumers decide by `occurred_at` and `state`, never by arrival order; a tag a consumer does not know
   (a v2 beside v1) is skipped by it, not dead-lettered.
 - Personal data: only events a consumer must act on carry a phone number (callback.requested,
-  callback.failed and the verification notices, for the notifier). Logs mask it; CRM webhooks mask it. The embedded dev NATS stores
-  streams unencrypted: production must enable JetStream encryption at rest (server `jetstream.cipher`).
+  callback.failed and the verification notices, for the notifier). Logs mask it; CRM webhooks mask
+  it. The embedded dev NATS stores streams unencrypted: production must enable JetStream encryption at
+  rest (server `jetstream.cipher`).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ class CallbackExpired(CallbackEvent, frozen=True, kw_only=True, tag="callback.ex
 
 # --- verification -------------------------------------------------------------------------------------
 # A case asks one subscriber (an MSISDN) to confirm the passport data on their contract by a deadline.
-# The notifier turns case_opened / reminder_due / suspension_ordered into messages; billing acts on
-# suspension_ordered / restore_ordered. Only these carry the phone: the notifier must reach the person.
+# The notifier turns link_issued / reminder_due / suspension_due into messages; the billing adapter
+# acts on suspension_due / restored. Only these carry the phone: the notifier must reach the person.
 
 VerificationReason = Literal["outdated_data", "used_by_other_person", "regulator_request", "corporate_sim"]
 VerificationCaseState = Literal["open", "confirmed", "mismatch", "suspended", "restored", "cancelled"]
@@ -155,10 +156,10 @@ class VerificationEvent(Event, frozen=True, kw_only=True):
     state: VerificationCaseState
 
 
-class VerificationCaseOpened(VerificationEvent, frozen=True, kw_only=True, tag="verification.case_opened.v1"):
-    """A case was opened: the subscriber must be sent the link (legally required notice)."""
+class VerificationLinkIssued(VerificationEvent, frozen=True, kw_only=True, tag="verification.link_issued.v1"):
+    """A case was opened (or its link re-issued): the subscriber must be sent the link (legally required)."""
 
-    SUBJECT = "verification.case_opened"
+    SUBJECT = "verification.link_issued"
     msisdn: str  # E.164
     reason: VerificationReason
     deadline: dt.datetime
@@ -194,12 +195,12 @@ class VerificationMismatch(VerificationEvent, frozen=True, kw_only=True, tag="ve
     fields: list[str] = []
 
 
-class VerificationSuspensionOrdered(
-    VerificationEvent, frozen=True, kw_only=True, tag="verification.suspension_ordered.v1"
+class VerificationSuspensionDue(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.suspension_due.v1"
 ):
     """The deadline passed unconfirmed: billing suspends the number; the subscriber is told (urgent)."""
 
-    SUBJECT = "verification.suspension_ordered"
+    SUBJECT = "verification.suspension_due"
     msisdn: str
     reason: VerificationReason
     link: str = ""
@@ -207,12 +208,10 @@ class VerificationSuspensionOrdered(
     tz: str = ""
 
 
-class VerificationRestoreOrdered(
-    VerificationEvent, frozen=True, kw_only=True, tag="verification.restore_ordered.v1"
-):
+class VerificationRestored(VerificationEvent, frozen=True, kw_only=True, tag="verification.restored.v1"):
     """A suspended number's data was confirmed: billing restores service."""
 
-    SUBJECT = "verification.restore_ordered"
+    SUBJECT = "verification.restored"
     msisdn: str
     lang: str = "ru"
     tz: str = ""
@@ -237,12 +236,12 @@ AnyEvent = (
     | CallbackFailed
     | CallbackCancelled
     | CallbackExpired
-    | VerificationCaseOpened
+    | VerificationLinkIssued
     | VerificationReminderDue
     | VerificationConfirmed
     | VerificationMismatch
-    | VerificationSuspensionOrdered
-    | VerificationRestoreOrdered
+    | VerificationSuspensionDue
+    | VerificationRestored
     | VerificationCaseCancelled
 )
 
