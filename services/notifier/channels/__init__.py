@@ -1,0 +1,1 @@
+"""Delivery channels: one adapter per provider behind the `Channel` interface in base.py."""

@@ -1,0 +1,1 @@
+"""Identity providers a subscriber signs in with: ESIA (Gosuslugi) and generic OpenID Connect."""
