@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap, HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 from services.common.db import PoolTimeout
+from services.common.domain_errors import DomainError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ _CODES_BY_STATUS = {
     405: "method_not_allowed",
     409: "conflict",
     413: "body_too_large",
+    410: "gone",
     415: "unsupported_media_type",
     422: "unprocessable",
     429: "rate_limited",
@@ -99,7 +101,23 @@ def with_retry_after(status: int, headers: dict[str, str] | None) -> dict[str, s
     return {**(headers or {}), "Retry-After": str(max(int(reset), 1)) if reset.isdigit() else "1"}
 
 
+STATUS_OF_KIND: dict[ErrorKind, int] = {
+    "invalid": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "gone": 410,
+    "too_many": 429,
+    "unavailable": 503,
+}
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, DomainError):
+        status = STATUS_OF_KIND[exc.kind]
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return error_response(status, exc.code, exc.message, exc.field, with_retry_after(status, headers))
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.detail, exc.field, exc.headers)
     if isinstance(exc, PoolTimeout):

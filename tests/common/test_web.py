@@ -78,3 +78,33 @@ async def test_metrics_openapi_and_request_id(client: AsyncTestClient) -> None: 
     assert "/health/ready" in schema.json()["paths"]
     echoed = await client.get("/health/live", headers={"X-Request-ID": "abc123"})
     assert echoed.headers["x-request-id"] == "abc123"
+
+
+async def test_domain_errors_map_to_statuses_in_the_one_shape() -> None:
+    from litestar import Litestar, get
+
+    from services.common.domain_errors import Conflict, Gone, NotFound, TooMany
+    from services.common.errors import EXCEPTION_HANDLERS
+
+    raised = {
+        "gone": Gone("link_used", "This link was already used", field="token"),
+        "conflict": Conflict("wrong_state", "Already completed"),
+        "missing": NotFound("case_not_found", "No such case"),
+        "budget": TooMany("budget_spent", "Too many requests", retry_after_s=30),
+    }
+
+    @get("/raise/{which:str}")
+    async def raiser(which: str) -> None:
+        raise raised[which]
+
+    async with AsyncTestClient(Litestar([raiser], exception_handlers=EXCEPTION_HANDLERS)) as plain:
+        gone = await plain.get("/raise/gone")
+        assert gone.status_code == 410
+        assert gone.json() == {
+            "error": {"code": "link_used", "message": "This link was already used", "field": "token"}
+        }
+        assert (await plain.get("/raise/conflict")).status_code == 409
+        assert (await plain.get("/raise/missing")).json()["error"]["code"] == "case_not_found"
+        budget = await plain.get("/raise/budget")
+        assert budget.status_code == 429
+        assert budget.headers["retry-after"] == "30"
