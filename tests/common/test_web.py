@@ -82,6 +82,7 @@ async def test_metrics_openapi_and_request_id(client: AsyncTestClient) -> None: 
 
 async def test_domain_errors_map_to_statuses_in_the_one_shape() -> None:
     from litestar import Litestar, get
+    from litestar.params import FromPath
 
     from services.common.domain_errors import Conflict, Gone, NotFound, TooMany
     from services.common.errors import EXCEPTION_HANDLERS
@@ -94,7 +95,7 @@ async def test_domain_errors_map_to_statuses_in_the_one_shape() -> None:
     }
 
     @get("/raise/{which:str}")
-    async def raiser(which: str) -> None:
+    async def raiser(which: FromPath[str]) -> None:
         raise raised[which]
 
     async with AsyncTestClient(Litestar([raiser], exception_handlers=EXCEPTION_HANDLERS)) as plain:
