@@ -1,4 +1,4 @@
-"""Callback service app factory: thin routes over the use cases in usecases.py."""
+"""Callback service app factory: thin routes over the use cases in usecases/."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from services.callback import store
 from services.callback.console import CONSOLE_ROUTES, admin_routes
 from services.callback.cors import per_site_cors
-from services.callback.dialing import Dialer
+from services.callback.dispatcher import Dispatcher
 from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
 from services.callback.schemas import (
@@ -41,17 +40,16 @@ from services.callback.schemas import (
 )
 from services.callback.seed import seed_demo
 from services.callback.settings import CallbackSettings, get_callback_settings
+from services.callback.store import idempotency
+from services.callback.store import sites as site_store
 from services.callback.telephony import MangoOfficeAdapter, build_adapter
-from services.callback.usecases import (
-    PHONE_CONTEXT,
-    CallbackService,
-    PresenceAgents,
-    SiteDirectory,
-    periodically,
-)
+from services.callback.usecases.common import PHONE_CONTEXT, periodically
+from services.callback.usecases.intake import Intake
+from services.callback.usecases.presence import Presence, PresenceAgents
+from services.callback.usecases.requests import Requests
+from services.callback.usecases.sites import SiteAdmin, SiteDirectory
 from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_consumer_spec, webhook_routes
 from services.callback.widget_assets import WIDGET_ROUTES
-from services.common import db
 from services.common.auth_guard import requires
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse
@@ -73,7 +71,9 @@ TokenHeader = Annotated[
     str | None,
     HeaderParameter(name="X-Status-Token", required=False, description="Status token (or ?token=)"),
 ]
-Callbacks = NamedDependency[CallbackService]
+IntakeDependency = NamedDependency[Intake]
+RequestsDependency = NamedDependency[Requests]
+SiteAdminDependency = NamedDependency[SiteAdmin]
 
 _PROMISE_EXAMPLE = {
     "kind": "asap",
@@ -145,8 +145,20 @@ Feed = NamedDependency[StatusFeed]
 LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
 
 
-def callbacks_of(state: State) -> CallbackService:
-    return runtime_extra(state, "callbacks", CallbackService)
+def intake_of(state: State) -> Intake:
+    return runtime_extra(state, "intake", Intake)
+
+
+def requests_of(state: State) -> Requests:
+    return runtime_extra(state, "requests", Requests)
+
+
+def site_admin_of(state: State) -> SiteAdmin:
+    return runtime_extra(state, "site_admin", SiteAdmin)
+
+
+def presence_of(state: State) -> Presence:
+    return runtime_extra(state, "presence", Presence)
 
 
 def feed_of(state: State) -> StatusFeed:
@@ -165,34 +177,21 @@ admin_only = requires(CALLBACK_ADMIN)
     "/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Create or replace a site"
 )
 async def put_site(
-    site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], callbacks: Callbacks
+    site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], site_admin: SiteAdminDependency
 ) -> Response[Site]:
     """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it."""
-    secret = data.crm_webhook_secret
-    secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET
-    if isinstance(secret, str):
-        secret_enc = (
-            callbacks.protector.encrypt(secret, store.WEBHOOK_SECRET_CONTEXT, site_key) if secret else None
-        )
-    async with callbacks.pool.acquire() as conn:
-        site, created = await store.upsert_site(conn, site_key, data, webhook_secret_enc=secret_enc)
-    callbacks.sites.forget(site_key)
+    site, created = await site_admin.put(site_key, data)
     return Response(site, status_code=201 if created else 200)
 
 
 @get("/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Read a site")
-async def get_site(site_key: FromPath[str], callbacks: Callbacks) -> Site:
-    async with callbacks.pool.acquire() as conn:
-        site = await store.get_site(conn, site_key)
-    if site is None:
-        raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
-    return site
+async def get_site(site_key: FromPath[str], site_admin: SiteAdminDependency) -> Site:
+    return await site_admin.get(site_key)
 
 
 @get("/v1/admin/sites", guards=[admin_only], tags=["admin"], summary="List sites")
-async def list_sites(callbacks: Callbacks) -> list[Site]:
-    async with callbacks.pool.acquire() as conn:
-        return await store.list_sites(conn)
+async def list_sites(site_admin: SiteAdminDependency) -> list[Site]:
+    return await site_admin.list_sites()
 
 
 # --- widget API -----------------------------------------------------------------------------------------
@@ -205,9 +204,9 @@ async def list_sites(callbacks: Callbacks) -> list[Site]:
     cache_control=None,
 )
 async def widget_config(
-    site_key: FromPath[str], callbacks: Callbacks, lang: LangQuery = None
+    site_key: FromPath[str], intake: IntakeDependency, lang: LangQuery = None
 ) -> Response[WidgetConfig]:
-    config = await callbacks.widget_config(site_key, lang)
+    config = await intake.widget_config(site_key, lang)
     return Response(config, headers={"Cache-Control": "public, max-age=300"})
 
 
@@ -225,7 +224,7 @@ async def widget_config(
 )
 async def offer(
     site_key: FromPath[str],
-    callbacks: Callbacks,
+    intake: IntakeDependency,
     tz: Annotated[str, QueryParameter(name="tz", description="Visitor's IANA time zone")] = "Europe/Moscow",
     lang: Annotated[Lang, QueryParameter(name="lang")] = "ru",
     not_before: Annotated[
@@ -236,7 +235,7 @@ async def offer(
         check_zone(tz, "tz")
     except ValueError as exc:
         raise ApiError(400, "invalid_timezone", str(exc).split(": ", 1)[1], "tz") from None
-    result = await callbacks.offer(site_key, tz, lang, not_before)
+    result = await intake.offer(site_key, tz, lang, not_before)
     return Response(result, headers={"Cache-Control": "no-store"})
 
 
@@ -255,13 +254,13 @@ async def create_callback(
     site_key: FromPath[str],
     data: Annotated[CallbackCreate, Body(examples=[CREATE_EXAMPLE])],
     request: Request[Any, Any, Any],
-    callbacks: Callbacks,
+    intake: IntakeDependency,
     idempotency_key: Annotated[
         str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=100)
     ] = None,
 ) -> Response[CallbackCreated]:
     client_ip = request.client.host if request.client else "unknown"
-    status_code, created = await callbacks.create(
+    status_code, created = await intake.create(
         site_key, data, client_ip=client_ip, idempotency_key=idempotency_key
     )
     runtime: Runtime = request.app.state.runtime
@@ -277,19 +276,19 @@ async def create_callback(
 )
 async def callback_status(
     callback_id: FromPath[uuid.UUID],
-    callbacks: Callbacks,
+    requests: RequestsDependency,
     token: TokenQuery = None,
     header_token: TokenHeader = None,
 ) -> Response[CallbackStatus]:
-    status = await callbacks.status(callback_id, header_token or token)
+    status = await requests.status(callback_id, header_token or token)
     return Response(status, headers={"Cache-Control": "no-store"})
 
 
 @get("/v1/callbacks/{callback_id:uuid}/events", tags=["widget"], summary="Live status (Server-Sent Events)")
 async def callback_events(
-    callback_id: FromPath[uuid.UUID], callbacks: Callbacks, feed: Feed, token: TokenQuery = None
+    callback_id: FromPath[uuid.UUID], requests: RequestsDependency, feed: Feed, token: TokenQuery = None
 ) -> ServerSentEvent:
-    watched = await callbacks.watched_callback(callback_id, token)  # 404 before the stream opens
+    watched = await requests.watched_callback(callback_id, token)  # 404 before the stream opens
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         # Watch first, then read: a change between the two still wakes us. Every wake-up and every
@@ -297,7 +296,7 @@ async def callback_events(
         async with feed.watch(watched) as wakeups:
             last: CallbackStatus | None = None
             while True:
-                current = await callbacks.status(callback_id, token)
+                current = await requests.status(callback_id, token)
                 if last is None or (current.status, current.updated_at) != (last.status, last.updated_at):
                     last = current
                     yield ServerSentEventMessage(event="status", data=msgspec.json.encode(current).decode())
@@ -319,11 +318,11 @@ async def callback_events(
 )
 async def cancel_callback(
     callback_id: FromPath[uuid.UUID],
-    callbacks: Callbacks,
+    requests: RequestsDependency,
     token: TokenQuery = None,
     header_token: TokenHeader = None,
 ) -> CallbackStatus:
-    return await callbacks.cancel(callback_id, header_token or token)
+    return await requests.cancel(callback_id, header_token or token)
 
 
 @post(
@@ -335,11 +334,11 @@ async def cancel_callback(
 async def reschedule_callback(
     callback_id: FromPath[uuid.UUID],
     data: JSONBody[Reschedule],
-    callbacks: Callbacks,
+    requests: RequestsDependency,
     token: TokenQuery = None,
     header_token: TokenHeader = None,
 ) -> CallbackStatus:
-    return await callbacks.reschedule(callback_id, header_token or token, data)
+    return await requests.reschedule(callback_id, header_token or token, data)
 
 
 @post(
@@ -370,23 +369,22 @@ class CallbackContext:
     SITE_CACHE_SIZE = 10_000
 
     def __init__(self) -> None:
-        self.callbacks: CallbackService | None = None
+        self.site_admin: SiteAdmin | None = None
         self._site_of: OrderedDict[uuid.UUID, str] = OrderedDict()
 
     async def origins_of(self, site_key: str) -> list[str] | None:
-        if self.callbacks is None:
+        if self.site_admin is None:
             return None
-        site = await self.callbacks.sites.get(site_key)
+        site = await self.site_admin.directory.get(site_key)
         return None if site is None else site.settings.allowed_origins
 
     async def site_of_callback(self, callback_id: uuid.UUID) -> str | None:
-        if self.callbacks is None:
+        if self.site_admin is None:
             return None
         if (cached := self._site_of.get(callback_id)) is not None:
             self._site_of.move_to_end(callback_id)
             return cached
-        async with self.callbacks.pool.acquire() as conn:
-            site_key = await store.site_of_callback(conn, callback_id)
+        site_key = await self.site_admin.site_of_callback(callback_id)
         if site_key is not None:
             self._site_of[callback_id] = site_key
             if len(self._site_of) > self.SITE_CACHE_SIZE:
@@ -401,13 +399,13 @@ ENCRYPTED_COLUMNS = (
         table="sites",
         id_column="site_key",
         column="crm_webhook_secret_enc",
-        context=store.WEBHOOK_SECRET_CONTEXT,
+        context=site_store.WEBHOOK_SECRET_CONTEXT,
     ),
     EncryptedColumn(
         table="idempotency_keys",
         id_column="id",
         column="status_token_enc",
-        context=store.IDEMPOTENT_TOKEN_CONTEXT,
+        context=idempotency.IDEMPOTENT_TOKEN_CONTEXT,
     ),
 )
 
@@ -421,24 +419,34 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
 
     async def start(runtime: Runtime) -> None:
         protector = DataProtector.from_settings(runtime.settings)
-        async with db.transaction(runtime.pool) as conn:
-            await store.seal_plain_webhook_secrets(conn, protector)
         sites = SiteDirectory(runtime.pool)
-        callbacks = CallbackService(runtime.pool, protector, sites, agents=PresenceAgents())
-        context.callbacks = callbacks
+        site_admin = SiteAdmin(runtime.pool, protector, sites)
+        await site_admin.seal_plain_webhook_secrets()
+        context.site_admin = site_admin
+        agents = PresenceAgents()
+        intake = Intake(runtime.pool, protector, sites, agents=agents)
+        requests = Requests(runtime.pool, sites, agents=agents)
+        presence = Presence(runtime.pool, protector, sites)
         # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
-        background = CallbackService(runtime.worker_pool, protector, sites, agents=PresenceAgents())
+        background = Requests(runtime.worker_pool, sites, agents=agents)
         feed = StatusFeed(runtime.bus)
         await feed.start()
         own = own_settings()
         adapter = build_adapter(own.telephony, own.telephony_config())
-        dialer = Dialer(runtime.worker_pool, protector, sites, adapter)
+        dialer = Dispatcher(runtime.worker_pool, protector, sites, adapter)
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
         webhooks = WebhookSender(runtime.worker_pool, webhook_http, CRM_WEBHOOKS, crm_endpoints(protector))
         await webhooks.start()
         runtime.extras.update(
-            callbacks=callbacks, feed=feed, dialer=dialer, webhooks=webhooks, webhook_http=webhook_http
+            intake=intake,
+            requests=requests,
+            site_admin=site_admin,
+            presence=presence,
+            feed=feed,
+            dialer=dialer,
+            webhooks=webhooks,
+            webhook_http=webhook_http,
         )
         runtime.extras["sweeper"] = asyncio.create_task(periodically(60, background.expire_overdue, stop))
 
@@ -495,7 +503,10 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             ),
         ],
         dependencies={
-            "callbacks": Provide(callbacks_of, sync_to_thread=False),
+            "intake": Provide(intake_of, sync_to_thread=False),
+            "requests": Provide(requests_of, sync_to_thread=False),
+            "site_admin": Provide(site_admin_of, sync_to_thread=False),
+            "presence": Provide(presence_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),
         },
         extra_config=add_cors_and_limits,

@@ -20,12 +20,13 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, JSONBody
 from litestar.response import Redirect
 
-from services.callback import store
-from services.callback.dialing import Dialer
+from services.callback.dispatcher import Dispatcher
+from services.callback.store import agents as agent_store
+from services.callback.store import history, stats
 from services.callback.telephony import SimulatedPbx
-from services.callback.usecases import PHONE_CONTEXT, CallbackService
+from services.callback.usecases.presence import Presence
+from services.callback.usecases.sites import SiteAdmin
 from services.common.auth_guard import CurrentPrincipal
-from services.common.crypto import hash_password, verify_password
 from services.common.errors import ApiError
 from services.common.web import runtime_extra
 
@@ -45,7 +46,8 @@ _templates = Environment(
     loader=PackageLoader("services.callback", "templates"), autoescape=select_autoescape()
 )
 
-Callbacks = NamedDependency[CallbackService]
+PresenceDependency = NamedDependency[Presence]
+SiteAdminDependency = NamedDependency[SiteAdmin]
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -85,7 +87,7 @@ class ClientCard(msgspec.Struct, kw_only=True):
     waited_s: float
     attempt: int
     max_attempts: int
-    earlier: list[store.HistoryEntry]
+    earlier: list[history.HistoryEntry]
 
 
 class CallView(msgspec.Struct, kw_only=True):
@@ -106,22 +108,22 @@ class ConsoleState(msgspec.Struct, kw_only=True):
 # --- sessions -------------------------------------------------------------------------------------------
 
 
-def _callbacks(state: State) -> CallbackService:
-    return runtime_extra(state, "callbacks", CallbackService)
+def _presence(state: State) -> Presence:
+    return runtime_extra(state, "presence", Presence)
 
 
-def _dialer(state: State) -> Dialer:
-    return runtime_extra(state, "dialer", Dialer)
+def _dialer(state: State) -> Dispatcher:
+    return runtime_extra(state, "dialer", Dispatcher)
 
 
-def _session_mac(callbacks: CallbackService, agent_id: str, expires: int) -> str:
-    mac = callbacks.protector.sign(f"agent-session|{agent_id}|{expires}".encode())[:18]
+def _session_mac(presence: Presence, agent_id: str, expires: int) -> str:
+    mac = presence.protector.sign(f"agent-session|{agent_id}|{expires}".encode())[:18]
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def session_cookie(callbacks: CallbackService, agent_id: uuid.UUID) -> Cookie:
+def session_cookie(presence: Presence, agent_id: uuid.UUID) -> Cookie:
     expires = int(time.time()) + SESSION_TTL_S
-    value = f"{agent_id}.{expires}.{_session_mac(callbacks, str(agent_id), expires)}"
+    value = f"{agent_id}.{expires}.{_session_mac(presence, str(agent_id), expires)}"
     return Cookie(
         key=SESSION_COOKIE,
         value=value,
@@ -138,19 +140,18 @@ def session_agent_id(request: Request[Any, Any, Any]) -> uuid.UUID | None:
         agent_id, expires, mac = raw.split(".")
         if int(expires) < time.time():
             return None
-        if not hmac.compare_digest(mac, _session_mac(_callbacks(request.app.state), agent_id, int(expires))):
+        if not hmac.compare_digest(mac, _session_mac(_presence(request.app.state), agent_id, int(expires))):
             return None
         return uuid.UUID(agent_id)
     except ValueError:
         return None
 
 
-async def signed_in_agent(request: Request[Any, Any, Any]) -> store.AgentRow:
+async def signed_in_agent(request: Request[Any, Any, Any]) -> agent_store.AgentRow:
     agent_id = session_agent_id(request)
     agent = None
     if agent_id is not None:
-        async with _callbacks(request.app.state).pool.acquire() as conn:
-            agent = await store.agent_by_id(conn, agent_id)
+        agent = await _presence(request.app.state).agent(agent_id)
     if agent is None:
         raise ApiError(401, "unauthorized", "Sign in to the agent console first")
     return agent
@@ -174,18 +175,11 @@ def admin_routes(guard: Any) -> list[Any]:
     async def put_agent(
         login: FromPath[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9._\-]{2,64}$")]],
         data: JSONBody[AgentSettings],
-        callbacks: Callbacks,
+        presence: PresenceDependency,
     ) -> Response[AgentView]:
-        agent = store.AgentRow(
-            id=uuid.uuid4(),
-            login=login,
-            name=data.name,
-            password_hash=hash_password(data.password),
-            queues=data.queues,
-            endpoint=data.endpoint,
+        _, created = await presence.put_agent(
+            login, name=data.name, password=data.password, queues=data.queues, endpoint=data.endpoint
         )
-        async with callbacks.pool.acquire() as conn:
-            created = await store.upsert_agent(conn, agent)
         view = AgentView(login=login, name=data.name, queues=data.queues, endpoint=data.endpoint)
         return Response(view, status_code=201 if created else 200)
 
@@ -195,11 +189,8 @@ def admin_routes(guard: Any) -> list[Any]:
         tags=["admin"],
         summary="Promises kept and time to dial (last 30 days)",
     )
-    async def site_punctuality(site_key: FromPath[str], callbacks: Callbacks) -> store.Punctuality:
-        async with callbacks.pool.acquire() as conn:
-            if await store.get_site(conn, site_key) is None:
-                raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
-            return await store.punctuality(conn, site_key, dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
+    async def site_punctuality(site_key: FromPath[str], site_admin: SiteAdminDependency) -> stats.Punctuality:
+        return await site_admin.punctuality(site_key, dt.datetime.now(dt.UTC))
 
     @post(
         "/v1/admin/agents/{login:str}/release",
@@ -211,18 +202,8 @@ def admin_routes(guard: Any) -> list[Any]:
     async def release_agent(
         login: FromPath[str], request: Request[Any, Any, Any], principal: CurrentPrincipal
     ) -> AgentReleased:
-        callbacks = _callbacks(request.app.state)
-        async with callbacks.pool.acquire() as conn:
-            agent = await store.agent_by_login(conn, login)
-            if agent is None:
-                raise ApiError(404, "agent_not_found", f"No agent with login {login!r}", "login")
-            attempt_id = await store.agent_attempt(conn, agent.id)
         dialer = _dialer(request.app.state)
-        if attempt_id is not None:
-            await dialer.force_end(attempt_id)
-        async with callbacks.pool.acquire() as conn:
-            # Whatever the attempt's state was, the operator's word frees the agent.
-            await store.free_agent(conn, agent.id)
+        attempt_id = await _presence(request.app.state).release_agent(login, dialer.attempts.force_end)
         log.warning(
             "agent released by an operator",
             extra={"agent": login, "attempt": attempt_id.hex if attempt_id else None, "by": principal.who},
@@ -255,26 +236,25 @@ class LoginForm(msgspec.Struct, kw_only=True):
 
 @post("/agent/login", include_in_schema=False, status_code=303)
 async def login(
-    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)], callbacks: Callbacks
+    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)], presence: PresenceDependency
 ) -> Response[str] | Redirect:
-    async with callbacks.pool.acquire() as conn:
-        agent = await store.agent_by_login(conn, data.login.strip().lower())
-    if agent is None or not verify_password(data.password, agent.password_hash):
+    agent = await presence.sign_in(data.login, data.password)
+    if agent is None:
         response = page("agent_login.html", error="Wrong login or password")
         response.status_code = 401
         return response
     redirect = Redirect("/agent", status_code=303)
-    redirect.cookies.append(session_cookie(callbacks, agent.id))
+    redirect.cookies.append(session_cookie(presence, agent.id))
     return redirect
 
 
 @get("/agent/dashboard", include_in_schema=False)
-async def dashboard(request: Request[Any, Any, Any], callbacks: Callbacks) -> Response[str] | Redirect:
+async def dashboard(
+    request: Request[Any, Any, Any], site_admin: SiteAdminDependency
+) -> Response[str] | Redirect:
     if session_agent_id(request) is None:
         return Redirect("/agent/login")
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    async with callbacks.pool.acquire() as conn:
-        rows = [await store.punctuality(conn, site.site_key, since) for site in await store.list_sites(conn)]
+    rows = await site_admin.punctuality_of_all(dt.datetime.now(dt.UTC))
     return page("agent_dashboard.html", rows=rows)
 
 
@@ -291,40 +271,31 @@ async def static_file(name: FromPath[str]) -> Response[bytes]:
 # --- console API ---------------------------------------------------------------------------------------
 
 
-async def console_state(request: Request[Any, Any, Any], agent: store.AgentRow) -> ConsoleState:
-    callbacks = _callbacks(request.app.state)
+async def console_state(request: Request[Any, Any, Any], agent: agent_store.AgentRow) -> ConsoleState:
     dialer = _dialer(request.app.state)
-    async with callbacks.pool.acquire() as conn:
-        presence = await store.heartbeat(conn, agent.id)
-        call = None
-        if (
-            presence is not None
-            and presence.current_attempt is not None
-            and presence.current_callback is not None
-        ):
-            attempt = await store.get_attempt(conn, presence.current_attempt)
-            row = await store.get_callback(conn, presence.current_callback)
-            if attempt is not None and row is not None:
-                site = await callbacks.sites.require(row.site_key, conn)
-                call = CallView(
-                    attempt_id=attempt.id,
-                    stage=attempt.state,
-                    card=ClientCard(
-                        callback_id=row.id,
-                        phone=callbacks.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
-                        site_key=row.site_key,
-                        site_name=site.settings.name,
-                        page_url=row.page_url,
-                        referrer=row.referrer,
-                        utm=row.utm,
-                        requested_at=row.requested_at,
-                        promised_latest=row.promised_latest,
-                        waited_s=round((callbacks.clock() - row.requested_at).total_seconds(), 1),
-                        attempt=attempt.attempt_no,
-                        max_attempts=row.max_attempts,
-                        earlier=await store.earlier_requests(conn, row),
-                    ),
-                )
+    presence, live = await _presence(request.app.state).heartbeat(agent.id)
+    call = None
+    if live is not None:
+        row = live.callback
+        call = CallView(
+            attempt_id=live.attempt.id,
+            stage=live.attempt.state,
+            card=ClientCard(
+                callback_id=row.id,
+                phone=live.phone,
+                site_key=row.site_key,
+                site_name=live.site_name,
+                page_url=row.page_url,
+                referrer=row.referrer,
+                utm=row.utm,
+                requested_at=row.requested_at,
+                promised_latest=row.promised_latest,
+                waited_s=round((dt.datetime.now(dt.UTC) - row.requested_at).total_seconds(), 1),
+                attempt=live.attempt.attempt_no,
+                max_attempts=row.max_attempts,
+                earlier=live.earlier,
+            ),
+        )
     return ConsoleState(
         login=agent.login,
         name=agent.name,
@@ -350,9 +321,7 @@ async def heartbeat(request: Request[Any, Any, Any]) -> ConsoleState:
 @post("/agent/api/presence", tags=["agent"], summary="Ready, break or offline", status_code=200)
 async def change_presence(request: Request[Any, Any, Any], data: JSONBody[PresenceChange]) -> ConsoleState:
     agent = await signed_in_agent(request)
-    callbacks = _callbacks(request.app.state)
-    async with callbacks.pool.acquire() as conn:
-        await store.set_presence(conn, agent.id, data.status)
+    await _presence(request.app.state).set_presence(agent.id, data.status)
     if data.status == "ready":
         _dialer(request.app.state).wake()
     return await console_state(request, agent)
@@ -363,8 +332,7 @@ async def change_presence(request: Request[Any, Any, Any], data: JSONBody[Presen
 )
 async def going_offline(request: Request[Any, Any, Any]) -> None:
     agent = await signed_in_agent(request)
-    async with _callbacks(request.app.state).pool.acquire() as conn:
-        await store.set_presence(conn, agent.id, "offline")
+    await _presence(request.app.state).set_presence(agent.id, "offline")
 
 
 @post(
@@ -382,7 +350,7 @@ async def call_action(request: Request[Any, Any, Any], action: FromPath[str]) ->
     attempt = state.call.attempt_id.hex
     if action == "hangup":
         # Also when the call died with another process: the attempt is closed and the agent freed.
-        await _dialer(request.app.state).end_call(state.call.attempt_id)
+        await _dialer(request.app.state).attempts.end_call(state.call.attempt_id)
     elif action in ("answer", "visitor-answer") and isinstance(adapter, SimulatedPbx):
         try:
             await adapter.answer(attempt, "agent" if action == "answer" else "visitor")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from services.callback import store
 from services.callback.schemas import CallingWindow, SiteSettings
+from services.callback.store import agents as agent_store
+from services.callback.store import sites as site_store
 from services.common import db
 from services.common.crypto import hash_password
 from services.common.settings import Settings
@@ -28,11 +29,11 @@ async def seed_demo(settings: Settings, callback_url: str) -> list[tuple[str, st
             allowed_countries=["RU", "KZ"],
             staffed_agents=1,
         )
-        await store.upsert_site(conn, DEMO_SITE, site)
-        if await store.agent_by_login(conn, DEMO_AGENT[0]) is None:
-            await store.upsert_agent(
+        await site_store.upsert_site(conn, DEMO_SITE, site)
+        if await agent_store.agent_by_login(conn, DEMO_AGENT[0]) is None:
+            await agent_store.upsert_agent(
                 conn,
-                store.AgentRow(
+                agent_store.AgentRow(
                     id=uuid.uuid4(),
                     login=DEMO_AGENT[0],
                     name="Demo agent",

@@ -13,11 +13,11 @@ from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.params import FromPath, QueryParameter
 from litestar.types import Guard
 
-from services.callback import store
+from services.callback.store import sites as site_store
+from services.callback.usecases.sites import require_site
 from services.common import db
 from services.common.consumers import ConsumerSpec
 from services.common.crypto import DataProtector
-from services.common.errors import ApiError
 from services.common.events import AnyEvent, CallbackEvent, encode_event
 from services.common.phone import mask_phone
 from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
@@ -31,7 +31,7 @@ def crm_endpoints(protector: DataProtector) -> Resolver:
     """The sender's resolver: the site's URL and its secret, opened with the service's keyring."""
 
     def resolve(conn: db.Connection, site_key: str) -> Awaitable[Endpoint | None]:
-        return store.crm_webhook_endpoint(conn, protector, site_key)
+        return site_store.crm_webhook_endpoint(conn, protector, site_key)
 
     return resolve
 
@@ -61,7 +61,7 @@ async def enqueue_webhook(conn: db.Connection, event: AnyEvent) -> None:
     """
     if not isinstance(event, CallbackEvent):
         return
-    if not await store.crm_webhook_url(conn, event.site_key):
+    if not await site_store.crm_webhook_url(conn, event.site_key):
         return  # the site has no CRM webhook (or no longer exists): nothing to queue
     await CRM_WEBHOOKS.enqueue(
         conn,
@@ -92,8 +92,7 @@ async def list_webhook_deliveries(
     site_key: FromPath[str], pool: PoolDependency, status: StatusQuery = None, limit: LimitQuery = 50
 ) -> list[WebhookDelivery]:
     async with pool.acquire() as conn:
-        if not await store.site_exists(conn, site_key):
-            raise ApiError(404, "site_not_found", f"No site with key {site_key!r}", "site_key")
+        await require_site(conn, site_key)
         return await CRM_WEBHOOKS.list_deliveries(conn, site_key, status=status, limit=limit)
 
 

@@ -20,13 +20,16 @@ from support.callback_api import ADMIN, ask, put_site, sign_in_agent, site_body
 from support.harness import migrate_service, running_service
 from support.polling import until
 
-from services.callback import store
 from services.callback.app import create_app
-from services.callback.dialing import Dialer
+from services.callback.dispatcher import Dispatcher
 from services.callback.schemas import CallbackCreate, SiteSettings
 from services.callback.settings import CallbackSettings
+from services.callback.store import agents as agent_store
+from services.callback.store import sites as site_store
 from services.callback.telephony import CallOutcome, SimConfig, SimulatedPbx
-from services.callback.usecases import CallbackService, PresenceAgents, SiteDirectory
+from services.callback.usecases.intake import Intake
+from services.callback.usecases.presence import PresenceAgents
+from services.callback.usecases.sites import SiteDirectory
 from services.common import db as dbmod
 from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
@@ -197,7 +200,7 @@ async def test_no_answer_is_retried_inside_the_calling_window_then_fails(
         "update callback.sites set settings = jsonb_set(settings, '{calling_window}',"
         ' \'{"start": "00:00", "end": "24:00"}\')'
     )
-    client.app.state.runtime.extras["callbacks"].sites.forget("shop")
+    client.app.state.runtime.extras["intake"].sites.forget("shop")
 
     async def failed() -> bool:
         body = (await client.get(f"/v1/callbacks/{created['id']}?token={created['status_token']}")).json()
@@ -247,9 +250,9 @@ async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: 
     try:
         async with pools[0].acquire() as conn:
             site = msgspec.convert(site_body(), SiteSettings)
-            await store.upsert_site(conn, "shop", site)
+            await site_store.upsert_site(conn, "shop", site)
             for i in range(3):
-                agent = store.AgentRow(
+                agent = agent_store.AgentRow(
                     id=uuid.uuid4(),
                     login=f"a{i}",
                     name=f"A{i}",
@@ -257,9 +260,9 @@ async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: 
                     queues=["default"],
                     endpoint=f"agent-{i}",
                 )
-                await store.upsert_agent(conn, agent)
-                await store.set_presence(conn, agent.id, "ready")
-        service = CallbackService(pools[0], protector, SiteDirectory(pools[0]))
+                await agent_store.upsert_agent(conn, agent)
+                await agent_store.set_presence(conn, agent.id, "ready")
+        service = Intake(pools[0], protector, SiteDirectory(pools[0]))
         for i in range(6):
             offer = await service.offer("shop", "Europe/Moscow", "en", None)
             body = CallbackCreate(
@@ -268,7 +271,8 @@ async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: 
             await service.create("shop", body, client_ip=f"10.0.0.{i}", idempotency_key=None)
         sims = [SimulatedPbx(SimConfig(manual=True), time_scale=0.01) for _ in range(2)]
         dialers = [
-            Dialer(pool, protector, SiteDirectory(pool), sim) for pool, sim in zip(pools, sims, strict=True)
+            Dispatcher(pool, protector, SiteDirectory(pool), sim)
+            for pool, sim in zip(pools, sims, strict=True)
         ]
         for sim in sims:
             await sim.start()

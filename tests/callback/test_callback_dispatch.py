@@ -16,12 +16,14 @@ from prometheus_client import REGISTRY
 from support.callback_api import site_body
 from support.harness import migrate_service
 
-from services.callback import store
-from services.callback.dialing import Dialer
+from services.callback.dispatcher import Dispatcher
 from services.callback.schemas import CallbackCreate, SiteSettings
+from services.callback.store import agents as agent_store
+from services.callback.store import sites as site_store
 from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
 from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
-from services.callback.usecases import CallbackService, SiteDirectory
+from services.callback.usecases.intake import Intake
+from services.callback.usecases.sites import SiteDirectory
 from services.common import db as dbmod
 from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
@@ -31,15 +33,15 @@ from services.common.settings import Settings
 class World:
     pool: dbmod.Pool
     protector: DataProtector
-    service: CallbackService
+    service: Intake
     requests: int = 0
 
     async def site(self, key: str, **overrides: object) -> None:
         async with self.pool.acquire() as conn:
-            await store.upsert_site(conn, key, msgspec.convert(site_body(**overrides), SiteSettings))
+            await site_store.upsert_site(conn, key, msgspec.convert(site_body(**overrides), SiteSettings))
 
     async def agent(self, login: str, queues: list[str], endpoint: str = "PJSIP/101") -> uuid.UUID:
-        agent = store.AgentRow(
+        agent = agent_store.AgentRow(
             id=uuid.uuid4(),
             login=login,
             name=login,
@@ -48,8 +50,8 @@ class World:
             endpoint=endpoint,
         )
         async with self.pool.acquire() as conn:
-            await store.upsert_agent(conn, agent)
-            await store.set_presence(conn, agent.id, "ready")
+            await agent_store.upsert_agent(conn, agent)
+            await agent_store.set_presence(conn, agent.id, "ready")
         return agent.id
 
     async def ask(self, site_key: str) -> uuid.UUID:
@@ -70,9 +72,9 @@ class World:
         )
         return uuid.UUID(str(created.id))
 
-    def dialer(self, adapter: TelephonyAdapter) -> Dialer:
+    def dialer(self, adapter: TelephonyAdapter) -> Dispatcher:
         # Its own site directory: no cached settings from before a test changed them.
-        return Dialer(self.pool, self.protector, SiteDirectory(self.pool), adapter)
+        return Dispatcher(self.pool, self.protector, SiteDirectory(self.pool), adapter)
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
     pool = await dbmod.create_pool(settings.database_url, "callback")
     protector = DataProtector.from_settings(settings)
     try:
-        yield World(pool, protector, CallbackService(pool, protector, SiteDirectory(pool)))
+        yield World(pool, protector, Intake(pool, protector, SiteDirectory(pool)))
     finally:
         await pool.close()
 

@@ -19,7 +19,7 @@ from support.harness import migrate_service
 from services.callback.app import create_app
 from services.callback.schemas import SiteSettings
 from services.callback.settings import CallbackSettings
-from services.callback.usecases import site_calendar
+from services.callback.usecases.sites import site_calendar
 from services.common.logging import JsonFormatter
 from services.common.settings import Settings
 

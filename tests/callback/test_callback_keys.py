@@ -20,9 +20,9 @@ from litestar.testing import AsyncTestClient
 from support.callback_api import ADMIN, put_site, site_body
 from support.harness import REPO, migrate_service, settings_env
 
-from services.callback import store
 from services.callback.app import create_app
-from services.callback.usecases import PHONE_CONTEXT
+from services.callback.store import sites as site_store
+from services.callback.usecases.common import PHONE_CONTEXT
 from services.common import db as dbmod
 from services.common.crypto import CannotDecrypt, DataProtector, key_prefix, new_key
 from services.common.settings import Settings
@@ -80,7 +80,9 @@ async def submit(client: AsyncTestClient[Any], phone: str) -> dict[str, Any]:
 async def target_of(settings: Settings, site_key: str) -> Endpoint:
     conn = await dbmod.connect(settings.database_url, "callback")
     try:
-        endpoint = await store.crm_webhook_endpoint(conn, DataProtector.from_settings(settings), site_key)
+        endpoint = await site_store.crm_webhook_endpoint(
+            conn, DataProtector.from_settings(settings), site_key
+        )
         assert endpoint is not None
         return endpoint
     finally:

@@ -14,14 +14,16 @@ from support.callback_api import ADMIN, ask, put_site, sign_in_agent, site_body
 from support.harness import migrate_service
 from support.polling import until
 
-from services.callback import store
 from services.callback.app import create_app
-from services.callback.dialing import Dialer
+from services.callback.dispatcher import Dispatcher
 from services.callback.schemas import CallbackCreate, SiteSettings
 from services.callback.settings import CallbackSettings
+from services.callback.store import agents as agent_store
+from services.callback.store import sites as site_store
 from services.callback.telephony import SimConfig, SimulatedPbx
 from services.callback.telephony.sim import SimStateError
-from services.callback.usecases import CallbackService, SiteDirectory
+from services.callback.usecases.intake import Intake
+from services.callback.usecases.sites import SiteDirectory
 from services.common import db as dbmod
 from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
@@ -44,8 +46,8 @@ async def strand_a_call(settings: Settings, db: asyncpg.Connection, adapter_name
     pool = await dbmod.create_pool(settings.database_url, "callback")
     try:
         async with pool.acquire() as conn:
-            await store.upsert_site(conn, "shop", msgspec.convert(site_body(), SiteSettings))
-            agent = store.AgentRow(
+            await site_store.upsert_site(conn, "shop", msgspec.convert(site_body(), SiteSettings))
+            agent = agent_store.AgentRow(
                 id=uuid.uuid4(),
                 login="olga",
                 name="Olga",
@@ -53,16 +55,16 @@ async def strand_a_call(settings: Settings, db: asyncpg.Connection, adapter_name
                 queues=["default"],
                 endpoint="sim",
             )
-            await store.upsert_agent(conn, agent)
-            await store.set_presence(conn, agent.id, "ready")
-        service = CallbackService(pool, protector, SiteDirectory(pool))
+            await agent_store.upsert_agent(conn, agent)
+            await agent_store.set_presence(conn, agent.id, "ready")
+        service = Intake(pool, protector, SiteDirectory(pool))
         offer = await service.offer("shop", "Europe/Moscow", "en", None)
         body = CallbackCreate(
             phone="+79120000001", visitor_tz="Europe/Moscow", form_token=offer.form_token, consent=True
         )
         await service.create("shop", body, client_ip="10.0.0.1", idempotency_key=None)
         sim = SimulatedPbx(SimConfig(manual=True), time_scale=0.01, name=adapter_name)
-        dialer = Dialer(pool, protector, SiteDirectory(pool), sim)
+        dialer = Dispatcher(pool, protector, SiteDirectory(pool), sim)
         await dialer.start()
         try:
             assert await dialer.dispatch_once() == 1

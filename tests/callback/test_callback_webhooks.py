@@ -29,9 +29,9 @@ from litestar.testing import AsyncTestClient
 from support.harness import make_settings, migrate_service
 from support.polling import until
 
-from services.callback import store
 from services.callback.app import SPEC
 from services.callback.schemas import SiteSettings
+from services.callback.store import sites as site_store
 from services.callback.webhooks import (
     CRM_WEBHOOKS,
     crm_endpoints,
@@ -143,7 +143,7 @@ async def add_site(db: asyncpg.Connection, site_key: str, url: str, secret: str 
         "insert into callback.sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2::jsonb, $3)",
         site_key,
         json.dumps(settings),
-        PROTECTOR.encrypt(secret, store.WEBHOOK_SECRET_CONTEXT, site_key),
+        PROTECTOR.encrypt(secret, site_store.WEBHOOK_SECRET_CONTEXT, site_key),
     )
 
 
@@ -618,7 +618,7 @@ async def test_upgrading_moves_queued_deliveries_and_their_log_onto_the_common_e
     pool = await dbmod.create_pool(settings.database_url, "callback")
     try:
         async with pool.acquire() as conn:
-            assert await store.seal_plain_webhook_secrets(conn, PROTECTOR) == 1
+            assert await site_store.seal_plain_webhook_secrets(conn, PROTECTOR) == 1
             listed = await CRM_WEBHOOKS.list_deliveries(conn, SITE)
         assert {(d.id, d.status, d.attempts, d.last_status_code) for d in listed} == {
             (pending, "pending", 1, 503),

@@ -1,0 +1,149 @@
+"""SQL of agents and their presence: sign-in rows, Ready/break, reservation for a call, release."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from services.common.db import Connection
+
+PRESENCE_TTL_S = 15  # a closed console tab stops heartbeats; the agent is gone this many seconds later
+
+
+class AgentRow(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    login: str
+    name: str
+    password_hash: str
+    queues: list[str]
+    endpoint: str
+
+
+class PresenceRow(msgspec.Struct, kw_only=True):
+    status: str
+    online: bool
+    current_callback: uuid.UUID | None
+    current_attempt: uuid.UUID | None
+
+
+async def upsert_agent(conn: Connection, agent: AgentRow) -> bool:
+    created = await conn.fetchval(
+        "insert into agents (id, login, name, password_hash, queues, endpoint)"
+        " values ($1, $2, $3, $4, $5, $6)"
+        " on conflict (login) do update set name = excluded.name, password_hash = excluded.password_hash,"
+        " queues = excluded.queues, endpoint = excluded.endpoint returning (xmax = 0)",
+        agent.id,
+        agent.login,
+        agent.name,
+        agent.password_hash,
+        agent.queues,
+        agent.endpoint,
+    )
+    await conn.execute(
+        "insert into agent_presence (agent_id) select id from agents where login = $1 on conflict do nothing",
+        agent.login,
+    )
+    return bool(created)
+
+
+async def agent_by_login(conn: Connection, login: str) -> AgentRow | None:
+    record = await conn.fetchrow(
+        "select id, login, name, password_hash, queues, endpoint from agents where login = $1", login
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def agent_by_id(conn: Connection, agent_id: uuid.UUID) -> AgentRow | None:
+    record = await conn.fetchrow(
+        "select id, login, name, password_hash, queues, endpoint from agents where id = $1", agent_id
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def set_presence(conn: Connection, agent_id: uuid.UUID, status: str) -> None:
+    """Ready restarts the idle clock only when the agent was not already ready."""
+    await conn.execute(
+        "update agent_presence set status = $2, last_seen_at = now(),"
+        " ready_since = case when $2 = 'ready' and (status <> 'ready' or ready_since is null)"
+        " then now() when $2 = 'ready' then ready_since else null end where agent_id = $1",
+        agent_id,
+        status,
+    )
+
+
+async def heartbeat(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None:
+    record = await conn.fetchrow(
+        "update agent_presence set last_seen_at = now() where agent_id = $1"
+        " returning status, true as online, current_callback, current_attempt",
+        agent_id,
+    )
+    return None if record is None else msgspec.convert(dict(record), PresenceRow)
+
+
+async def ready_agent_count(conn: Connection, queue: str) -> int | None:
+    """Ready, online, idle agents of a queue; None when nobody of this queue used the console today."""
+    record = await conn.fetchrow(
+        "select count(*) filter (where p.status = 'ready' and p.current_attempt is null"
+        f"   and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds') as ready,"
+        " count(*) filter (where p.last_seen_at > now() - interval '1 day') as recent"
+        " from agents a join agent_presence p on p.agent_id = a.id where $1 = any(a.queues)",
+        queue,
+    )
+    assert record is not None
+    return None if record["recent"] == 0 else int(record["ready"])
+
+
+# An agent a dispatcher may reserve right now: Ready, not on a call, console alive (alias p = agent_presence).
+RESERVABLE = (
+    "p.status = 'ready' and p.current_attempt is null"
+    f" and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds'"
+)
+
+
+async def reserve_agent(conn: Connection, queue: str) -> AgentRow | None:
+    """The longest-idle ready agent of the queue, locked; another dispatcher skips it."""
+    record = await conn.fetchrow(
+        "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint"
+        " from agent_presence p join agents a on a.id = p.agent_id"
+        f" where {RESERVABLE} and $1 = any(a.queues)"
+        " order by p.ready_since nulls last limit 1 for update of p skip locked",
+        queue,
+    )
+    return None if record is None else msgspec.convert(dict(record), AgentRow)
+
+
+async def assign_agent(
+    conn: Connection, agent_id: uuid.UUID, callback_id: uuid.UUID, attempt_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        "update agent_presence set current_callback = $2, current_attempt = $3 where agent_id = $1",
+        agent_id,
+        callback_id,
+        attempt_id,
+    )
+
+
+async def release_agent(conn: Connection, attempt_id: uuid.UUID, status: str | None = None) -> None:
+    """Free the agent of this attempt; back to the end of the idle line (or to `status`, e.g. break)."""
+    await conn.execute(
+        "update agent_presence set current_callback = null, current_attempt = null,"
+        " status = coalesce($2, status), ready_since = now() where current_attempt = $1",
+        attempt_id,
+        status,
+    )
+
+
+async def agent_attempt(conn: Connection, agent_id: uuid.UUID) -> uuid.UUID | None:
+    """The attempt an agent is held by, if any."""
+    value = await conn.fetchval("select current_attempt from agent_presence where agent_id = $1", agent_id)
+    return value if isinstance(value, uuid.UUID) else None
+
+
+async def free_agent(conn: Connection, agent_id: uuid.UUID) -> None:
+    """Detach the agent from whatever call it is held by (an operator's release)."""
+    await conn.execute(
+        "update agent_presence set current_callback = null, current_attempt = null, ready_since = now()"
+        " where agent_id = $1",
+        agent_id,
+    )

@@ -1,0 +1,114 @@
+"""SQL of dial attempts: one row per call placed for a request, and the sweeps over open ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+from services.callback.schemas import DEFAULT_MAX_TALK_S
+from services.common.db import Connection
+
+
+class AttemptRow(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    callback_id: uuid.UUID
+    attempt_no: int
+    agent_id: uuid.UUID | None
+    adapter: str
+    state: str
+    provider_call_id: str | None
+    outcome: str | None
+    started_at: dt.datetime
+    placed_at: dt.datetime | None
+    connected_at: dt.datetime | None
+
+
+_ATTEMPT_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(AttemptRow))
+
+
+async def insert_attempt(
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    callback_id: uuid.UUID,
+    attempt_no: int,
+    agent_id: uuid.UUID | None,
+    *,
+    adapter: str,
+    now: dt.datetime,
+) -> None:
+    await conn.execute(
+        "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at)"
+        " values ($1, $2, $3, $4, $5, 'placing', $6)",
+        attempt_id,
+        callback_id,
+        attempt_no,
+        agent_id,
+        adapter,
+        now,
+    )
+
+
+async def get_attempt(
+    conn: Connection, attempt_id: uuid.UUID, *, for_update: bool = False
+) -> AttemptRow | None:
+    record = await conn.fetchrow(
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where id = $1" + (" for update" if for_update else ""),
+        attempt_id,
+    )
+    return None if record is None else msgspec.convert(dict(record), AttemptRow)
+
+
+async def update_attempt(conn: Connection, attempt_id: uuid.UUID, **changes: Any) -> None:
+    allowed = {"state", "provider_call_id", "outcome", "placed_at", "connected_at", "ended_at"}
+    if set(changes) - allowed:
+        raise ValueError(f"not attempt columns: {sorted(set(changes) - allowed)}")
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+    await conn.execute(f"update dial_attempts set {assignments} where id = $1", attempt_id, *changes.values())
+
+
+async def stale_attempts(
+    conn: Connection, placing_before: dt.datetime, silent_before: dt.datetime
+) -> list[AttemptRow]:
+    """Attempts a crashed dispatcher left behind: never placed, or placed but silent far too long."""
+    records = await conn.fetch(
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where state <> 'ended' and ("
+        " (state = 'placing' and started_at < $1) or (state <> 'placing' and state <> 'connected'"
+        " and started_at < $2)) for update skip locked",
+        placing_before,
+        silent_before,
+    )
+    return [msgspec.convert(dict(r), AttemptRow) for r in records]
+
+
+class OpenAttempt(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    site_key: str
+    state: str
+    adapter: str
+    connected_at: dt.datetime | None
+
+
+async def open_attempts(conn: Connection, states: list[str]) -> list[OpenAttempt]:
+    """Attempts in these states with their site; no locks (finishing one re-checks it under a lock)."""
+    records = await conn.fetch(
+        "select a.id, c.site_key, a.state, a.adapter, a.connected_at from dial_attempts a"
+        " join callbacks c on c.id = a.callback_id where a.state = any($1::text[])",
+        states,
+    )
+    return [msgspec.convert(dict(r), OpenAttempt) for r in records]
+
+
+async def calls_past_max_talk(conn: Connection, now: dt.datetime) -> list[uuid.UUID]:
+    """Connected attempts longer than their site's max_talk_s; usually none, so the filter is in SQL."""
+    records = await conn.fetch(
+        "select a.id from dial_attempts a join callbacks c on c.id = a.callback_id"
+        " join sites s on s.site_key = c.site_key"
+        " where a.state = 'connected' and a.connected_at"
+        "  < $1::timestamptz - make_interval(secs => coalesce((s.settings->>'max_talk_s')::int, $2::int))",
+        now,
+        DEFAULT_MAX_TALK_S,
+    )
+    return [r["id"] for r in records]

@@ -1,0 +1,190 @@
+"""SQL of the callbacks aggregate: the request row, its status tokens and promises, the dispatch pick."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+from services.callback.store.agents import RESERVABLE
+from services.common.db import Connection
+
+PENDING_STATES = ("requested", "scheduled", "dialing", "connected")
+
+
+class CallbackRow(msgspec.Struct, kw_only=True):
+    """A callbacks row as the service layer uses it (the phone stays encrypted here)."""
+
+    id: uuid.UUID
+    site_key: str
+    queue: str
+    phone_enc: bytes
+    phone_hash: bytes
+    phone_masked: str
+    visitor_id: str | None
+    visitor_tz: str
+    lang: str
+    not_before: dt.time | None
+    status: str
+    requested_at: dt.datetime
+    due_at: dt.datetime
+    promise_kind: str
+    promised_earliest: dt.datetime
+    promised_latest: dt.datetime
+    attempts: int
+    max_attempts: int
+    outcome: str | None
+    first_dial_at: dt.datetime | None
+    connected_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    page_url: str
+    referrer: str
+    utm: dict[str, str]
+    consent_version: str | None
+    merged_count: int
+    updated_at: dt.datetime
+    last_attempt_by: dt.datetime | None = None
+    promise_reason: str = "queue"
+
+
+_CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
+
+
+def _row(record: Any) -> CallbackRow:
+    return msgspec.convert(dict(record), CallbackRow)
+
+
+async def pending_for_phone(conn: Connection, site_key: str, phone_hash: bytes) -> CallbackRow | None:
+    record = await conn.fetchrow(
+        f"select {_CALLBACK_COLUMNS} from callbacks"
+        " where site_key = $1 and phone_hash = $2 and status = any($3::text[])",
+        site_key,
+        phone_hash,
+        list(PENDING_STATES),
+    )
+    return None if record is None else _row(record)
+
+
+async def insert_callback(conn: Connection, row: CallbackRow, *, client_ip_hash: bytes | None) -> None:
+    values = msgspec.structs.asdict(row)
+    columns = list(values)
+    await conn.execute(
+        f"insert into callbacks ({', '.join(columns)}, client_ip_hash, consented_at)"
+        f" values ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}, ${len(columns) + 1},"
+        f" case when ${len(columns) + 2}::text is null then null else now() end)",
+        *values.values(),
+        client_ip_hash,
+        row.consent_version,
+    )
+
+
+async def mark_merged(conn: Connection, callback_id: uuid.UUID) -> None:
+    await conn.execute(
+        "update callbacks set merged_count = merged_count + 1, updated_at = now() where id = $1", callback_id
+    )
+
+
+async def add_token(conn: Connection, callback_id: uuid.UUID, token_hash: bytes) -> None:
+    await conn.execute(
+        "insert into callback_tokens (token_hash, callback_id) values ($1, $2)", token_hash, callback_id
+    )
+
+
+async def callback_by_token(
+    conn: Connection, callback_id: uuid.UUID, token_hash: bytes
+) -> CallbackRow | None:
+    record = await conn.fetchrow(
+        f"select {', '.join('c.' + c.strip() for c in _CALLBACK_COLUMNS.split(','))} from callbacks c"
+        " join callback_tokens t on t.callback_id = c.id where c.id = $1 and t.token_hash = $2",
+        callback_id,
+        token_hash,
+    )
+    return None if record is None else _row(record)
+
+
+async def get_callback(
+    conn: Connection, callback_id: uuid.UUID, *, for_update: bool = False
+) -> CallbackRow | None:
+    record = await conn.fetchrow(
+        f"select {_CALLBACK_COLUMNS} from callbacks where id = $1" + (" for update" if for_update else ""),
+        callback_id,
+    )
+    return None if record is None else _row(record)
+
+
+async def site_of_callback(conn: Connection, callback_id: uuid.UUID) -> str | None:
+    value = await conn.fetchval("select site_key from callbacks where id = $1", callback_id)
+    return None if value is None else str(value)
+
+
+async def update_callback(conn: Connection, callback_id: uuid.UUID, **changes: Any) -> None:
+    """Set columns by name (names come from our code, never from input)."""
+    allowed = {f.name for f in msgspec.structs.fields(CallbackRow)}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"not callback columns: {sorted(unknown)}")
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+    await conn.execute(
+        f"update callbacks set {assignments}, updated_at = now() where id = $1",
+        callback_id,
+        *changes.values(),
+    )
+
+
+async def record_promise(
+    conn: Connection,
+    callback_id: uuid.UUID,
+    *,
+    given_at: dt.datetime,
+    kind: str,
+    reason: str,
+    earliest: dt.datetime,
+    latest: dt.datetime,
+    snapshot: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "insert into promises (callback_id, given_at, kind, reason, earliest, latest, snapshot)"
+        " values ($1, $2, $3, $4, $5, $6, $7)",
+        callback_id,
+        given_at,
+        kind,
+        reason,
+        earliest,
+        latest,
+        snapshot,
+    )
+
+
+async def overdue(conn: Connection, latest_before: dt.datetime) -> list[CallbackRow]:
+    """Pending, never-dialed requests whose promise ended before `latest_before` (locked for the caller)."""
+    records = await conn.fetch(
+        f"select {_CALLBACK_COLUMNS} from callbacks where status in ('requested', 'scheduled')"
+        " and promised_latest < $1 for update skip locked",
+        latest_before,
+    )
+    return [_row(r) for r in records]
+
+
+async def due_callbacks(
+    conn: Connection, now: dt.datetime, limit: int, *, exclude: list[uuid.UUID] | None = None
+) -> list[CallbackRow]:
+    """Requests whose time has come and whose queue has a reservable agent, oldest original request first;
+    rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
+
+    Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
+    and starve the others. The queues come from the (small) agents table; the rows from the partial index
+    callbacks_queue_due (queue, requested_at).
+    """
+    records = await conn.fetch(
+        f"select {_CALLBACK_COLUMNS} from callbacks where status = 'scheduled' and due_at <= $1"
+        " and id <> all($3::uuid[]) and queue in ("
+        "  select unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
+        f"  where {RESERVABLE})"
+        " order by requested_at limit $2 for update skip locked",
+        now,
+        limit,
+        exclude or [],
+    )
+    return [_row(r) for r in records]

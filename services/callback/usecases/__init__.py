@@ -1,0 +1,1 @@
+"""Callback use cases: intake, the visitor's requests, sites and the agents' presence (one module each)."""

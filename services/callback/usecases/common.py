@@ -1,0 +1,182 @@
+"""Helpers the use cases and the dialer share: one lifecycle step, refusals, the promise and its views."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, cast
+from zoneinfo import ZoneInfo
+
+from prometheus_client import Counter
+
+from services.callback.domain.calendar import CalleeWindow, Slot, offer_slots
+from services.callback.domain.lifecycle import CallbackState, retime, transition
+from services.callback.domain.promise import (
+    Promise,
+    PromiseReason,
+    QueueSnapshot,
+    promise_callback_time,
+    render_promise_text,
+)
+from services.callback.schemas import Lang, PromiseView, SiteSettings
+from services.callback.store import callbacks as callback_store
+from services.callback.store import stats
+from services.callback.usecases.sites import site_calendar
+from services.common import db, outbox
+from services.common.domain_errors import DomainError, Invalid
+from services.common.events import CallbackEvent
+
+if TYPE_CHECKING:
+    from services.callback.usecases.presence import AgentAvailability
+
+log = logging.getLogger(__name__)
+
+REFUSED = Counter("abonent_callback_refused_total", "Callback requests refused", ["reason"])
+
+# Context (associated data) of the encrypted phone; its row id is the callback id.
+PHONE_CONTEXT = "callback.callbacks.phone"
+
+Clock = Callable[[], dt.datetime]
+
+StateName = Literal[
+    "requested", "scheduled", "dialing", "connected", "completed", "failed", "cancelled", "expired"
+]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def refuse(
+    kind: type[DomainError],
+    code: str,
+    message: str,
+    field: str | None = None,
+    retry_after: float | None = None,
+) -> DomainError:
+    """A visitor's request refused, counted by reason; `retry_after` seconds round up to at least 1."""
+    REFUSED.labels(code).inc()
+    retry_after_s = max(1, math.ceil(retry_after)) if retry_after is not None else None
+    return kind(code, message, field=field, retry_after_s=retry_after_s)
+
+
+async def advance_callback(
+    conn: db.Connection,
+    row: callback_store.CallbackRow,
+    target: CallbackState,
+    event: CallbackEvent,
+    **changes: object,
+) -> None:
+    """One lifecycle step in the caller's transaction: the state machine must allow it, and the row
+    change and its event commit together. Staying in the same state is a re-time (a waiting request
+    gets a new due time), which the state machine allows only where it makes sense."""
+    current = CallbackState(row.status)
+    if target is current:
+        retime(current)
+    else:
+        transition(current, target)
+    await callback_store.update_callback(conn, row.id, status=target, **changes)
+    await outbox.append(conn, event)
+
+
+def state_name(status: str) -> StateName:
+    return CallbackState(status).value
+
+
+def parse_clock(value: str | None) -> dt.time | None:
+    return None if value is None else dt.time.fromisoformat(value)
+
+
+# --- promises -------------------------------------------------------------------------------------------
+
+
+async def queue_snapshot(
+    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime
+) -> QueueSnapshot:
+    """The queue as the promise engine sees it: ready agents, calls in progress, who is ahead."""
+    figures = await stats.queue_figures(conn, settings.queue, now)
+    ready = await agents.ready_agents(conn, settings.queue)
+    if ready is None:
+        ready = max(settings.staffed_agents - len(figures.busy_elapsed_s), 0)
+    return QueueSnapshot(
+        ready_agents=ready,
+        busy_elapsed_s=figures.busy_elapsed_s,
+        ahead=figures.waiting_due,
+        handle_time_samples_s=figures.handle_times_s,
+    )
+
+
+def promise_for(
+    now: dt.datetime,
+    snapshot: QueueSnapshot,
+    settings: SiteSettings,
+    callee: CalleeWindow,
+    slot: Slot | None = None,
+) -> Promise | None:
+    return promise_callback_time(
+        now,
+        snapshot,
+        site_calendar(settings),
+        callee,
+        slot,
+        agents_at_opening=max(settings.staffed_agents, 1),
+    )
+
+
+def promise_view(promise: Promise, now: dt.datetime, tz: str, lang: Lang) -> PromiseView:
+    return PromiseView(
+        kind=promise.kind,
+        earliest=promise.earliest,
+        latest=promise.latest,
+        text=render_promise_text(promise, now, tz, lang),
+    )
+
+
+def stored_promise(row: callback_store.CallbackRow) -> Promise:
+    return Promise(
+        kind="asap" if row.promise_kind == "asap" else "scheduled",
+        earliest=row.promised_earliest,
+        latest=row.promised_latest,
+        reason=cast(PromiseReason, row.promise_reason),
+    )
+
+
+def chosen_slot(
+    slot_start: dt.datetime | None, now: dt.datetime, settings: SiteSettings, callee: CalleeWindow
+) -> Slot | None:
+    """The offered slot starting at `slot_start`; Invalid when it is no longer offered."""
+    if slot_start is None:
+        return None
+    for slot in offer_slots(now, site_calendar(settings), callee):
+        if slot.start == slot_start:
+            return slot
+    raise refuse(
+        Invalid, "invalid_slot", "This time is no longer available; please choose another", "slot_start"
+    )
+
+
+def slot_label(slot: Slot, tz: str, lang: Lang) -> str:
+    local = slot.start.astimezone(ZoneInfo(tz))
+    if lang == "ru":
+        days = ("пн", "вт", "ср", "чт", "пт", "сб", "вс")
+        return f"{days[local.weekday()]}, {local.day:02d}.{local.month:02d}, {local:%H:%M}"
+    return f"{local:%a} {local.day} {local:%b}, {local:%H:%M}"
+
+
+# --- background -----------------------------------------------------------------------------------------
+
+
+async def periodically(interval_s: float, job: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
+    """Run `job` every interval until stopped; a failed run is logged and retried on the next tick."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic job failed", extra={"job": getattr(job, "__qualname__", "?")})
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            continue

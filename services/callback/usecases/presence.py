@@ -1,0 +1,129 @@
+"""Agents and presence: ready agents per queue; the console's use cases (sign-in, presence, live call)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+from services.callback.store import agents as agent_store
+from services.callback.store import attempts as attempt_store
+from services.callback.store import callbacks as callback_store
+from services.callback.store import history
+from services.callback.usecases.common import PHONE_CONTEXT
+from services.callback.usecases.sites import SiteDirectory
+from services.common import db
+from services.common.crypto import DataProtector, hash_password, verify_password
+from services.common.domain_errors import NotFound
+
+
+class AgentAvailability(Protocol):
+    """Ready agents per queue from live presence; None when nobody uses the agent console for it.
+
+    Asked inside the caller's transaction, so it reads through the caller's connection."""
+
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None: ...
+
+
+class PresenceAgents:
+    """Ready agents from the console's presence; None (use staffed_agents) where nobody signs in."""
+
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
+        return await agent_store.ready_agent_count(conn, queue)
+
+
+class StaffedAgents:
+    """Until agents sign in, a site's `staffed_agents` setting stands for its agents."""
+
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
+        return None
+
+
+class LiveCall(msgspec.Struct, kw_only=True):
+    """The call an agent is on, with what the client card shows (the phone decrypted for the agent)."""
+
+    attempt: attempt_store.AttemptRow
+    callback: callback_store.CallbackRow
+    site_name: str
+    phone: str
+    earlier: list[history.HistoryEntry]
+
+
+class Presence:
+    """The agent console's use cases."""
+
+    def __init__(self, pool: db.Pool, protector: DataProtector, sites: SiteDirectory) -> None:
+        self.pool = pool
+        self.protector = protector
+        self.sites = sites
+
+    async def put_agent(
+        self, login: str, *, name: str, password: str, queues: list[str], endpoint: str
+    ) -> tuple[agent_store.AgentRow, bool]:
+        """Create or replace an agent; True when created."""
+        agent = agent_store.AgentRow(
+            id=uuid.uuid4(),
+            login=login,
+            name=name,
+            password_hash=hash_password(password),
+            queues=queues,
+            endpoint=endpoint,
+        )
+        async with self.pool.acquire() as conn:
+            created = await agent_store.upsert_agent(conn, agent)
+        return agent, created
+
+    async def agent(self, agent_id: uuid.UUID) -> agent_store.AgentRow | None:
+        async with self.pool.acquire() as conn:
+            return await agent_store.agent_by_id(conn, agent_id)
+
+    async def sign_in(self, login: str, password: str) -> agent_store.AgentRow | None:
+        """The agent, when the login and password match."""
+        async with self.pool.acquire() as conn:
+            agent = await agent_store.agent_by_login(conn, login.strip().lower())
+        if agent is None or not verify_password(password, agent.password_hash):
+            return None
+        return agent
+
+    async def set_presence(self, agent_id: uuid.UUID, status: str) -> None:
+        async with self.pool.acquire() as conn:
+            await agent_store.set_presence(conn, agent_id, status)
+
+    async def heartbeat(self, agent_id: uuid.UUID) -> tuple[agent_store.PresenceRow | None, LiveCall | None]:
+        """Keep the agent's presence alive; their presence and the call they are on, if any."""
+        async with self.pool.acquire() as conn:
+            presence = await agent_store.heartbeat(conn, agent_id)
+            if presence is None or presence.current_attempt is None or presence.current_callback is None:
+                return presence, None
+            attempt = await attempt_store.get_attempt(conn, presence.current_attempt)
+            row = await callback_store.get_callback(conn, presence.current_callback)
+            if attempt is None or row is None:
+                return presence, None
+            site = await self.sites.require(row.site_key, conn)
+            call = LiveCall(
+                attempt=attempt,
+                callback=row,
+                site_name=site.settings.name,
+                phone=self.protector.decrypt(row.phone_enc, PHONE_CONTEXT, row.id),
+                earlier=await history.earlier_requests(conn, row),
+            )
+        return presence, call
+
+    async def release_agent(
+        self, login: str, end_call: Callable[[uuid.UUID], Awaitable[None]]
+    ) -> uuid.UUID | None:
+        """An operator frees an agent stuck with a call: the call is ended through `end_call` (the attempt
+        tracker's forced end) and the agent detached whatever the attempt's state. Returns that attempt."""
+        async with self.pool.acquire() as conn:
+            agent = await agent_store.agent_by_login(conn, login)
+            if agent is None:
+                raise NotFound("agent_not_found", f"No agent with login {login!r}", field="login")
+            attempt_id = await agent_store.agent_attempt(conn, agent.id)
+        if attempt_id is not None:
+            await end_call(attempt_id)
+        async with self.pool.acquire() as conn:
+            # Whatever the attempt's state was, the operator's word frees the agent.
+            await agent_store.free_agent(conn, agent.id)
+        return attempt_id
