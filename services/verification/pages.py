@@ -34,7 +34,8 @@ REASONS: dict[Lang, dict[str, str]] = {
         "номер должен быть оформлен на того, кто им пользуется.",
     },
     "en": {
-        "regulator_request": "The regulator (Roskomnadzor) asked us to check the data of this number's owner.",
+        "regulator_request": "The regulator (Roskomnadzor) asked us to check the data of this "
+        "number's owner.",
         "outdated_data": "The passport data in your contract is out of date.",
         "used_by_other_person": "Someone other than the contract holder seems to use this number. The law "
         "requires a number to be registered to the person who uses it.",
@@ -79,7 +80,10 @@ class Page:
 def render(page: Page, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[str]:
     html = _templates.get_template("page.html").render(page=page)
     return Response(
-        html, status_code=status_code, media_type="text/html; charset=utf-8", headers={**PAGE_HEADERS, **(headers or {})}
+        html,
+        status_code=status_code,
+        media_type="text/html; charset=utf-8",
+        headers={**PAGE_HEADERS, **(headers or {})},
     )
 
 
@@ -101,7 +105,14 @@ def local_deadline(deadline: dt.datetime, tz: str, lang: Lang) -> str:
 
 
 def active_page(
-    *, lang: Lang, token: str, operator: str, msisdn: str, reason: str, deadline: dt.datetime, tz: str,
+    *,
+    lang: Lang,
+    token: str,
+    operator: str,
+    msisdn: str,
+    reason: str,
+    deadline: dt.datetime,
+    tz: str,
     suspended: bool,
 ) -> Page:
     ru = lang == "ru"
@@ -124,14 +135,16 @@ def active_page(
         ),
         REASONS[lang].get(reason, ""),
         (
-            "Нажмите кнопку, войдите на Госуслугах и разрешите передать ФИО, дату рождения и данные паспорта. "
-            "Пароль от Госуслуг вводится только на их сайте — мы его не видим и никогда не спрашиваем."
+            "Нажмите кнопку, войдите на Госуслугах и разрешите передать ФИО, дату рождения и данные "
+            "паспорта. Пароль от Госуслуг вводится только на их сайте — мы его не видим и никогда "
+            "не спрашиваем."
             if ru
             else "Press the button, sign in on Gosuslugi and allow it to share your name, date of birth and "
             "passport data. You type your Gosuslugi password only on their site: we never see or ask for it."
         ),
         (
-            f"Нет Госуслуг? Приходите в любой салон {operator} с паспортом — это бесплатно и займёт пару минут."
+            f"Нет Госуслуг? Приходите в любой салон {operator} с паспортом — это бесплатно и займёт "
+            "пару минут."
             if ru
             else f"No Gosuslugi account? Bring your passport to any {operator} store: it is free and takes a "
             "couple of minutes."
@@ -151,7 +164,10 @@ def active_page(
         paragraphs=[p for p in paragraphs if p],
         notice=notice,
         status="warn" if suspended else "info",
-        action=(f"/v/{token}/start?lang={lang}", "Подтвердить через Госуслуги" if ru else "Confirm via Gosuslugi"),
+        action=(
+            f"/v/{token}/start?lang={lang}",
+            "Подтвердить через Госуслуги" if ru else "Confirm via Gosuslugi",
+        ),
         switch=_switch(f"/v/{token}", lang),
     )
 
@@ -176,8 +192,11 @@ def outcome_page(
             else ("Your number works again. " if restored else "") + "Thank you! There is nothing else to do."
         )
         return Page(
-            lang=lang, title="Данные подтверждены" if ru else "Your data is confirmed", paragraphs=[text],
-            status="ok", switch=switch,
+            lang=lang,
+            title="Данные подтверждены" if ru else "Your data is confirmed",
+            paragraphs=[text],
+            status="ok",
+            switch=switch,
         )
     if outcome == "mismatch":
         names = ", ".join(FIELDS[lang].get(f, f) for f in fields)
@@ -223,8 +242,8 @@ def outcome_page(
                 "Проверить данные можно только через подтверждённую учётную запись. Подтвердите её в МФЦ, "
                 "в отделении банка или онлайн в приложении банка, затем вернитесь по этой ссылке."
                 if ru
-                else "Only a confirmed account can share verified data. Confirm it at a public service centre "
-                "(MFC), a bank branch or in your bank's app, then come back to this link.",
+                else "Only a confirmed account can share verified data. Confirm it at a public service "
+                "centre (MFC), a bank branch or in your bank's app, then come back to this link.",
                 office,
             ],
             action=retry,
@@ -237,7 +256,8 @@ def outcome_page(
         paragraphs=[
             "Госуслуги не ответили как нужно. Это не ваша ошибка. Попробуйте ещё раз через несколько минут."
             if ru
-            else "Gosuslugi did not answer as expected. It is not your fault. Please try again in a few minutes.",
+            else "Gosuslugi did not answer as expected. It is not your fault. Please try again in a few "
+            "minutes.",
             office,
         ],
         action=retry,
@@ -246,7 +266,9 @@ def outcome_page(
     )
 
 
-def refused_page(*, lang: Lang, kind: str, operator: str, token: str = "", outcome: str | None = None) -> Page:
+def refused_page(
+    *, lang: Lang, kind: str, operator: str, token: str = "", outcome: str | None = None
+) -> Page:
     """A link or sign-in that cannot continue: what happened and what to do, never an error page."""
     ru = lang == "ru"
     office = (
@@ -260,12 +282,16 @@ def refused_page(*, lang: Lang, kind: str, operator: str, token: str = "", outco
             lang=lang,
             title="Ссылка уже использована" if ru else "This link has already been used",
             paragraphs=[
-                ("Данные уже подтверждены, больше ничего делать не нужно." if ru else "Your data is already "
-                 "confirmed; there is nothing else to do.")
+                (
+                    "Данные уже подтверждены, больше ничего делать не нужно."
+                    if ru
+                    else "Your data is already confirmed; there is nothing else to do."
+                )
                 if done
                 else (
-                    "По этой ссылке уже вошли, и данные не совпали с договором." if ru else "Someone already "
-                    "signed in with this link and the data did not match the contract."
+                    "По этой ссылке уже вошли, и данные не совпали с договором."
+                    if ru
+                    else "Someone already signed in with this link and the data did not match the contract."
                 ),
                 *([] if done else [office]),
             ],
@@ -276,12 +302,18 @@ def refused_page(*, lang: Lang, kind: str, operator: str, token: str = "", outco
         title, text = (
             ("Срок действия ссылки истёк", "Подтвердить данные теперь можно только в салоне с паспортом.")
             if ru
-            else ("This link has expired", "You can now confirm your data only in a store, with your passport.")
+            else (
+                "This link has expired",
+                "You can now confirm your data only in a store, with your passport.",
+            )
         )
         return Page(lang=lang, title=title, paragraphs=[text, office], status="warn")
     if kind == "cancelled":
         title, text = (
-            ("Проверка отменена", "Мы больше не просим подтверждать данные по этой ссылке. Ничего делать не нужно.")
+            (
+                "Проверка отменена",
+                "Мы больше не просим подтверждать данные по этой ссылке. Ничего делать не нужно.",
+            )
             if ru
             else ("This check was cancelled", "We no longer ask you to confirm anything here. Nothing to do.")
         )

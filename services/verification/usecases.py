@@ -557,7 +557,7 @@ class VerificationService:
             outcome = await store.last_outcome(conn, link_id)
         if link is None or row is None or outcome is None:
             return None
-        retry = outcome != "confirmed" and outcome != "mismatch"
+        retry = outcome not in {"confirmed", "mismatch"}
         return row, outcome, retry and self._link_kind(link, row, self.clock.now()) == "active"
 
     async def start_sign_in(self, token: str, browser_secret: str) -> tuple[LinkPage, str | None]:
