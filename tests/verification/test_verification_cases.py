@@ -74,14 +74,16 @@ async def test_open_is_idempotent_per_number_and_key(
     assert opened["msisdn"] == "+7 916 ***-**-67"
     assert opened["holder"] == {"name": "Иванов И. И.", "passport": "45** ***456"}
     assert opened["last_day"] == "2026-12-15"
-    assert opened["link"].startswith(LINK_BASE + "/") and len(opened["link"]) <= 30
+    assert opened["link"].startswith(LINK_BASE + "/")
+    assert len(opened["link"]) <= 30
     # The same number again (another reason, no key): the active case comes back.
     again = await client.post("/v1/cases", json=case(reason="outdated_data"), headers=AUTH)
     assert again.status_code == 200
     assert again.json()["id"] == opened["id"]
     # The same key and body: the same case; the same key with another body: 409.
     replay = await client.post("/v1/cases", json=case(), headers={**AUTH, "Idempotency-Key": "k-1"})
-    assert replay.status_code == 200 and replay.json()["id"] == opened["id"]
+    assert replay.status_code == 200
+    assert replay.json()["id"] == opened["id"]
     other = await client.post(
         "/v1/cases", json=case(msisdn="+79161234568"), headers={**AUTH, "Idempotency-Key": "k-1"}
     )
@@ -110,7 +112,8 @@ async def test_list_read_cancel_extend_are_audited(
     by_number = await client.get("/v1/cases", params={"msisdn": "8 916 123-45-67"}, headers=AUTH)
     assert [c["id"] for c in by_number.json()] == [opened["id"]]
     bad_filter = await client.get("/v1/cases", params={"status": "weird"}, headers=AUTH)
-    assert bad_filter.status_code == 400 and bad_filter.json()["error"]["field"] == "status"
+    assert bad_filter.status_code == 400
+    assert bad_filter.json()["error"]["field"] == "status"
     window = await client.get(
         "/v1/cases",
         params={"deadline_from": "2026-12-15T00:00:00Z", "deadline_to": "2026-12-16T00:00:00Z"},
@@ -126,12 +129,14 @@ async def test_list_read_cancel_extend_are_audited(
     bad = await client.post(
         f"/v1/cases/{opened['id']}/extend", json={"days": 0, "reason": "x y z"}, headers=AUTH
     )
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "days"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["field"] == "days"
 
     cancelled = await client.post(
         f"/v1/cases/{opened['id']}/cancel", json={"reason": "confirmed in the office"}, headers=AUTH
     )
-    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
     again = await client.post(f"/v1/cases/{opened['id']}/cancel", json={"reason": "twice"}, headers=AUTH)
     assert again.status_code == 409
 
