@@ -25,8 +25,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import FromPath, JSONBody, URLEncodedBody
 
 from services.verification.identity.gost_keys import (
     GostCertificate,
@@ -37,6 +36,7 @@ from services.verification.identity.gost_keys import (
 from services.verification.sandbox_idp.persons import PERSONS, SandboxPerson, person_by_oid
 
 ISSUER = "http://esia.gosuslugi.ru/"
+Form = URLEncodedBody[dict[str, str]]
 TIMESTAMP_SKEW_S = 300  # how far the request timestamp may be from our clock before ESIA-007015
 CODE_TTL_S = 300
 TOKEN_TTL_S = 3600
@@ -260,7 +260,7 @@ def _login_page(auth_id: str) -> Response[str]:
 @post("/sandbox/login")
 async def login(
     request: Request[Any, Any, Any],
-    data: dict[str, str] = Body(media_type=RequestEncodingType.URL_ENCODED),  # noqa: B008
+    data: Form,
 ) -> Response[str]:
     sandbox = _state(request)
     pending = sandbox.pending.get(data.get("auth_id", ""))
@@ -289,7 +289,7 @@ async def login(
 @post("/sandbox/consent")
 async def consent(
     request: Request[Any, Any, Any],
-    data: dict[str, str] = Body(media_type=RequestEncodingType.URL_ENCODED),  # noqa: B008
+    data: Form,
 ) -> Response[str]:
     sandbox = _state(request)
     pending = sandbox.pending.pop(data.get("auth_id", ""), None)
@@ -369,7 +369,7 @@ def _tokens(sandbox: SandboxState, grant: Grant, person: SandboxPerson, fault: s
 @post("/aas/oauth2/v3/te")
 async def token(
     request: Request[Any, Any, Any],
-    data: dict[str, str] = Body(media_type=RequestEncodingType.URL_ENCODED),  # noqa: B008
+    data: Form,
 ) -> Response[Any]:
     sandbox = _state(request)
     sandbox.requests.append({"endpoint": "te", **data})
@@ -489,7 +489,7 @@ async def _prns_fault(request: Request[Any, Any, Any]) -> None:
 
 
 @get("/rs/prns/{oid:str}")
-async def person_resource(request: Request[Any, Any, Any], oid: str) -> dict[str, Any]:
+async def person_resource(request: Request[Any, Any, Any], oid: FromPath[str]) -> dict[str, Any]:
     await _prns_fault(request)
     person = _bearer_oid(request, oid)
     body: dict[str, Any] = {
@@ -520,14 +520,16 @@ async def person_resource(request: Request[Any, Any, Any], oid: str) -> dict[str
 
 
 @get("/rs/prns/{oid:str}/docs")
-async def documents_resource(request: Request[Any, Any, Any], oid: str) -> dict[str, Any]:
+async def documents_resource(request: Request[Any, Any, Any], oid: FromPath[str]) -> dict[str, Any]:
     await _prns_fault(request)
     person = _bearer_oid(request, oid)
     return _collection(request, f"/rs/prns/{oid}/docs", _documents(person))
 
 
 @get("/rs/prns/{oid:str}/docs/{doc_id:int}")
-async def document_resource(request: Request[Any, Any, Any], oid: str, doc_id: int) -> dict[str, Any]:
+async def document_resource(
+    request: Request[Any, Any, Any], oid: FromPath[str], doc_id: FromPath[int]
+) -> dict[str, Any]:
     person = _bearer_oid(request, oid)
     for doc in _documents(person):
         if doc["id"] == doc_id:
@@ -536,14 +538,16 @@ async def document_resource(request: Request[Any, Any, Any], oid: str, doc_id: i
 
 
 @get("/rs/prns/{oid:str}/ctts")
-async def contacts_resource(request: Request[Any, Any, Any], oid: str) -> dict[str, Any]:
+async def contacts_resource(request: Request[Any, Any, Any], oid: FromPath[str]) -> dict[str, Any]:
     await _prns_fault(request)
     person = _bearer_oid(request, oid)
     return _collection(request, f"/rs/prns/{oid}/ctts", _contacts(person))
 
 
 @get("/rs/prns/{oid:str}/ctts/{ctt_id:int}")
-async def contact_resource(request: Request[Any, Any, Any], oid: str, ctt_id: int) -> dict[str, Any]:
+async def contact_resource(
+    request: Request[Any, Any, Any], oid: FromPath[str], ctt_id: FromPath[int]
+) -> dict[str, Any]:
     person = _bearer_oid(request, oid)
     for contact in _contacts(person):
         if contact["id"] == ctt_id:
@@ -558,7 +562,7 @@ async def jwks(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @post("/sandbox/faults", status_code=201)
-async def add_fault(request: Request[Any, Any, Any], data: dict[str, Any]) -> dict[str, Any]:
+async def add_fault(request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     """Inject a fault: {"step": "ac|te|prns", "error": "ESIA-007007", "delay_s": 2, "token": "expired",
     "times": 1}. Errors may be given as "007007" too."""
     step = str(data.get("step", ""))
