@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -137,4 +138,118 @@ class IdentitySettings(SettingsSection, kw_only=True, frozen=True):
 
 def build_identity_provider(settings: IdentitySettings, http: httpx.AsyncClient) -> IdentityProvider:
     """The provider the settings choose; missing credentials stop here, naming the variable."""
-    raise NotImplementedError("identity providers arrive in the next commits")
+    if settings.identity_mode == "oidc":
+        from services.verification.identity.oidc import OidcProvider
+
+        for name in ("oidc_discovery_url", "oidc_client_id"):
+            if not getattr(settings, name):
+                raise SettingsError(f"{env_name(name)} is required when identity_mode is oidc")
+        return OidcProvider(
+            discovery_url=settings.oidc_discovery_url,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret,
+            scopes=settings.oidc_scopes,
+            claim_mapping=settings.claim_mapping(),
+            http=http,
+            timeout_s=settings.identity_timeout_s,
+            leeway_s=settings.esia_jwt_leeway_s,
+        )
+    return _build_esia(settings, http)
+
+
+def _build_esia(settings: IdentitySettings, http: httpx.AsyncClient) -> IdentityProvider:
+    # Imported here so settings can be read (and validated) without loading the crypto stack.
+    from services.verification.identity.esia import EsiaClientConfig, EsiaProvider
+    from services.verification.identity.gost_keys import GostCertificate, GostKeyError, from_pem
+    from services.verification.identity.signers import (
+        CommandSigner,
+        GostSigner,
+        RemoteSigner,
+        RsaSigner,
+        Signer,
+    )
+    from services.verification.identity.tokens import TokenKeys
+
+    if not settings.esia_client_id:
+        raise SettingsError(f"{env_name('esia_client_id')} is required when identity_mode is esia")
+    if settings.esia_certificate_pem:
+        certificate = from_pem(settings.esia_certificate_pem, "CERTIFICATE")
+    elif settings.esia_certificate_path:
+        raw = _read(settings.esia_certificate_path, "esia_certificate_path")
+        certificate = from_pem(raw, "CERTIFICATE") if raw.lstrip().startswith(b"-----") else raw
+    else:
+        raise SettingsError(
+            f"{env_name('esia_certificate_path')} or {env_name('esia_certificate_pem')} is required:"
+            " ESIA checks client_certificate_hash on every request"
+        )
+    try:
+        GostCertificate(certificate)
+        algorithm: Literal["GOST3410_2012_256", "RS256"] = "GOST3410_2012_256"
+    except GostKeyError:
+        algorithm = "RS256"
+    signer: Signer
+    if settings.esia_signer in ("gost", "rsa"):
+        if not settings.esia_private_key_path:
+            raise SettingsError(
+                f"{env_name('esia_private_key_path')} is required when esia_signer is {settings.esia_signer}"
+            )
+        _read(settings.esia_private_key_path, "esia_private_key_path")
+        if settings.esia_signer == "gost":
+            signer = GostSigner.from_pem_file(settings.esia_private_key_path)
+        else:
+            signer = RsaSigner.from_pem_file(settings.esia_private_key_path)
+    elif settings.esia_signer == "command":
+        if not settings.esia_signer_command:
+            raise SettingsError(f"{env_name('esia_signer_command')} is required when esia_signer is command")
+        signer = CommandSigner(
+            settings.signer_command(),
+            algorithm=algorithm,
+            output=settings.esia_signer_output,
+            timeout_s=settings.identity_timeout_s,
+        )
+    else:
+        if not settings.esia_signer_url:
+            raise SettingsError(f"{env_name('esia_signer_url')} is required when esia_signer is remote")
+        signer = RemoteSigner(
+            settings.esia_signer_url,
+            http,
+            token=settings.esia_signer_token,
+            algorithm=algorithm,
+            timeout_s=settings.identity_timeout_s,
+        )
+    if not (settings.esia_jwks or settings.esia_jwks_url or settings.esia_jwt_certificates):
+        raise SettingsError(
+            f"one of {env_name('esia_jwks')}, {env_name('esia_jwks_url')} or "
+            f"{env_name('esia_jwt_certificates')} is required: ESIA's tokens are checked against them"
+        )
+    certificates = [
+        _read(path.strip(), "esia_jwt_certificates")
+        for path in settings.esia_jwt_certificates.split(",")
+        if path.strip()
+    ]
+    keys = TokenKeys(
+        jwks=json.loads(settings.esia_jwks) if settings.esia_jwks else None,
+        jwks_url=settings.esia_jwks_url,
+        certificates=certificates,
+        http=http,
+        timeout_s=settings.identity_timeout_s,
+    )
+    config = EsiaClientConfig(
+        base_url=settings.esia_base_url,
+        client_id=settings.esia_client_id,
+        scopes=settings.esia_scopes,
+        issuer=settings.esia_issuer,
+        certificate_der=certificate,
+        timeout_s=settings.identity_timeout_s,
+        retry_attempts=settings.identity_retry_attempts,
+        retry_base_delay_s=settings.identity_retry_base_delay_s,
+        leeway_s=settings.esia_jwt_leeway_s,
+    )
+    return EsiaProvider(config, signer, keys, http)
+
+
+def _read(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{env_name(field)}: cannot read {path}: {exc.strerror}") from None
