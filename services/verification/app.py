@@ -361,11 +361,7 @@ def make_spec(
         settings = runtime.settings
         protector = DataProtector.from_settings(settings)
         http = httpx.AsyncClient(follow_redirects=False)
-        provider: IdentityProvider | None
-        try:
-            provider = build_identity_provider(identity_section, http)
-        except NotImplementedError:  # TEMPORARY until verify-idp's factory lands
-            provider = None
+        provider: IdentityProvider = build_identity_provider(identity_section, http)
         public = section.public_url(settings.host, settings.verification_port)
         link_base = section.link_base(settings.host, settings.verification_port)
         the_clock = clock or SystemClock()
@@ -388,8 +384,7 @@ def make_spec(
 
     async def finish(runtime: Runtime) -> None:
         await runtime.extras["billing"].stop()
-        if runtime.extras["provider"] is not None:
-            await runtime.extras["provider"].close()
+        await runtime.extras["provider"].close()
         await runtime.extras["http"].aclose()
 
     def jobs(runtime: Runtime) -> Mapping[str, JobHandler]:

@@ -224,8 +224,7 @@ async def set_sign_in_outcome(conn: db.Connection, state: str, outcome: str) -> 
 
 async def last_outcome(conn: db.Connection, link_id: str) -> str | None:
     outcome: str | None = await conn.fetchval(
-        "select outcome from sign_ins where link_id = $1 and outcome is not null"
-        " order by used_at desc limit 1",
+        "select outcome from sign_ins where link_id = $1 and outcome is not null order by seq desc limit 1",
         link_id,
     )
     return outcome

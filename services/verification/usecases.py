@@ -666,7 +666,7 @@ class VerificationService:
         except IdentityError as exc:
             if exc.kind in ("consent_denied", "account_not_confirmed"):
                 return None, exc.kind, {"code": exc.code}
-            log.warning("identity provider failed: %s %s", exc.kind, exc.code)
+            log.warning("identity provider failed: %s %s %s", exc.kind, exc.code, exc.detail)
             return None, "failed", {"kind": exc.kind, "code": exc.code}
         except Exception as exc:
             # The IdP client is supposed to type everything; anything else is still a clear page, not a 500.

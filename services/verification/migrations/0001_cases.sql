@@ -45,6 +45,8 @@ create index links_by_case on links (case_id);
 -- `code_verifier` live only until the callback (cleared on use); tokens are never stored.
 create table sign_ins (
     state text primary key,
+    -- Creation order (the clock may stand still in tests; the latest attempt decides what the page shows).
+    seq bigserial not null,
     case_id uuid not null references cases (id),
     link_id text not null references links (id),
     provider text not null,
