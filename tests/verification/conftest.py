@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def gost_client() -> GostClient:
 
 
 @pytest.fixture
-def sandbox(gost_client: GostClient) -> Iterator[Sandbox]:
+async def sandbox(gost_client: GostClient) -> AsyncIterator[Sandbox]:
     """The sandbox ESIA (verify-idp's stand-in) on a real port, knowing our test system's certificate.
 
     Served from its own thread and event loop: Litestar's test client runs the app through a blocking
@@ -93,12 +93,13 @@ def sandbox(gost_client: GostClient) -> Iterator[Sandbox]:
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
-    url = ready.get(timeout=30)
+    url = await asyncio.to_thread(ready.get, timeout=30)
     try:
-        yield Sandbox(url=url, http=httpx.AsyncClient())
+        async with httpx.AsyncClient() as http:
+            yield Sandbox(url=url, http=http)
     finally:
         stop.set()
-        thread.join(10)
+        await asyncio.to_thread(thread.join, 10)
 
 
 @pytest.fixture
