@@ -68,7 +68,12 @@ def _field_of_validation(exc: ValidationException) -> str | None:
     if not (isinstance(extra, list) and extra and isinstance(extra[0], dict)):
         return None
     message = str(extra[0].get("message", ""))
-    match = re.search(r"at `\$\.([\w.\[\]]+)`", message) or re.match(r"^([a-z_][\w.]*): ", message)
+    match = (
+        re.search(r"at `\$\.([\w.\[\]]+)`", message)
+        # msgspec names a missing or unknown top-level field only in the message itself.
+        or re.search(r"(?:missing required|contains unknown) field `([\w.]+)`", message)
+        or re.match(r"^([a-z_][\w.]*): ", message)
+    )
     if match:
         return match.group(1)
     key = extra[0].get("key")
