@@ -17,7 +17,7 @@ from services.callback import store
 from services.common import db
 from services.common.consumers import ConsumerSpec
 from services.common.crypto import DataProtector
-from services.common.errors import ApiError
+from services.common.errors import ApiError, error_responses
 from services.common.events import AnyEvent, CallbackEvent, encode_event
 from services.common.phone import mask_phone
 from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
@@ -117,5 +117,6 @@ def webhook_routes(guard: Guard) -> list[HTTPRouteHandler]:
             tags=["admin"],
             summary="Queue a failed CRM webhook delivery again",
             status_code=202,
+            responses=error_responses(409),  # only a failed delivery can be queued again
         )(retry_webhook_delivery),
     ]
