@@ -103,6 +103,10 @@ def _field_of_validation(exc: ValidationException) -> str | None:
     if not (isinstance(extra, list) and extra and isinstance(extra[0], dict)):
         return None
     message = str(extra[0].get("message", ""))
+    if unknown := re.search(r"unknown field `([^`]+)`", message):
+        # msgspec names the field, and the object holding it only when that is not the body itself.
+        parent = re.search(r"at `\$\.([\w.\[\]]+)`", message)
+        return f"{parent.group(1)}.{unknown.group(1)}" if parent else unknown.group(1)
     match = re.search(r"at `\$\.([\w.\[\]]+)`", message) or re.match(r"^([a-z_][\w.]*): ", message)
     if match:
         return match.group(1)
