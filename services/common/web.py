@@ -310,7 +310,10 @@ def document_error_answers(app: Litestar) -> None:
 
 class StrictStructSchema(StructSchemaPlugin):
     """msgspec Structs as Litestar documents them, plus `additionalProperties: false` where the Struct
-    forbids unknown fields: otherwise the schema invites fields the API then refuses."""
+    forbids unknown fields: otherwise the schema invites fields the API then refuses.
+
+    Litestar exports its Struct plugin only from a private module; tests/common/test_openapi_truth.py
+    fails if an upgrade moves or changes it."""
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
