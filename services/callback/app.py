@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.callback.console import CONSOLE_ROUTES, admin_routes
@@ -26,6 +26,8 @@ from services.callback.dispatcher import Dispatcher
 from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
 from services.callback.schemas import (
+    SITE_KEY_PATTERN,
+    ZONE_ENUM,
     CallbackCreate,
     CallbackCreated,
     CallbackStatus,
@@ -33,7 +35,6 @@ from services.callback.schemas import (
     Offer,
     Reschedule,
     Site,
-    SiteKey,
     SiteSettings,
     WidgetConfig,
     check_zone,
@@ -52,7 +53,7 @@ from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_cons
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.auth_guard import requires
 from services.common.crypto import DataProtector
-from services.common.errors import ApiError, ErrorResponse
+from services.common.errors import ApiError, ErrorResponse, error_responses
 from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
 from services.common.settings import Settings, get_settings
@@ -141,6 +142,10 @@ ERROR_EXAMPLE = Example(
         "error": {"code": "invalid_phone", "message": "This is not a valid phone number", "field": "phone"}
     },
 )
+# As a path parameter (Litestar documents a path parameter's pattern only from PathParameter).
+NewSiteKey = Annotated[str, PathParameter(pattern=SITE_KEY_PATTERN, examples=[Example(value="shop-42")])]
+# The widget API answers a browser from an origin its site does not allow with a 403.
+CROSS_ORIGIN = error_responses(403)
 Feed = NamedDependency[StatusFeed]
 LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
 
@@ -174,10 +179,14 @@ admin_only = requires(CALLBACK_ADMIN)
 
 
 @put(
-    "/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Create or replace a site"
+    "/v1/admin/sites/{site_key:str}",
+    guards=[admin_only],
+    tags=["admin"],
+    summary="Create or replace a site",
+    responses={201: ResponseSpec(Site, description="Created")},
 )
 async def put_site(
-    site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], site_admin: SiteAdminDependency
+    site_key: NewSiteKey, data: JSONBody[SiteSettings], site_admin: SiteAdminDependency
 ) -> Response[Site]:
     """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it."""
     site, created = await site_admin.put(site_key, data)
@@ -202,6 +211,7 @@ async def list_sites(site_admin: SiteAdminDependency) -> list[Site]:
     tags=["widget"],
     summary="What the widget shows for this site",
     cache_control=None,
+    responses=CROSS_ORIGIN,
 )
 async def widget_config(
     site_key: FromPath[str], intake: IntakeDependency, lang: LangQuery = None
@@ -215,6 +225,7 @@ async def widget_config(
     tags=["widget"],
     summary="The promise we would give now, and slots",
     responses={
+        **CROSS_ORIGIN,
         200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
         429: ResponseSpec(ErrorResponse, description="Too many offers for this IP; see Retry-After"),
@@ -225,7 +236,9 @@ async def widget_config(
 async def offer(
     site_key: FromPath[str],
     intake: IntakeDependency,
-    tz: Annotated[str, QueryParameter(name="tz", description="Visitor's IANA time zone")] = "Europe/Moscow",
+    tz: Annotated[
+        str, QueryParameter(name="tz", description="Visitor's IANA time zone", schema_extra=ZONE_ENUM)
+    ] = "Europe/Moscow",
     lang: Annotated[Lang, QueryParameter(name="lang")] = "ru",
     not_before: Annotated[
         str | None, QueryParameter(name="not_before", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -245,6 +258,8 @@ async def offer(
     summary="Ask for a callback",
     status_code=201,
     responses={
+        # 403 also for a suspected bot; 409 for an Idempotency-Key reused with another body.
+        **error_responses(403, 409),
         201: ResponseSpec(CallbackCreated, examples=[CREATED_EXAMPLE], description="Accepted"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Invalid input"),
         429: ResponseSpec(ErrorResponse, description="A budget is exhausted; see Retry-After"),
@@ -272,7 +287,10 @@ async def create_callback(
     "/v1/callbacks/{callback_id:uuid}",
     tags=["widget"],
     summary="Status of a callback request",
-    responses={200: ResponseSpec(CallbackStatus, examples=[STATUS_EXAMPLE], description="The status")},
+    responses={
+        **CROSS_ORIGIN,
+        200: ResponseSpec(CallbackStatus, examples=[STATUS_EXAMPLE], description="The status"),
+    },
 )
 async def callback_status(
     callback_id: FromPath[uuid.UUID],
@@ -284,7 +302,12 @@ async def callback_status(
     return Response(status, headers={"Cache-Control": "no-store"})
 
 
-@get("/v1/callbacks/{callback_id:uuid}/events", tags=["widget"], summary="Live status (Server-Sent Events)")
+@get(
+    "/v1/callbacks/{callback_id:uuid}/events",
+    tags=["widget"],
+    summary="Live status (Server-Sent Events)",
+    responses=CROSS_ORIGIN,
+)
 async def callback_events(
     callback_id: FromPath[uuid.UUID], requests: RequestsDependency, feed: Feed, token: TokenQuery = None
 ) -> ServerSentEvent:
@@ -315,6 +338,7 @@ async def callback_events(
     tags=["widget"],
     summary="Cancel a pending request",
     status_code=200,
+    responses=error_responses(403, 409),
 )
 async def cancel_callback(
     callback_id: FromPath[uuid.UUID],
@@ -330,6 +354,7 @@ async def cancel_callback(
     tags=["widget"],
     summary="Move a pending request",
     status_code=200,
+    responses=error_responses(403, 409),
 )
 async def reschedule_callback(
     callback_id: FromPath[uuid.UUID],
@@ -346,6 +371,7 @@ async def reschedule_callback(
     tags=["telephony"],
     summary="Mango Office call-event webhooks",
     status_code=200,
+    responses=error_responses(403),
 )
 async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, str]:
     """Mango signs every notification with sha256(api_key + json + salt); unsigned ones are refused."""

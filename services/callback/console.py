@@ -17,7 +17,8 @@ from litestar import Request, Response, get, post, put
 from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, JSONBody
+from litestar.openapi import ResponseSpec
+from litestar.params import Body, FromPath, JSONBody, PathParameter
 from litestar.response import Redirect
 
 from services.callback.dispatcher import Dispatcher
@@ -27,7 +28,7 @@ from services.callback.telephony import SimulatedPbx
 from services.callback.usecases.presence import Presence
 from services.callback.usecases.sites import SiteAdmin
 from services.common.auth_guard import CurrentPrincipal
-from services.common.errors import ApiError
+from services.common.errors import ApiError, error_responses
 from services.common.web import runtime_extra
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,15 @@ class AgentReleased(msgspec.Struct, kw_only=True):
 
 
 def admin_routes(guard: Any) -> list[Any]:
-    @put("/v1/admin/agents/{login:str}", guards=[guard], tags=["admin"], summary="Create or replace an agent")
+    @put(
+        "/v1/admin/agents/{login:str}",
+        guards=[guard],
+        tags=["admin"],
+        summary="Create or replace an agent",
+        responses={201: ResponseSpec(AgentView, description="Created")},
+    )
     async def put_agent(
-        login: FromPath[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9._\-]{2,64}$")]],
+        login: Annotated[str, PathParameter(pattern=r"^[a-z0-9._\-]{2,64}$")],
         data: JSONBody[AgentSettings],
         presence: PresenceDependency,
     ) -> Response[AgentView]:
@@ -270,6 +277,9 @@ async def static_file(name: FromPath[str]) -> Response[bytes]:
 
 # --- console API ---------------------------------------------------------------------------------------
 
+# The console API answers only the agent's own session cookie (not a back-office token): 401 without it.
+SIGNED_IN = error_responses(401)
+
 
 async def console_state(request: Request[Any, Any, Any], agent: agent_store.AgentRow) -> ConsoleState:
     dialer = _dialer(request.app.state)
@@ -312,13 +322,20 @@ async def console_state(request: Request[Any, Any, Any], agent: agent_store.Agen
     tags=["agent"],
     summary="Keep presence alive; returns the console state",
     status_code=200,
+    responses=SIGNED_IN,
 )
 async def heartbeat(request: Request[Any, Any, Any]) -> ConsoleState:
     agent = await signed_in_agent(request)
     return await console_state(request, agent)
 
 
-@post("/agent/api/presence", tags=["agent"], summary="Ready, break or offline", status_code=200)
+@post(
+    "/agent/api/presence",
+    tags=["agent"],
+    summary="Ready, break or offline",
+    status_code=200,
+    responses=SIGNED_IN,
+)
 async def change_presence(request: Request[Any, Any, Any], data: JSONBody[PresenceChange]) -> ConsoleState:
     agent = await signed_in_agent(request)
     await _presence(request.app.state).set_presence(agent.id, data.status)
@@ -328,7 +345,11 @@ async def change_presence(request: Request[Any, Any, Any], data: JSONBody[Presen
 
 
 @post(
-    "/agent/api/offline", tags=["agent"], summary="The console tab is closing (sendBeacon)", status_code=204
+    "/agent/api/offline",
+    tags=["agent"],
+    summary="The console tab is closing (sendBeacon)",
+    status_code=204,
+    responses=SIGNED_IN,
 )
 async def going_offline(request: Request[Any, Any, Any]) -> None:
     agent = await signed_in_agent(request)
@@ -340,6 +361,8 @@ async def going_offline(request: Request[Any, Any, Any]) -> None:
     tags=["agent"],
     summary="Answer (simulated PBX) or hang up",
     status_code=200,
+    # 409: no call to act on, or (simulated PBX) nothing is ringing.
+    responses=error_responses(401, 409),
 )
 async def call_action(request: Request[Any, Any, Any], action: FromPath[str]) -> ConsoleState:
     agent = await signed_in_agent(request)

@@ -18,6 +18,7 @@ from services.callback.usecases.sites import require_site
 from services.common import db
 from services.common.consumers import ConsumerSpec
 from services.common.crypto import DataProtector
+from services.common.errors import error_responses
 from services.common.events import AnyEvent, CallbackEvent, encode_event
 from services.common.phone import mask_phone
 from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
@@ -116,5 +117,6 @@ def webhook_routes(guard: Guard) -> list[HTTPRouteHandler]:
             tags=["admin"],
             summary="Queue a failed CRM webhook delivery again",
             status_code=202,
+            responses=error_responses(409),  # only a failed delivery can be queued again
         )(retry_webhook_delivery),
     ]
