@@ -14,38 +14,17 @@ import httpx
 import pytest
 from fakes.asgi import serve_asgi
 from fakes.fake_billing import FakeBilling
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from support.esia_sandbox import CLIENT_ID, REDIRECT_URI, GostClient, Sandbox, new_gost_client
-from support.harness import TEST_ADMIN_TOKEN, migrate_service
+from support.esia_sandbox import CLIENT_ID, GostClient, Sandbox, new_gost_client
+from support.harness import migrate_service
+from support.verification import LINK_BASE, PUBLIC_URL, make_app
 
 from services.common.clock import ManualClock
 from services.common.settings import Settings
-from services.verification.app import create_app
 from services.verification.identity.config import IdentitySettings
 from services.verification.identity.gost_keys import to_pem
 from services.verification.sandbox_idp.app import create_sandbox_app
 from services.verification.settings import VerificationSettings
-
-AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-LINK_BASE = "https://mf.ru/v"
-# What the sandbox redirects back to (its helper expects this redirect_uri).
-PUBLIC_URL = REDIRECT_URI.removesuffix("/v/callback")
-
-MATCH_CASE: dict[str, Any] = {
-    "msisdn": "+79161234567",
-    "reason": "regulator_request",
-    "last_name": "Иванов",
-    "first_name": "Иван",
-    "middle_name": "Иванович",
-    "birth_date": "1985-04-12",
-    "passport_series": "4510",
-    "passport_number": "123456",
-    "passport_issue_date": "2010-05-20",
-    "passport_issuer_code": "770-001",
-    "lang": "ru",
-    "tz": "Europe/Moscow",
-}
 
 
 @pytest.fixture
@@ -116,12 +95,6 @@ def identity(sandbox: Sandbox, gost_client: GostClient, tmp_path: Path) -> Ident
         esia_jwks_url=f"{sandbox.url}/jwks",
         identity_retry_base_delay_s=0.05,
     )
-
-
-def make_app(
-    settings: Settings, own: VerificationSettings, identity: IdentitySettings, clock: ManualClock
-) -> Litestar:
-    return create_app(settings, own=own, identity=identity, clock=clock)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import AUTH, LINK_BASE, MATCH_CASE
 from litestar.testing import AsyncTestClient
 from support.harness import TEST_DATA_KEYS, TEST_INDEX_KEY, make_settings
+from support.verification import AUTH, LINK_BASE, MATCH_CASE
 
 from services.common import db as dbmod
 from services.common.crypto import DataProtector, new_key

@@ -10,12 +10,12 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
-from conftest import AUTH, MATCH_CASE, make_app
 from fakes.fake_billing import FakeBilling
 from litestar.testing import AsyncTestClient
 from support.esia_sandbox import Sandbox
 from support.harness import migrate_service
 from support.polling import until
+from support.verification import AUTH, MATCH_CASE, make_app
 
 from services.common.clock import ManualClock
 from services.common.settings import Settings
