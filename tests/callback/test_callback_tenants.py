@@ -3,8 +3,10 @@ cross between them (real PostgreSQL and NATS, the app in process, a manual simul
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,9 +25,11 @@ from services.callback.telephony import SimConfig, SimulatedPbx
 from services.callback.usecases.sites import SiteDirectory
 from services.common import db as dbmod
 from services.common.crypto import DataProtector, token_hash
+from services.common.migrate import discover, migrate
 from services.common.settings import Settings
 
 Client = AsyncTestClient[Any]
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "callback" / "migrations"
 PHONE = "+79123456789"
 DIGITS = PHONE.removeprefix("+")
 
@@ -257,3 +261,34 @@ async def test_an_organisation_admin_sees_and_touches_only_their_organisation(
     # The platform admin still acts across organisations.
     requeued = await client.post(f"/v1/admin/webhook-deliveries/{b_delivery}/retry", headers=ADMIN)
     assert requeued.status_code == 202, requeued.text
+
+
+async def test_an_upgrade_puts_everything_that_existed_into_the_default_organisation(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    before = [m for m in discover(MIGRATIONS) if m.version < "service/0013"]
+    await migrate(settings.database_url, "callback", before)
+    await db.execute(
+        "insert into callback.sites (site_key, settings) values ('old', $1::jsonb)",
+        json.dumps(site_body()),
+    )
+    await db.execute(
+        "insert into callback.agents (id, login, name, password_hash, endpoint)"
+        " values ($1, 'olga', 'Olga', 'x', 'sim')",
+        uuid.uuid4(),
+    )
+    await db.execute(
+        "insert into callback.callbacks (id, site_key, queue, phone_enc, phone_hash, phone_masked,"
+        " visitor_tz, lang, status, requested_at, due_at, promise_kind, promised_earliest,"
+        " promised_latest, max_attempts)"
+        " values ($1, 'old', 'default', '\\x00', '\\x01', '+7 *** ***-**-89', 'Europe/Moscow', 'ru',"
+        " 'scheduled', now(), now(), 'asap', now(), now(), 3)",
+        uuid.uuid4(),
+    )
+
+    await migrate_service(settings, "callback")
+
+    for table in ("sites", "agents", "callbacks"):
+        orgs = await db.fetchval(f"select array_agg(distinct org_id) from callback.{table}")
+        assert orgs == ["default"], table
+    assert await db.fetchval("select name from callback.organisations") == "Default organisation"
