@@ -25,6 +25,12 @@ from services.callback.cors import per_site_cors
 from services.callback.dispatcher import Dispatcher
 from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
+from services.callback.organisations import (
+    OrgQuery,
+    TenancyDependency,
+    organisation_routes,
+    provide_tenancy,
+)
 from services.callback.schemas import (
     SITE_KEY_PATTERN,
     ZONE_ENUM,
@@ -46,6 +52,7 @@ from services.callback.store import sites as site_store
 from services.callback.telephony import MangoOfficeAdapter, build_adapter
 from services.callback.usecases.common import PHONE_CONTEXT, periodically
 from services.callback.usecases.intake import Intake
+from services.callback.usecases.orgs import Organisations
 from services.callback.usecases.presence import Presence, PresenceAgents
 from services.callback.usecases.requests import Requests
 from services.callback.usecases.sites import SiteAdmin, SiteDirectory
@@ -170,6 +177,10 @@ def feed_of(state: State) -> StatusFeed:
     return runtime_extra(state, "feed", StatusFeed)
 
 
+def organisations_of(state: State) -> Organisations:
+    return runtime_extra(state, "organisations", Organisations)
+
+
 # Sites, agents, webhook deliveries and punctuality: a token or a staff session with callback:admin.
 CALLBACK_ADMIN = "callback:admin"
 admin_only = requires(CALLBACK_ADMIN)
@@ -186,21 +197,28 @@ admin_only = requires(CALLBACK_ADMIN)
     responses={201: ResponseSpec(Site, description="Created")},
 )
 async def put_site(
-    site_key: NewSiteKey, data: JSONBody[SiteSettings], site_admin: SiteAdminDependency
+    site_key: NewSiteKey,
+    data: JSONBody[SiteSettings],
+    site_admin: SiteAdminDependency,
+    tenancy: TenancyDependency,
+    org: OrgQuery = None,
 ) -> Response[Site]:
-    """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it."""
-    site, created = await site_admin.put(site_key, data)
+    """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it. The site belongs to
+    the caller's organisation (a platform admin names it with `?org=`) and never changes organisation."""
+    site, created = await site_admin.put(site_key, data, tenancy, org)
     return Response(site, status_code=201 if created else 200)
 
 
 @get("/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Read a site")
-async def get_site(site_key: FromPath[str], site_admin: SiteAdminDependency) -> Site:
-    return await site_admin.get(site_key)
+async def get_site(
+    site_key: FromPath[str], site_admin: SiteAdminDependency, tenancy: TenancyDependency
+) -> Site:
+    return await site_admin.get(site_key, tenancy)
 
 
 @get("/v1/admin/sites", guards=[admin_only], tags=["admin"], summary="List sites")
-async def list_sites(site_admin: SiteAdminDependency) -> list[Site]:
-    return await site_admin.list_sites()
+async def list_sites(site_admin: SiteAdminDependency, tenancy: TenancyDependency) -> list[Site]:
+    return await site_admin.list_sites(tenancy)
 
 
 # --- widget API -----------------------------------------------------------------------------------------
@@ -453,6 +471,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         intake = Intake(runtime.pool, protector, sites, agents=agents)
         requests = Requests(runtime.pool, sites, agents=agents)
         presence = Presence(runtime.pool, protector, sites)
+        organisations = Organisations(runtime.pool)
         # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
         background = Requests(runtime.worker_pool, sites, agents=agents)
         feed = StatusFeed(runtime.bus)
@@ -469,6 +488,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             requests=requests,
             site_admin=site_admin,
             presence=presence,
+            organisations=organisations,
             feed=feed,
             dialer=dialer,
             webhooks=webhooks,
@@ -506,6 +526,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             cancel_callback,
             reschedule_callback,
             *admin_routes(admin_only),
+            *organisation_routes(admin_only),
             *webhook_routes(admin_only),
             mango_webhook,
             *WIDGET_ROUTES,
@@ -534,6 +555,8 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             "site_admin": Provide(site_admin_of, sync_to_thread=False),
             "presence": Provide(presence_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),
+            "organisations": Provide(organisations_of, sync_to_thread=False),
+            "tenancy": Provide(provide_tenancy),
         },
         extra_config=add_cors_and_limits,
         settings_section=CallbackSettings,

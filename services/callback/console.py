@@ -22,6 +22,7 @@ from litestar.params import Body, FromPath, JSONBody, PathParameter
 from litestar.response import Redirect
 
 from services.callback.dispatcher import Dispatcher
+from services.callback.organisations import OrgQuery, TenancyDependency
 from services.callback.store import agents as agent_store
 from services.callback.store import history, stats
 from services.callback.telephony import SimulatedPbx
@@ -64,6 +65,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class AgentView(msgspec.Struct, kw_only=True):
     login: str
+    org_id: str
     name: str
     queues: list[str]
     endpoint: str
@@ -183,11 +185,23 @@ def admin_routes(guard: Any) -> list[Any]:
         login: Annotated[str, PathParameter(pattern=r"^[a-z0-9._\-]{2,64}$")],
         data: JSONBody[AgentSettings],
         presence: PresenceDependency,
+        tenancy: TenancyDependency,
+        org: OrgQuery = None,
     ) -> Response[AgentView]:
-        _, created = await presence.put_agent(
-            login, name=data.name, password=data.password, queues=data.queues, endpoint=data.endpoint
+        """The agent works for the caller's organisation (a platform admin names it with `?org=`): only
+        its requests are ever given to them."""
+        agent, created = await presence.put_agent(
+            login,
+            name=data.name,
+            password=data.password,
+            queues=data.queues,
+            endpoint=data.endpoint,
+            tenancy=tenancy,
+            org=org,
         )
-        view = AgentView(login=login, name=data.name, queues=data.queues, endpoint=data.endpoint)
+        view = AgentView(
+            login=login, org_id=agent.org_id, name=data.name, queues=data.queues, endpoint=data.endpoint
+        )
         return Response(view, status_code=201 if created else 200)
 
     @get(
@@ -196,8 +210,10 @@ def admin_routes(guard: Any) -> list[Any]:
         tags=["admin"],
         summary="Promises kept and time to dial (last 30 days)",
     )
-    async def site_punctuality(site_key: FromPath[str], site_admin: SiteAdminDependency) -> stats.Punctuality:
-        return await site_admin.punctuality(site_key, dt.datetime.now(dt.UTC))
+    async def site_punctuality(
+        site_key: FromPath[str], site_admin: SiteAdminDependency, tenancy: TenancyDependency
+    ) -> stats.Punctuality:
+        return await site_admin.punctuality(site_key, dt.datetime.now(dt.UTC), tenancy)
 
     @post(
         "/v1/admin/agents/{login:str}/release",
@@ -207,10 +223,15 @@ def admin_routes(guard: Any) -> list[Any]:
         status_code=200,
     )
     async def release_agent(
-        login: FromPath[str], request: Request[Any, Any, Any], principal: CurrentPrincipal
+        login: FromPath[str],
+        request: Request[Any, Any, Any],
+        principal: CurrentPrincipal,
+        tenancy: TenancyDependency,
     ) -> AgentReleased:
         dialer = _dialer(request.app.state)
-        attempt_id = await _presence(request.app.state).release_agent(login, dialer.attempts.force_end)
+        attempt_id = await _presence(request.app.state).release_agent(
+            login, dialer.attempts.force_end, tenancy
+        )
         log.warning(
             "agent released by an operator",
             extra={"agent": login, "attempt": attempt_id.hex if attempt_id else None, "by": principal.who},
@@ -259,9 +280,12 @@ async def login(
 async def dashboard(
     request: Request[Any, Any, Any], site_admin: SiteAdminDependency
 ) -> Response[str] | Redirect:
-    if session_agent_id(request) is None:
+    agent_id = session_agent_id(request)
+    agent = None if agent_id is None else await _presence(request.app.state).agent(agent_id)
+    if agent is None:
         return Redirect("/agent/login")
-    rows = await site_admin.punctuality_of_all(dt.datetime.now(dt.UTC))
+    # Only the agent's own organisation's sites: another's are not theirs to see.
+    rows = await site_admin.punctuality_of_org(agent.org_id, dt.datetime.now(dt.UTC))
     return page("agent_dashboard.html", rows=rows)
 
 
@@ -283,7 +307,7 @@ SIGNED_IN = error_responses(401)
 
 async def console_state(request: Request[Any, Any, Any], agent: agent_store.AgentRow) -> ConsoleState:
     dialer = _dialer(request.app.state)
-    presence, live = await _presence(request.app.state).heartbeat(agent.id)
+    presence, live = await _presence(request.app.state).heartbeat(agent)
     call = None
     if live is not None:
         row = live.callback

@@ -168,6 +168,7 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
 
 class Site(msgspec.Struct, kw_only=True):
     site_key: str
+    org_id: str  # the organisation the site belongs to; it never moves to another
     settings: SiteSettings
     updated_at: dt.datetime
     crm_webhook_secret_set: bool = False

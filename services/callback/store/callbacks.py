@@ -19,6 +19,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
 
     id: uuid.UUID
     site_key: str
+    org_id: str  # the site's organisation: its queues, agents and client cards are the only ones it meets
     queue: str
     phone_enc: bytes
     phone_hash: bytes
@@ -174,13 +175,14 @@ async def due_callbacks(
     rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
 
     Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
-    and starve the others. The queues come from the (small) agents table; the rows from the partial index
-    callbacks_queue_due (queue, requested_at).
+    and starve the others. A queue is (organisation, name): another organisation's Ready agent on a queue
+    of the same name does not make a request due. The queues come from the (small) agents table; the rows
+    from the partial index callbacks_queue_due (org_id, queue, requested_at).
     """
     records = await conn.fetch(
         f"select {_CALLBACK_COLUMNS} from callbacks where status = 'scheduled' and due_at <= $1"
-        " and id <> all($3::uuid[]) and queue in ("
-        "  select unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
+        " and id <> all($3::uuid[]) and (org_id, queue) in ("
+        "  select a.org_id, unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
         f"  where {RESERVABLE})"
         " order by requested_at limit $2 for update skip locked",
         now,

@@ -15,26 +15,32 @@ class QueueFigures(msgspec.Struct, kw_only=True):
     handle_times_s: tuple[float, ...]  # recent completed calls, newest first
 
 
-async def queue_figures(conn: Connection, queue: str, now: dt.datetime, history: int = 200) -> QueueFigures:
+async def queue_figures(
+    conn: Connection, org_id: str, queue: str, now: dt.datetime, history: int = 200
+) -> QueueFigures:
+    """Figures of one organisation's queue (a queue is (organisation, name))."""
     waiting = await conn.fetchval(
-        "select count(*) from callbacks where queue = $1 and status in ('requested', 'scheduled')"
-        " and due_at <= $2",
+        "select count(*) from callbacks where org_id = $3 and queue = $1"
+        " and status in ('requested', 'scheduled') and due_at <= $2",
         queue,
         now,
+        org_id,
     )
     busy = await conn.fetch(
         "select extract(epoch from ($2 - coalesce(connected_at, updated_at)))::float8 as elapsed"
-        " from callbacks where queue = $1 and status in ('dialing', 'connected')",
+        " from callbacks where org_id = $3 and queue = $1 and status in ('dialing', 'connected')",
         queue,
         now,
+        org_id,
     )
     handled = await conn.fetch(
         "select extract(epoch from (ended_at - first_dial_at))::float8 as seconds from callbacks"
-        " where queue = $1 and status = 'completed' and first_dial_at is not null"
+        " where org_id = $3 and queue = $1 and status = 'completed' and first_dial_at is not null"
         " and ended_at > first_dial_at"
         " order by ended_at desc limit $2",
         queue,
         history,
+        org_id,
     )
     return QueueFigures(
         waiting_due=int(waiting or 0),

@@ -94,11 +94,12 @@ def parse_clock(value: str | None) -> dt.time | None:
 
 
 async def queue_snapshot(
-    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime
+    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime, *, org_id: str
 ) -> QueueSnapshot:
-    """The queue as the promise engine sees it: ready agents, calls in progress, who is ahead."""
-    figures = await stats.queue_figures(conn, settings.queue, now)
-    ready = await agents.ready_agents(conn, settings.queue)
+    """The queue as the promise engine sees it: ready agents, calls in progress, who is ahead — all of
+    the site's organisation (a queue is (organisation, name))."""
+    figures = await stats.queue_figures(conn, org_id, settings.queue, now)
+    ready = await agents.ready_agents(conn, org_id, settings.queue)
     if ready is None:
         ready = max(settings.staffed_agents - len(figures.busy_elapsed_s), 0)
     return QueueSnapshot(

@@ -166,7 +166,7 @@ class Requests:
             not_before = parse_clock(body.not_before) if body.not_before else row.not_before
             callee = callee_window(site.settings, row.visitor_tz, not_before)
             slot = chosen_slot(body.slot_start, now, site.settings, callee)
-            snapshot = await queue_snapshot(conn, self.agents, site.settings, now)
+            snapshot = await queue_snapshot(conn, self.agents, site.settings, now, org_id=site.org_id)
             promise = promise_for(now, snapshot, site.settings, callee, slot)
             if promise is None:
                 raise refuse(Invalid, "no_callable_time", "We cannot call you at these hours", "not_before")
