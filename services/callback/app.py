@@ -194,7 +194,8 @@ admin_only = requires(CALLBACK_ADMIN)
     guards=[admin_only],
     tags=["admin"],
     summary="Create or replace a site",
-    responses={201: ResponseSpec(Site, description="Created")},
+    # 404: `?org=` names no organisation (or not the caller's); 409: the key belongs to another one.
+    responses={201: ResponseSpec(Site, description="Created"), **error_responses(404, 409)},
 )
 async def put_site(
     site_key: NewSiteKey,

@@ -179,7 +179,8 @@ def admin_routes(guard: Any) -> list[Any]:
         guards=[guard],
         tags=["admin"],
         summary="Create or replace an agent",
-        responses={201: ResponseSpec(AgentView, description="Created")},
+        # 404: `?org=` names no organisation (or not the caller's); 409: the login is another one's.
+        responses={201: ResponseSpec(AgentView, description="Created"), **error_responses(404, 409)},
     )
     async def put_agent(
         login: Annotated[str, PathParameter(pattern=r"^[a-z0-9._\-]{2,64}$")],

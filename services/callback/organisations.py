@@ -9,12 +9,14 @@ import msgspec
 from litestar import Request, Response, get, put
 from litestar.di import NamedDependency
 from litestar.handlers.http_handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import Guard
 
 from services.callback.store.orgs import Organisation
 from services.callback.usecases.orgs import Organisations, Tenancy
 from services.common.auth_guard import provide_principal
+from services.common.errors import error_responses
 from services.common.web import runtime_extra
 
 ORG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{1,39}$"
@@ -54,6 +56,7 @@ def organisation_routes(guard: Guard) -> list[HTTPRouteHandler]:
         guards=[guard],
         tags=["admin"],
         summary="Create or rename an organisation (platform admins)",
+        responses={201: ResponseSpec(Organisation, description="Created")},
     )
     async def put_organisation(
         org_id: FromPath[OrgId],
@@ -86,6 +89,8 @@ def organisation_routes(guard: Guard) -> list[HTTPRouteHandler]:
         description="There is no unbinding: an identity without an organisation is a platform admin, so"
         " an organisation admin is removed by revoking the token or removing the staff account.",
         status_code=204,
+        # 404: no such organisation, or no such token/staff account.
+        responses=error_responses(404),
     )
     async def bind_admin(
         org_id: FromPath[str],
