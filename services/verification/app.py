@@ -425,7 +425,7 @@ def make_spec(
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         settings_section=VerificationSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
-        links=[],
+        links=[("verification case API docs", "/schema/swagger#/cases")],
         dev_seed=seed_demo,
         scopes={
             CASES_SCOPE: "open, list and read subscriber verification cases",
