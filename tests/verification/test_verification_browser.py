@@ -340,6 +340,18 @@ def test_cancelled_case_link_is_a_clear_page(page: Page, stack: Stack, lang: str
     check_page(page, stack, "cancelled", lang, "cancelled")
 
 
+@pytest.mark.parametrize("lang", ["ru", "en"])
+def test_link_replaced_by_a_reissued_one_is_a_neutral_page(page: Page, stack: Stack, lang: str) -> None:
+    case_id, link = stack.open_case("match", lang)
+    reissued = stack.http.post(f"/v1/cases/{case_id}/link", json={"reason": "SMS lost"})
+    assert reissued.status_code == 200, reissued.text
+    page.goto(link)
+    check_page(page, stack, "used", lang, "used-replaced")
+    assert ("больше не действует" if lang == "ru" else "no longer works") in page.locator("main").inner_text()
+    page.goto(reissued.json()["link"])
+    check_page(page, stack, "active", lang, "reissued-link")
+
+
 def test_language_switch_keeps_the_page(page: Page, stack: Stack) -> None:
     _case_id, link = stack.open_case("match", "ru")
     page.goto(link)
