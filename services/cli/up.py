@@ -19,7 +19,9 @@ import httpx
 from services.cli.service import migrate_all, scope_catalogue, service_spec, validate_sections
 from services.common import auth, auth_admin, crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
-from services.common.settings import SERVICE_NAMES, Settings, get_settings, load_settings
+from services.common.settings import SERVICE_NAMES, Settings, get_section, get_settings, load_settings
+from services.verification.identity.config import IdentitySettings
+from services.verification.sandbox_idp.dev import dev_sandbox
 
 
 def _dev_key_file(path: Path, make: Callable[[], str]) -> str:
@@ -143,15 +145,23 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "ABONENT_LOG_FORMAT": os.environ.get("ABONENT_LOG_FORMAT", "text"),
             }
         )
+        probes = dict(urls)
+        identity = get_section(IdentitySettings)
+        if identity.identity_mode == "esia" and not identity.esia_client_id:
+            # No real ESIA configured: the sandbox stands in, and the verification service signs in there.
+            sandbox = dev_sandbox(data_dir / "esia-sandbox", settings.host, identity.esia_sandbox_port)
+            env.update(sandbox.env)
+            children["esia sandbox"] = subprocess.Popen(sandbox.command, env=env, start_new_session=True)
+            probes["esia sandbox"] = sandbox.url
         for name in SERVICE_NAMES:
             # Own session: Ctrl-C reaches only us, so we stop services before the servers they use.
             children[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "run", name], env=env, start_new_session=True
             )
-        ready = _wait_ready(urls)
+        ready = _wait_ready(probes)
         elapsed = time.monotonic() - started_at
         rows = [("service", "url", "status")]
-        rows += [(n, u, "ready" if ready[n] else "NOT READY") for n, u in urls.items()]
+        rows += [(n, u, "ready" if ready[n] else "NOT READY") for n, u in probes.items()]
         rows += [(f"{n} API docs", f"{u}/schema/swagger", "") for n, u in urls.items()]
         rows += [
             (label, f"{urls[n]}{path}", "") for n in SERVICE_NAMES for label, path in service_spec(n).links
@@ -163,6 +173,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             (
                 "try it",
                 f"curl -H 'Authorization: Bearer {admin_token}' {urls['callback']}/v1/admin/sites",
+                "",
+            ),
+            (
+                "verification cases",
+                f"curl -H 'Authorization: Bearer {admin_token}' {urls['verification']}/v1/cases",
                 "",
             ),
         ]

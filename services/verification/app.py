@@ -44,6 +44,7 @@ from services.verification.schemas import (
     CaseOpen,
     CaseStatus,
     CaseView,
+    LinkReissue,
 )
 from services.verification.settings import VerificationSettings, get_verification_settings
 from services.verification.usecases import (
@@ -188,6 +189,31 @@ async def extend_case(
     case_id: FromPath[uuid.UUID], data: JSONBody[CaseExtend], service: Service, principal: CurrentPrincipal
 ) -> CaseView:
     return await service.extend(case_id, data.days, principal.who, data.reason)
+
+
+@post(
+    "/v1/cases/{case_id:uuid}/link",
+    guards=[cases_guard],
+    tags=["cases"],
+    summary="Send the subscriber a fresh link (the previous one stops working; audited)",
+    description="For a lost or expired SMS: the case keeps its deadline; `verification.link_issued` is "
+    "emitted again with the new link, which the answer also carries.",
+    status_code=200,
+    responses={
+        200: ResponseSpec(CaseView, examples=[Example(summary="New link", value=CASE_VIEW_EXAMPLE)]),
+        404: ResponseSpec(ErrorResponse, description="No such case"),
+        409: ResponseSpec(ErrorResponse, description="The case is closed"),
+    },
+)
+async def reissue_link(
+    case_id: FromPath[uuid.UUID],
+    data: Annotated[
+        LinkReissue, Body(examples=[Example(summary="SMS lost", value={"reason": "SMS never arrived"})])
+    ],
+    service: Service,
+    principal: CurrentPrincipal,
+) -> CaseView:
+    return await service.reissue_link(case_id, principal.who, data.reason)
 
 
 @get(
@@ -409,6 +435,7 @@ def make_spec(
             read_case,
             cancel_case,
             extend_case,
+            reissue_link,
             billing_deliveries,
             retry_billing,
             page_css,
@@ -425,7 +452,7 @@ def make_spec(
         dependencies={"service": Provide(service_of, sync_to_thread=False)},
         settings_section=VerificationSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
-        links=[],
+        links=[("verification case API docs", "/schema/swagger#/cases")],
         dev_seed=seed_demo,
         scopes={
             CASES_SCOPE: "open, list and read subscriber verification cases",

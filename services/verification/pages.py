@@ -277,25 +277,34 @@ def refused_page(
         else f"If in doubt, bring your passport to any {operator} store."
     )
     if kind == "used":
-        done = outcome in (None, "confirmed")
+        # Only a sign-in through this very link that confirmed the data may say so; a link spent some
+        # other way (a newer link was sent, the case was decided elsewhere) says just that it is used.
+        if outcome == "confirmed":
+            text = (
+                "Данные уже подтверждены, больше ничего делать не нужно."
+                if ru
+                else "Your data is already confirmed; there is nothing else to do."
+            )
+            paragraphs, status = [text], "ok"
+        elif outcome == "mismatch":
+            text = (
+                "По этой ссылке уже вошли, и данные не совпали с договором."
+                if ru
+                else "Someone already signed in with this link and the data did not match the contract."
+            )
+            paragraphs, status = [text, office], "warn"
+        else:
+            text = (
+                "Эта ссылка больше не действует. Если вам пришло новое сообщение со ссылкой, откройте её."
+                if ru
+                else "This link no longer works. If you got a newer message with a link, open that one."
+            )
+            paragraphs, status = [text, office], "info"
         return Page(
             lang=lang,
             title="Ссылка уже использована" if ru else "This link has already been used",
-            paragraphs=[
-                (
-                    "Данные уже подтверждены, больше ничего делать не нужно."
-                    if ru
-                    else "Your data is already confirmed; there is nothing else to do."
-                )
-                if done
-                else (
-                    "По этой ссылке уже вошли, и данные не совпали с договором."
-                    if ru
-                    else "Someone already signed in with this link and the data did not match the contract."
-                ),
-                *([] if done else [office]),
-            ],
-            status="ok" if done else "warn",
+            paragraphs=paragraphs,
+            status=status,
             switch=_switch(f"/v/{token}", lang) if token else None,
         )
     if kind == "expired":

@@ -44,6 +44,10 @@ class CaseCancel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Reason
 
 
+class LinkReissue(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Reason
+
+
 class CaseExtend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     days: Annotated[int, msgspec.Meta(ge=1, le=90, description="Days added to the current deadline")]
     reason: Reason

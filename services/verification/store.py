@@ -162,9 +162,11 @@ async def get_link(conn: db.Connection, link_id: str) -> LinkRow | None:
 
 
 async def current_link(conn: db.Connection, case_id: uuid.UUID) -> LinkRow | None:
+    # A re-issue spends every earlier link, so the one unspent link is the current one even when two
+    # share a timestamp (a clock standing still); otherwise the newest.
     record = await conn.fetchrow(
         "select id, case_id, created_at, spent_at from links where case_id = $1"
-        " order by created_at desc limit 1",
+        " order by spent_at is null desc, created_at desc limit 1",
         case_id,
     )
     return None if record is None else msgspec.convert(dict(record), LinkRow)

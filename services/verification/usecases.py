@@ -383,6 +383,39 @@ class VerificationService:
             await store.add_timeline(conn, case_id, self.clock.now(), "read", actor, detail={"why": why})
             return CaseDetail(case=await self._view(conn, row), timeline=await store.timeline(conn, case_id))
 
+    async def reissue_link(self, case_id: uuid.UUID, actor: str, reason: str) -> CaseView:
+        """A fresh link for an active case (e.g. the SMS never arrived); the previous one stops working.
+
+        `verification.link_issued` goes out again with the new link, so the notifier sends it."""
+        now = self.clock.now()
+        async with db.transaction(self.pool) as conn:
+            row = await self._case_for_update(conn, case_id)
+            if row.status not in ACTIVE_STATUSES:
+                raise Conflict("case_closed", f"The case is already {row.status}", field="case_id")
+            previous = await store.current_link(conn, case_id)
+            if previous is not None:
+                # Spent, not deleted: the old link then shows "already used", and a sign-in begun with
+                # it before now cannot decide the case when it comes back.
+                await store.spend_link(conn, previous.id, now)
+            raw_id = new_link_id()
+            await store.insert_link(conn, link_id_text(raw_id), case_id, now)
+            await outbox.append(
+                conn,
+                VerificationLinkIssued(
+                    case_id=case_id,
+                    state=row.status,
+                    msisdn=self._msisdn(row),
+                    reason=row.reason,  # type: ignore[arg-type]
+                    deadline=row.deadline,
+                    link=link_url(self.link_base, make_token(raw_id, self.protector.sign)),
+                    lang=row.lang,
+                    tz=row.tz,
+                    occurred_at=now,
+                ),
+            )
+            await store.add_timeline(conn, case_id, now, "link_reissued", actor, detail={"why": reason})
+            return await self._view(conn, row)
+
     async def cancel(self, case_id: uuid.UUID, actor: str, reason: str) -> CaseView:
         now = self.clock.now()
         async with db.transaction(self.pool) as conn:
@@ -688,8 +721,12 @@ class VerificationService:
             row = await self._case_for_update(conn, signed_in.case_id)
             state: VerificationCaseState = row.status  # type: ignore[assignment]
             events: list[VerificationEvent] = []
+            link = await store.get_link(conn, signed_in.link_id)
             if row.status not in ACTIVE_STATUSES:
                 outcome, detail = "failed", {"kind": "case_closed", "status": row.status}
+            elif link is None or link.spent_at is not None:
+                # Re-issued (or decided by another sign-in) while this one was at the IdP.
+                outcome, detail = "failed", {"kind": "link_spent"}
             elif person is not None:
                 holder = self._holder(row)
                 if holder is None:

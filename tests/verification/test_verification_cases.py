@@ -193,3 +193,28 @@ async def test_keys_rotate_over_case_personal_data(
     assert protector.key_id_of(bytes(row["holder_enc"])) == "t2"
     # The running service (ring t1 only) can no longer read them; a service with the new ring can.
     assert "Иванов" in protector.decrypt(bytes(row["holder_enc"]), "verification.cases.holder", opened["id"])
+
+
+async def test_audit_reason_header_reaches_the_timeline(client: AsyncTestClient[Any]) -> None:
+    """`X-Audit-Reason` on a list and on a read is the `why` of the audit entries those reads write."""
+    opened = (await client.post("/v1/cases", json=case(), headers=AUTH)).json()
+    reasoned = {**AUTH, "X-Audit-Reason": "ticket 7 from the call centre"}
+    listed = await client.get("/v1/cases", params={"status": "open"}, headers=reasoned)
+    assert [c["id"] for c in listed.json()] == [opened["id"]]
+    plain = await client.get(f"/v1/cases/{opened['id']}", headers=AUTH)
+    detail = await client.get(f"/v1/cases/{opened['id']}", headers=reasoned)
+    assert plain.status_code == detail.status_code == 200
+    reads = [(e["kind"], e["detail"]) for e in detail.json()["timeline"] if e["kind"] in ("listed", "read")]
+    assert reads == [
+        ("listed", {"why": "ticket 7 from the call centre"}),
+        ("read", {"why": ""}),
+        ("read", {"why": "ticket 7 from the call centre"}),
+    ]
+    too_long = await client.get(f"/v1/cases/{opened['id']}", headers={**AUTH, "X-Audit-Reason": "x" * 201})
+    assert too_long.status_code == 400
+    # Documented under its header name, so back-office clients know to send it.
+    schema = (await client.get("/schema/openapi.json")).json()
+    parameters = schema["paths"]["/v1/cases/{case_id}"]["get"]["parameters"]
+    assert {"name": "X-Audit-Reason", "in": "header"} in [
+        {"name": p["name"], "in": p["in"]} for p in parameters
+    ]

@@ -13,6 +13,7 @@ from services.verification.domain.links import TOKEN_CHARS, link_url, make_token
 from services.verification.domain.policy import POLICIES, Policy, PolicyError, validate_policies
 from services.verification.domain.texts import LINK_MAX_CHARS, SMS_MAX_CHARS, sms_text, spaced_mask
 from services.verification.identity.base import PassportRecord, PersonRecord
+from services.verification.pages import refused_page
 
 HOLDER = Holder(
     last_name="Иванов",
@@ -156,3 +157,15 @@ def test_comparison_matches_and_names_differing_fields_only() -> None:
     assert compare(HOLDER, person(documents=[PassportRecord(doc_type="FID_DOC")])).fields == ["document_type"]
     assert compare(HOLDER, person(mobile_phones=[]), msisdn="+79161234567").fields == ["msisdn"]
     assert "123456" not in repr(result)
+
+
+@pytest.mark.parametrize("outcome", [None, "consent_denied", "failed"])
+def test_a_used_link_says_confirmed_only_after_its_own_confirmed_sign_in(outcome: str | None) -> None:
+    for lang in ("ru", "en"):
+        page = refused_page(lang=lang, kind="used", operator="Op", token="t", outcome=outcome)
+        text = " ".join(page.paragraphs).lower()
+        assert "подтвержден" not in text
+        assert "confirmed" not in text
+        assert page.status == "info"
+    confirmed = refused_page(lang="en", kind="used", operator="Op", token="t", outcome="confirmed")
+    assert "already confirmed" in confirmed.paragraphs[0]

@@ -10,6 +10,7 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
+import msgspec
 from fakes.fake_billing import FakeBilling
 from litestar.testing import AsyncTestClient
 from support.esia_sandbox import Sandbox
@@ -250,3 +251,68 @@ async def _count(kinds: Any, kind: str, at_least: int) -> bool:
 
 async def _has(fake: FakeBilling, command: str) -> bool:
     return any(c == command for c, _ in fake.commands())
+
+
+async def test_reissued_link_replaces_the_old_one(
+    client: AsyncTestClient[Any], sandbox: Sandbox, db: asyncpg.Connection
+) -> None:
+    case = await open_case(client, MATCH_CASE)
+    old = token_of(case["link"])
+    # A sign-in begun with the old link is at the IdP when back office re-issues the link.
+    started = await client.get(f"/v/{old}/start", follow_redirects=False)
+    assert started.status_code == 303, started.text
+    in_flight = await sandbox.sign_in(
+        SignInStart(authorization_url=started.headers["location"], state=""), IVANOV
+    )
+
+    reissued = await client.post(
+        f"/v1/cases/{case['id']}/link", json={"reason": "SMS never arrived"}, headers=AUTH
+    )
+    assert reissued.status_code == 200, reissued.text
+    view = reissued.json()
+    assert view["status"] == "open"
+    assert view["deadline"] == case["deadline"]
+    assert view["link"] != case["link"]
+    assert len(view["link"]) <= 30
+    new = token_of(view["link"])
+
+    # The old link is dead: a neutral page (never "confirmed"), and its late sign-in decides nothing.
+    dead = await client.get(f"/v/{old}")
+    assert dead.status_code == 410
+    assert "уже использована" in dead.text
+    assert "больше не действует" in dead.text
+    assert "подтверждены" not in dead.text
+    back = await client.get("/v/callback?" + urllib.parse.urlencode(in_flight), follow_redirects=False)
+    assert back.status_code == 303
+    late = await client.get(back.headers["location"])
+    assert "Данные подтверждены" not in late.text
+    assert (await client.get(f"/v1/cases/{case['id']}", headers=AUTH)).json()["case"]["status"] == "open"
+    # The new one works to the end.
+    assert (await client.get(f"/v/{new}")).status_code == 200
+    status, _path, text = await sign_in(client, sandbox, new, IVANOV)
+    assert status == 200
+    assert "Данные подтверждены" in text
+
+    # Sent again through the outbox (the notifier delivers it), with the new link; audited with who and why.
+    issued = await db.fetch(
+        "select payload from verification.outbox where subject = 'verification.link_issued' order by seq"
+    )
+    assert [msgspec.json.decode(r["payload"])["link"] for r in issued] == [case["link"], view["link"]]
+    assert msgspec.json.decode(issued[1]["payload"])["msisdn"] == MATCH_CASE["msisdn"]
+    timeline = (await client.get(f"/v1/cases/{case['id']}", headers=AUTH)).json()["timeline"]
+    entry = next(e for e in timeline if e["kind"] == "link_reissued")
+    assert entry["actor"].startswith("token:")
+    assert entry["detail"] == {"why": "SMS never arrived"}
+    spent = next(e for e in timeline if e["kind"] == "sign_in_failed")
+    assert spent["detail"]["kind"] == "link_spent"
+
+    # A closed case gets no new link; nor does a case that does not exist; the reason is required.
+    closed = await client.post(f"/v1/cases/{case['id']}/link", json={"reason": "again"}, headers=AUTH)
+    assert closed.status_code == 409
+    missing = await client.post(
+        "/v1/cases/5b0f3c1e-8a9d-4c2b-9e1f-7a6b5c4d3e2f/link", json={"reason": "lost"}, headers=AUTH
+    )
+    assert missing.status_code == 404
+    no_reason = await client.post(f"/v1/cases/{case['id']}/link", json={}, headers=AUTH)
+    assert no_reason.status_code == 400
+    assert no_reason.json()["error"]["field"] == "reason"

@@ -70,6 +70,8 @@ class IdentitySettings(SettingsSection, kw_only=True, frozen=True):
     esia_jwt_certificates: str = ""
     # Allowed clock difference when checking exp/nbf/iat.
     esia_jwt_leeway_s: int = 60
+    # `abonent up` with no ESIA client configured serves the sandbox ESIA on this port instead.
+    esia_sandbox_port: int = 8010
 
     # Generic OpenID Connect (ABONENT_IDENTITY_MODE=oidc).
     oidc_discovery_url: str = ""
@@ -84,6 +86,8 @@ class IdentitySettings(SettingsSection, kw_only=True, frozen=True):
         for name in ("identity_timeout_s", "identity_retry_base_delay_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        if not 0 < self.esia_sandbox_port < 65536:
+            raise SettingsError(f"{env_name('esia_sandbox_port')} must be a TCP port (1-65535)")
         if self.identity_retry_attempts < 1:
             raise SettingsError(f"{env_name('identity_retry_attempts')} must be at least 1")
         for name in ("esia_base_url", "esia_signer_url", "esia_jwks_url", "oidc_discovery_url"):

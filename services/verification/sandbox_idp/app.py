@@ -602,6 +602,12 @@ async def recorded_requests(request: Request[Any, Any, Any]) -> list[dict[str, A
     return _state(request).requests
 
 
+@get("/health/ready")
+async def ready() -> dict[str, str]:
+    """The same probe the services answer, so `abonent up` waits for the sandbox like for them."""
+    return {"status": "ok"}
+
+
 @get("/")
 async def index(request: Request[Any, Any, Any]) -> Response[str]:
     rows = "".join(
@@ -646,6 +652,7 @@ def create_sandbox_app(
             add_fault,
             clear_faults,
             recorded_requests,
+            ready,
             index,
         ],
         state=State({"sandbox": sandbox}),
