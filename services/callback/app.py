@@ -20,6 +20,8 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from services.callback.attempts import AttemptTracker
+from services.callback.call_events import JetStreamCallEvents, call_event_consumer_spec
 from services.callback.console import CONSOLE_ROUTES, admin_routes
 from services.callback.cors import per_site_cors
 from services.callback.dispatcher import Dispatcher
@@ -407,6 +409,12 @@ async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) ->
 # --- wiring ---------------------------------------------------------------------------------------------
 
 
+def _started_tracker(runtime: Runtime) -> AttemptTracker | None:
+    """This replica's attempt tracker once start() has built it (the consumers start before it)."""
+    dialer = runtime.extras.get("dialer")
+    return dialer.attempts if isinstance(dialer, Dispatcher) else None
+
+
 class CallbackContext:
     """Components the CORS middleware needs before the lifespan has built them."""
 
@@ -479,7 +487,16 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         await feed.start()
         own = own_settings()
         adapter = build_adapter(own.telephony, own.telephony_config())
-        dialer = Dispatcher(runtime.worker_pool, protector, sites, adapter)
+        # Call events travel through JetStream (call_events.py): durable while PostgreSQL blinks, and
+        # applied by whichever replica's consumer gets them.
+        dialer = Dispatcher(
+            runtime.worker_pool,
+            protector,
+            sites,
+            adapter,
+            placing_lease_s=own.placing_lease_s,
+            sink=JetStreamCallEvents(runtime.bus),
+        )
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
         webhooks = WebhookSender(runtime.worker_pool, webhook_http, CRM_WEBHOOKS, crm_endpoints(protector))
@@ -540,7 +557,10 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         ],
         dev_seed=seed_demo,
         migrations_dir=Path(__file__).parent / "migrations",
-        consumers=lambda _runtime: [webhook_consumer_spec()],
+        consumers=lambda runtime: [
+            webhook_consumer_spec(),
+            call_event_consumer_spec(lambda: _started_tracker(runtime)),
+        ],
         on_startup=[start],
         on_shutdown=[finish],
         retention=[

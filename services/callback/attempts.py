@@ -6,10 +6,12 @@ machine (domain/attempt.py) allows it, so duplicated or late events are no-ops.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 from prometheus_client import Counter
@@ -32,6 +34,7 @@ from services.callback.telephony import CallEvent, CallEventKind, TelephonyAdapt
 from services.callback.usecases.common import PHONE_CONTEXT, Clock, advance_callback, utc_now
 from services.callback.usecases.sites import SiteDirectory, callee_window, site_calendar
 from services.common import db, outbox
+from services.common.consumers import is_transient
 from services.common.crypto import DataProtector
 from services.common.events import (
     CallbackCallProgress,
@@ -95,9 +98,27 @@ async def reschedule(
     await advance_callback(conn, row, CallbackState.SCHEDULED, event, due_at=due_at)
 
 
+class CallEventSink(Protocol):
+    """Where the adapter's events go when they are carried durably (call_events.py): every replica's
+    events reach the one consumer that applies them, in whichever replica it runs."""
+
+    async def send(self, adapter: str, event: CallEvent) -> None: ...
+
+
+# Applying an event directly (no sink) retries outages this long at most between tries.
+_DIRECT_RETRY_MAX_S = 2.0
+# ... and gives up on an event that keeps failing for another reason (a bug) after this many tries.
+_DIRECT_BUG_TRIES = 5
+
+
 class AttemptTracker:
     """Applies the adapter's call events and closes attempts; `agent_freed` is told when an agent may be
-    free again (the dispatcher wakes up)."""
+    free again (the dispatcher wakes up).
+
+    With a `sink` the adapter's events are handed to it (JetStream, applied by the call-event consumer
+    through `apply_call_event`); without one (tests of the dialer alone) they are applied here, retried for
+    as long as PostgreSQL is away, never dropped.
+    """
 
     def __init__(
         self,
@@ -108,6 +129,7 @@ class AttemptTracker:
         *,
         clock: Clock = utc_now,
         agent_freed: Callable[[], None] = lambda: None,
+        sink: CallEventSink | None = None,
     ) -> None:
         self.pool = pool
         self.protector = protector
@@ -115,32 +137,66 @@ class AttemptTracker:
         self.adapter = adapter
         self.clock = clock
         self.agent_freed = agent_freed
+        self.sink = sink
 
     async def run(self) -> None:
-        """Apply the adapter's call events as they come, until its stream ends."""
+        """Hand the adapter's call events on as they come, in order, until its stream ends."""
         async for event in self.adapter.events():
+            if self.sink is not None:
+                await self.sink.send(self.adapter.name, event)
+            else:
+                await self._apply_directly(event)
+
+    async def _apply_directly(self, event: CallEvent) -> None:
+        """Apply one event in its own transaction, retrying outages until PostgreSQL is back; the events
+        after it wait, so one attempt's events stay in order."""
+        delay, bugs = 0.1, 0
+        while True:
             try:
-                await self.apply_call_event(event)
-            except Exception:
-                log.exception(
-                    "call event not applied", extra={"attempt": event.attempt_id, "kind": event.kind}
+                await self.apply_in_transaction(event)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    bugs += 1
+                    if bugs >= _DIRECT_BUG_TRIES:
+                        log.exception(
+                            "call event not applied after %d tries", bugs, extra={"attempt": event.attempt_id}
+                        )
+                        return
+                log.warning(
+                    "call event not applied yet, retrying: %r", exc, extra={"attempt": event.attempt_id}
                 )
-            if event.kind in FAILURE_OUTCOMES or event.kind is CallEventKind.ENDED:
-                self.agent_freed()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _DIRECT_RETRY_MAX_S)
+
+    async def apply_in_transaction(self, event: CallEvent) -> None:
+        async with db.transaction(self.pool) as conn:
+            freed = await self.apply_call_event(conn, event)
+        if freed:
+            self.agent_freed()
 
     # --- call events --------------------------------------------------------------------------------------
 
-    async def apply_call_event(self, event: CallEvent) -> None:
+    async def apply_call_event(self, conn: db.Connection, event: CallEvent) -> bool:
+        """Apply one call event in the caller's transaction; True when it ended the attempt (an agent may
+        be free). Order-independent: a duplicate or an event overtaken by a later one is a no-op, and
+        ENDED carries its bridge, so an ENDED applied before its BRIDGED still completes a conversation."""
         attempt_id = uuid.UUID(event.attempt_id)
         if event.kind in PROGRESS_STEPS:
-            await self._progress(attempt_id, PROGRESS_STEPS[event.kind])
-        elif event.kind is CallEventKind.BRIDGED:
-            await self._connected(attempt_id)
-        elif event.kind is CallEventKind.ENDED:
-            await self.finish_attempt(attempt_id, "connected")
-        elif event.kind in FAILURE_OUTCOMES:
+            await self._progress(conn, attempt_id, PROGRESS_STEPS[event.kind])
+            return False
+        if event.kind is CallEventKind.BRIDGED:
+            await self._connected(conn, attempt_id, event.at)
+            return False
+        if event.kind is CallEventKind.ENDED:
+            if event.bridged_at is not None:
+                await self._connected(conn, attempt_id, event.bridged_at)
+            return await self._finish(conn, attempt_id, "connected", event.at)
+        if event.kind in FAILURE_OUTCOMES:
             declined = event.kind is CallEventKind.VISITOR_BUSY and "declin" in event.detail.lower()
-            await self.finish_attempt(attempt_id, "declined" if declined else FAILURE_OUTCOMES[event.kind])
+            outcome = "declined" if declined else FAILURE_OUTCOMES[event.kind]
+            return await self._finish(conn, attempt_id, outcome, event.at)
+        return False
 
     async def mark_placed(self, attempt_id: uuid.UUID, provider_call_id: str) -> None:
         """The provider took the order. A fast provider's events can overtake this: the attempt may already
@@ -149,94 +205,94 @@ class AttemptTracker:
             attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
             if attempt is None:
                 return
-            changes: dict[str, object] = {}
+            changes: dict[str, object] = {"placing_until": None}  # the lease has done its job
             if attempt.placed_at is None:
                 changes["placed_at"] = self.clock()
             if attempt.provider_call_id is None:
                 changes["provider_call_id"] = provider_call_id
             if can_move(attempt.state, AttemptState.PLACED):
                 changes["state"] = AttemptState.PLACED
-            if changes:
-                await attempt_store.update_attempt(conn, attempt_id, **changes)
+            await attempt_store.update_attempt(conn, attempt_id, **changes)
 
-    async def _progress(self, attempt_id: uuid.UUID, step: AttemptState) -> None:
-        async with db.transaction(self.pool) as conn:
-            attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
-            if attempt is None or not can_move(attempt.state, step):
-                return
-            await attempt_store.update_attempt(conn, attempt_id, state=step)
-            row = await callback_store.get_callback(conn, attempt.callback_id)
-            assert row is not None
-            await outbox.append(
-                conn,
-                CallbackCallProgress(
-                    callback_id=row.id,
-                    site_key=row.site_key,
-                    state="dialing",
-                    attempt=attempt.attempt_no,
-                    step=step.value,
-                    agent_id=str(attempt.agent_id or ""),
-                ),
-            )
+    async def _progress(self, conn: db.Connection, attempt_id: uuid.UUID, step: AttemptState) -> None:
+        attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
+        if attempt is None or not can_move(attempt.state, step):
+            return
+        await attempt_store.update_attempt(conn, attempt_id, state=step)
+        row = await callback_store.get_callback(conn, attempt.callback_id)
+        assert row is not None
+        await outbox.append(
+            conn,
+            CallbackCallProgress(
+                callback_id=row.id,
+                site_key=row.site_key,
+                state="dialing",
+                attempt=attempt.attempt_no,
+                step=step.value,
+                agent_id=str(attempt.agent_id or ""),
+            ),
+        )
 
-    async def _connected(self, attempt_id: uuid.UUID) -> None:
-        now = self.clock()
-        async with db.transaction(self.pool) as conn:
-            attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
-            if attempt is None or not can_move(attempt.state, AttemptState.CONNECTED):
-                return
-            row = await callback_store.get_callback(conn, attempt.callback_id, for_update=True)
-            assert row is not None
-            await attempt_store.update_attempt(
-                conn, attempt_id, state=AttemptState.CONNECTED, connected_at=now
-            )
-            if row.status != CallbackState.DIALING:
-                return  # cancelled meanwhile: the call goes on, the request stays as the visitor left it
-            await advance_callback(
-                conn,
-                row,
-                CallbackState.CONNECTED,
-                CallbackConnected(
-                    callback_id=row.id,
-                    site_key=row.site_key,
-                    state="connected",
-                    attempt=attempt.attempt_no,
-                    agent_id=str(attempt.agent_id or ""),
-                ),
-                connected_at=now,
-            )
+    async def _connected(self, conn: db.Connection, attempt_id: uuid.UUID, at: dt.datetime) -> None:
+        attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
+        if attempt is None or not can_move(attempt.state, AttemptState.CONNECTED):
+            return
+        row = await callback_store.get_callback(conn, attempt.callback_id, for_update=True)
+        assert row is not None
+        await attempt_store.update_attempt(conn, attempt_id, state=AttemptState.CONNECTED, connected_at=at)
+        if row.status != CallbackState.DIALING:
+            return  # cancelled meanwhile: the call goes on, the request stays as the visitor left it
+        await advance_callback(
+            conn,
+            row,
+            CallbackState.CONNECTED,
+            CallbackConnected(
+                callback_id=row.id,
+                site_key=row.site_key,
+                state="connected",
+                attempt=attempt.attempt_no,
+                agent_id=str(attempt.agent_id or ""),
+            ),
+            connected_at=at,
+        )
 
     async def finish_attempt(self, attempt_id: uuid.UUID, outcome: Outcome) -> None:
         """Close the attempt, free the agent, and complete, retry or fail the request."""
-        now = self.clock()
         async with db.transaction(self.pool) as conn:
-            attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
-            if attempt is None or not can_move(attempt.state, AttemptState.ENDED):
-                return
-            outcome = final_outcome(outcome, attempt.state)
-            OUTCOMES.labels(outcome).inc()
-            await attempt_store.update_attempt(
-                conn, attempt_id, state=AttemptState.ENDED, outcome=outcome, ended_at=now
+            await self._finish(conn, attempt_id, outcome, self.clock())
+
+    async def _finish(
+        self, conn: db.Connection, attempt_id: uuid.UUID, outcome: Outcome, now: dt.datetime
+    ) -> bool:
+        """finish_attempt in the caller's transaction; False when the attempt had already ended."""
+        attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
+        if attempt is None or not can_move(attempt.state, AttemptState.ENDED):
+            return False
+        outcome = final_outcome(outcome, attempt.state)
+        OUTCOMES.labels(outcome).inc()
+        await attempt_store.update_attempt(
+            conn, attempt_id, state=AttemptState.ENDED, outcome=outcome, ended_at=now, placing_until=None
+        )
+        await agent_store.release_agent(conn, attempt_id, agent_status_after(outcome))
+        row = await callback_store.get_callback(conn, attempt.callback_id, for_update=True)
+        assert row is not None
+        if row.status not in (CallbackState.DIALING, CallbackState.CONNECTED):
+            return True  # cancelled or finished meanwhile
+        if outcome == "connected":
+            talk = max((now - (attempt.connected_at or now)).total_seconds(), 0.0)
+            await advance_callback(
+                conn,
+                row,
+                CallbackState.COMPLETED,
+                CallbackCompleted(
+                    callback_id=row.id, site_key=row.site_key, state="completed", talk_seconds=talk
+                ),
+                outcome=outcome,
+                ended_at=now,
             )
-            await agent_store.release_agent(conn, attempt_id, agent_status_after(outcome))
-            row = await callback_store.get_callback(conn, attempt.callback_id, for_update=True)
-            assert row is not None
-            if row.status not in (CallbackState.DIALING, CallbackState.CONNECTED):
-                return  # cancelled or finished meanwhile
-            if outcome == "connected":
-                talk = (now - (attempt.connected_at or now)).total_seconds()
-                await advance_callback(
-                    conn,
-                    row,
-                    CallbackState.COMPLETED,
-                    CallbackCompleted(
-                        callback_id=row.id, site_key=row.site_key, state="completed", talk_seconds=talk
-                    ),
-                    outcome=outcome,
-                    ended_at=now,
-                )
-                return
-            await self._after_failed_attempt(conn, row, outcome, now)
+            return True
+        await self._after_failed_attempt(conn, row, outcome, now)
+        return True
 
     async def _after_failed_attempt(
         self, conn: db.Connection, row: callback_store.CallbackRow, outcome: Outcome, now: dt.datetime
@@ -323,10 +379,14 @@ class AttemptTracker:
         await self.finish_attempt(attempt_id, "connected")
 
     async def end_call(self, attempt_id: uuid.UUID) -> None:
-        """The agent hangs up. A call the adapter knows ends through its terminal event (applied in order
-        after any bridge still queued); one it does not know is closed here, so the agent is always freed."""
+        """The agent hangs up, from any replica. A bridged call is closed here at once (its terminal event,
+        wherever it is applied, is then a no-op); an unbridged call this process follows ends through its
+        terminal event (applied in order after any bridge still on its way); any other is closed here, so
+        the agent is always freed."""
         known = await self.adapter.call_exists(attempt_id.hex)
         await self.adapter.hangup(attempt_id.hex)
-        if not known:
+        async with self.pool.acquire() as conn:
+            attempt = await attempt_store.get_attempt(conn, attempt_id)
+        if not known or (attempt is not None and attempt.state == AttemptState.CONNECTED):
             await self.finish_attempt(attempt_id, "connected")
         self.agent_freed()

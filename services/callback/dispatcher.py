@@ -4,9 +4,16 @@ Safety argument (nothing lost, nothing twice):
 - Reservation is one transaction: the due request (locked, SKIP LOCKED), the longest-idle agent (locked,
   SKIP LOCKED), the attempt row and the callback.dialing event commit together. Two dispatchers can never
   take the same request or agent.
-- The adapter is called only after that commit, with the attempt id as its idempotency key. A dispatcher
-  killed between commit and dial leaves an attempt in 'placing'; the recovery pass re-places it with the
-  same id (ARI adopts the existing channel instead of ringing again).
+- The attempt is leased while it is placed: its row says "placing until T, by this worker", renewed in
+  a short transaction right before the provider call (which carries the attempt id as its idempotency
+  key). Orders are placed concurrently (at most PLACE_CONCURRENCY at once), so a slow provider cannot
+  hold a batch past its leases.
+- An attempt whose lease ran out without its "placed" mark was orphaned. Recovery, in any replica, takes
+  only those. If the order was provably never sent (no `ordered_at`: a crash between reservation and
+  dial) it is placed now, once. If it may have been sent (a crash between the provider call and the
+  mark) it is NEVER placed again: the provider is asked whether the call exists (then it is followed
+  like any placed call), otherwise it is closed as `unknown`, which frees the agent and re-times the
+  request without charging the visitor. One attempt can therefore ring a phone at most once.
 - What happens to the call afterwards is the attempt tracker's (attempts.py).
 """
 
@@ -20,8 +27,7 @@ import uuid
 
 from prometheus_client import Counter
 
-from services.callback.attempts import AttemptTracker, reschedule
-from services.callback.domain.attempt import AttemptState
+from services.callback.attempts import AttemptTracker, CallEventSink, reschedule
 from services.callback.domain.calendar import is_callable_at, next_callable_instant
 from services.callback.domain.lifecycle import CallbackState
 from services.callback.schemas import SiteSettings
@@ -35,6 +41,7 @@ from services.common import db
 from services.common.crypto import DataProtector
 from services.common.events import CallbackDialing
 from services.common.failpoints import failpoint
+from services.common.wakeup import worker_id
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,10 @@ PROVIDER_ERRORS = Counter(
     ["adapter"],
 )
 
-# An attempt that never reached 'placed' this long after its commit was orphaned by a crash.
-PLACING_GRACE = dt.timedelta(seconds=5)
+# How long a placing attempt is leased: well beyond a provider call's own timeout (ARI 5 s, Mango 10 s).
+PLACING_LEASE_S = 30.0
+# Orders placed at once by one dispatch pass.
+PLACE_CONCURRENCY = 8
 # Ringing legs end well within this; silence beyond it means the call was lost with its process.
 SILENT_ATTEMPT = dt.timedelta(minutes=3)
 # Graceful shutdown lets a dispatch pass finish placing its calls for at most this long.
@@ -65,6 +74,8 @@ class Dispatcher:
         *,
         clock: Clock = utc_now,
         poll_interval_s: float = 1.0,
+        placing_lease_s: float = PLACING_LEASE_S,
+        sink: CallEventSink | None = None,
     ) -> None:
         self.pool = pool
         self.protector = protector
@@ -72,7 +83,11 @@ class Dispatcher:
         self.adapter = adapter
         self.clock = clock
         self.poll_interval_s = poll_interval_s
-        self.attempts = AttemptTracker(pool, protector, sites, adapter, clock=clock, agent_freed=self.wake)
+        self.placing_lease = dt.timedelta(seconds=placing_lease_s)
+        self.worker = worker_id()
+        self.attempts = AttemptTracker(
+            pool, protector, sites, adapter, clock=clock, agent_freed=self.wake, sink=sink
+        )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,8 +173,17 @@ class Dispatcher:
                 orders.append(order)
         if orders:
             failpoint("dialer.after_reserve")
-        for order in orders:
-            await self.place(order)
+        bound = asyncio.Semaphore(PLACE_CONCURRENCY)
+
+        async def place_bounded(order: CallOrder) -> None:
+            async with bound:
+                try:
+                    await self.place(order)
+                except Exception:
+                    # Its lease runs out and recovery closes it; the other orders go on.
+                    log.exception("placing an order failed", extra={"attempt": order.attempt_id})
+
+        await asyncio.gather(*(place_bounded(order) for order in orders))
         return len(orders)
 
     async def _dispatch_row(
@@ -180,7 +204,15 @@ class Dispatcher:
         attempt_id = uuid.uuid4()
         attempt_no = row.attempts + 1
         await attempt_store.insert_attempt(
-            conn, attempt_id, row.id, attempt_no, agent.id, adapter=self.adapter.name, now=now
+            conn,
+            attempt_id,
+            row.id,
+            attempt_no,
+            agent.id,
+            adapter=self.adapter.name,
+            now=now,
+            placing_until=now + self.placing_lease,
+            placing_by=self.worker,
         )
         await agent_store.assign_agent(conn, agent.id, row.id, attempt_id)
         await advance_callback(
@@ -200,7 +232,16 @@ class Dispatcher:
         return self._order(attempt_id, row, agent, site.settings)
 
     async def place(self, order: CallOrder) -> None:
+        """Send one order under its lease, then mark it placed; an order whose lease lapsed is not sent."""
         attempt_id = uuid.UUID(order.attempt_id)
+        now = self.clock()
+        async with db.transaction(self.pool) as conn:
+            leased = await attempt_store.renew_placing_lease(
+                conn, attempt_id, self.worker, now + self.placing_lease, now
+            )
+        if not leased:
+            log.warning("order not placed: its lease lapsed", extra={"attempt": order.attempt_id})
+            return
         try:
             provider_id = await self.adapter.place_call(order)
         except TelephonyError as exc:
@@ -211,30 +252,65 @@ class Dispatcher:
             await self.attempts.finish_attempt(attempt_id, "failed" if exc.retryable else "provider_error")
             return
         DIALS.labels(self.adapter.name).inc()
+        failpoint("dialer.after_originate")
         await self.attempts.mark_placed(attempt_id, provider_id)
 
     async def recover(self) -> None:
-        """Re-place attempts orphaned between reservation and dial; close attempts whose call was lost."""
+        """Settle attempts whose placing lease ran out: place an order never sent (once), never one that
+        may have been sent; close lost calls."""
         now = self.clock()
-        orphaned: list[CallOrder] = []
-        lost: list[uuid.UUID] = []
+        unsent: list[CallOrder] = []
         async with db.transaction(self.pool) as conn:
-            for attempt in await attempt_store.stale_attempts(
-                conn, now - PLACING_GRACE, now - SILENT_ATTEMPT
-            ):
-                if attempt.state != AttemptState.PLACING:
-                    lost.append(attempt.id)
-                    continue
-                row = await callback_store.get_callback(conn, attempt.callback_id)
-                agent = await agent_store.agent_by_id(conn, attempt.agent_id) if attempt.agent_id else None
-                if row is not None and agent is not None:
-                    site = await self.sites.require(row.site_key, conn)
-                    orphaned.append(self._order(attempt.id, row, agent, site.settings))
-        for attempt_id in lost:
-            await self.attempts.finish_attempt(attempt_id, "failed")
-        for order in orphaned:
-            log.warning("re-placing an orphaned attempt", extra={"attempt": order.attempt_id})
+            orphaned = await attempt_store.expired_placements(conn, now)
+            # Taken over under the row locks, so one replica examines each.
+            for attempt in orphaned:
+                await attempt_store.take_over_placement(
+                    conn, attempt.id, self.worker, now + self.placing_lease
+                )
+                if attempt.ordered_at is None:
+                    order = await self._order_of(conn, attempt)
+                    if order is not None:
+                        unsent.append(order)
+            lost = [a.id for a in await attempt_store.silent_attempts(conn, now - SILENT_ATTEMPT)]
+        for order in unsent:
+            log.warning(
+                "placing an order a crashed dispatcher never sent", extra={"attempt": order.attempt_id}
+            )
             await self.place(order)
+        for attempt in orphaned:
+            if attempt.ordered_at is not None:
+                await self._settle_orphan(attempt.id)
+        for attempt_id in lost:
+            await self.attempts.force_end(attempt_id)
+
+    async def _order_of(self, conn: db.Connection, attempt: attempt_store.AttemptRow) -> CallOrder | None:
+        row = await callback_store.get_callback(conn, attempt.callback_id)
+        agent = await agent_store.agent_by_id(conn, attempt.agent_id) if attempt.agent_id else None
+        if row is None or agent is None:
+            return None
+        site = await self.sites.require(row.site_key, conn)
+        return self._order(attempt.id, row, agent, site.settings)
+
+    async def _settle_orphan(self, attempt_id: uuid.UUID) -> None:
+        try:
+            exists = await self.adapter.call_exists(attempt_id.hex)
+        except Exception:
+            log.exception(
+                "cannot ask the provider about an orphaned attempt", extra={"attempt": attempt_id.hex}
+            )
+            exists = None
+        if exists:
+            log.warning(
+                "an orphaned order reached the provider; following it", extra={"attempt": attempt_id.hex}
+            )
+            await self.attempts.mark_placed(attempt_id, attempt_id.hex)
+            return
+        # Not at the provider, or no way to tell: whether a phone rang is unknown, so never ring again for
+        # this attempt; the request gets a new one later (not charged to the visitor).
+        log.warning("closing an orphaned attempt as unknown", extra={"attempt": attempt_id.hex})
+        with contextlib.suppress(Exception):
+            await self.adapter.hangup(attempt_id.hex)
+        await self.attempts.finish_attempt(attempt_id, "unknown")
 
     def _order(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from services.callback.telephony import AriConfig, MangoConfig, SimConfig, TelephonySettings
@@ -25,6 +26,9 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     ari_password: str = ""
     ari_app: str = "abonent-callback"
     ari_visitor_endpoint: str = "PJSIP/{digits}@trunk"
+    # Each replica registers the ARI app "<ari_app>-<ari_replica>" (Asterisk sends an app's events to one
+    # WebSocket); empty: a random name per process. A stable value (the pod name) is fine, not required.
+    ari_replica: str = ""
     # Mango Office VPBX (ABONENT_TELEPHONY=mango); its webhooks go to /telephony/mango/events/call etc.
     mango_api_key: str = ""
     mango_api_salt: str = ""
@@ -33,10 +37,15 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     # GET /v1/sites/{key}/offer: requests per minute from one client IP, counted per process. Generous:
     # mobile visitors share carrier NAT addresses.
     offer_rate_limit_per_minute: int = 300
+    # A call being placed is leased this long (s); an order still unconfirmed after it is settled by any
+    # replica without ringing again. Well above the providers' own request timeouts.
+    placing_lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.sim_time_scale <= 0:
             raise SettingsError(f"{env_name('sim_time_scale')} must be > 0, got {self.sim_time_scale}")
+        if self.placing_lease_s <= 0:
+            raise SettingsError(f"{env_name('placing_lease_s')} must be > 0, got {self.placing_lease_s}")
         if self.offer_rate_limit_per_minute < 1:
             raise SettingsError(
                 f"{env_name('offer_rate_limit_per_minute')} must be >= 1,"
@@ -77,7 +86,7 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
                 password=self.ari_password,
                 app=self.ari_app,
                 visitor_endpoint_template=self.ari_visitor_endpoint,
-            )
+            ).for_replica(self.ari_replica or uuid.uuid4().hex[:8])
             if self.telephony == "asterisk"
             else None,
             mango=MangoConfig(

@@ -76,7 +76,11 @@ async def enqueue_webhook(conn: db.Connection, event: AnyEvent) -> None:
 
 def webhook_consumer_spec() -> ConsumerSpec:
     return ConsumerSpec(
-        name="crm_webhooks", stream="CALLBACK", subjects=["callback.>"], handler=enqueue_webhook
+        name="crm_webhooks",
+        stream="CALLBACK",
+        subjects=["callback.>"],
+        handler=enqueue_webhook,
+        handles=[CallbackEvent],  # not the internal callback.telephony events
     )
 
 

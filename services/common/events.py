@@ -140,6 +140,26 @@ class CallbackExpired(CallbackEvent, frozen=True, kw_only=True, tag="callback.ex
     SUBJECT = "callback.expired"
 
 
+class CallbackTelephonyEvent(Event, frozen=True, kw_only=True, tag="callback.telephony.v1"):
+    """What a telephony adapter saw about one dial attempt, carried durably from the replica that heard it
+    to whichever replica applies it (published on `callback.telephony.<attempt>`, not through the outbox:
+    it must get through while PostgreSQL is down). Internal to the callback service: not a CallbackEvent,
+    so CRM webhooks and status streams never see it.
+
+    Either `kind` is one of the adapter's call event kinds, or `kind` is "notice" and `notice` holds a
+    provider's raw notification (its JSON), translated by the replica that applies it."""
+
+    SUBJECT = "callback.telephony"
+    attempt_id: str
+    adapter: str
+    kind: str
+    at: dt.datetime
+    provider_call_id: str | None = None
+    detail: str = ""
+    bridged_at: dt.datetime | None = None
+    notice: str = ""
+
+
 # --- verification -------------------------------------------------------------------------------------
 # A case asks one subscriber (an MSISDN) to confirm the passport data on their contract by a deadline.
 # The notifier turns link_issued / reminder_due / suspension_due into messages; the billing adapter
@@ -259,6 +279,7 @@ AnyEvent = (
     | CallbackFailed
     | CallbackCancelled
     | CallbackExpired
+    | CallbackTelephonyEvent
     | VerificationLinkIssued
     | VerificationReminderDue
     | VerificationConfirmed

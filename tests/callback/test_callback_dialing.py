@@ -299,7 +299,8 @@ async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: 
 async def test_dispatcher_killed_after_reserving_redials_the_same_attempt_once(
     settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    fast = {"ABONENT_SIM_TIME_SCALE": "0.01"}
+    # The order was never sent (no ordered_at), so once its lease lapses recovery may place it, once.
+    fast = {"ABONENT_SIM_TIME_SCALE": "0.01", "ABONENT_PLACING_LEASE_S": "2"}
     async with running_service(
         settings, "callback", tmp_path, ABONENT_FAILPOINTS="dialer.after_reserve", **fast
     ) as base:

@@ -18,6 +18,9 @@ Outcome = Literal[
     "failed",
     "declined",
     "provider_error",
+    # A crash between the order and its "placed" mark: whether the phones rang is not known, so the same
+    # attempt is never placed again; the request is re-timed like after a provider error.
+    "unknown",
 ]
 
 # After the provider refuses an order outright (bad credentials, number format, account blocked) the
@@ -59,7 +62,7 @@ def decide_retry(
     """
     if outcome == "agent_no_answer":
         return RetryDecision(next_at=now, counts_as_attempt=False)
-    if outcome == "provider_error":
+    if outcome in ("provider_error", "unknown"):
         backoff = now + dt.timedelta(seconds=PROVIDER_BACKOFF_S)
         return RetryDecision(next_at=next_callable_instant(backoff, site, callee), counts_as_attempt=False)
     if outcome in ("declined", "connected") or attempts_done >= spacing.max_attempts:

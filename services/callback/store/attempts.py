@@ -24,6 +24,7 @@ class AttemptRow(msgspec.Struct, kw_only=True):
     started_at: dt.datetime
     placed_at: dt.datetime | None
     connected_at: dt.datetime | None
+    ordered_at: dt.datetime | None = None
 
 
 _ATTEMPT_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(AttemptRow))
@@ -38,16 +39,76 @@ async def insert_attempt(
     *,
     adapter: str,
     now: dt.datetime,
+    placing_until: dt.datetime,
+    placing_by: str,
 ) -> None:
+    """A new attempt in 'placing', leased to `placing_by` until `placing_until`."""
     await conn.execute(
-        "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at)"
-        " values ($1, $2, $3, $4, $5, 'placing', $6)",
+        "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at,"
+        " placing_until, placing_by) values ($1, $2, $3, $4, $5, 'placing', $6, $7, $8)",
         attempt_id,
         callback_id,
         attempt_no,
         agent_id,
         adapter,
         now,
+        placing_until,
+        placing_by,
+    )
+
+
+async def renew_placing_lease(
+    conn: Connection, attempt_id: uuid.UUID, holder: str, until: dt.datetime, now: dt.datetime
+) -> bool:
+    """Extend our unexpired lease and record that the order is being sent, right before the provider
+    call; False if the lease lapsed or is not ours (then recovery owns the attempt: do not send)."""
+    record = await conn.fetchval(
+        "update dial_attempts set placing_until = $3, ordered_at = coalesce(ordered_at, $4)"
+        " where id = $1 and state = 'placing'"
+        " and placing_by = $2 and placing_until > $4 returning true",
+        attempt_id,
+        holder,
+        until,
+        now,
+    )
+    return bool(record)
+
+
+async def expired_placements(conn: Connection, now: dt.datetime) -> list[AttemptRow]:
+    """Attempts still 'placing' after their lease ran out: their holder died or hung mid-order. Locked
+    (SKIP LOCKED) so one replica examines each."""
+    records = await conn.fetch(
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where state = 'placing' and placing_until < $1"
+        " for update skip locked",
+        now,
+    )
+    return [msgspec.convert(dict(r), AttemptRow) for r in records]
+
+
+async def take_over_placement(
+    conn: Connection, attempt_id: uuid.UUID, holder: str, until: dt.datetime
+) -> None:
+    """Recovery holds an orphaned placement while it settles it, so no other replica examines it too."""
+    await conn.execute(
+        "update dial_attempts set placing_until = $3, placing_by = $2 where id = $1 and state = 'placing'",
+        attempt_id,
+        holder,
+        until,
+    )
+
+
+async def provider_state(conn: Connection, attempt_id: uuid.UUID) -> bytes | None:
+    """The provider's bookkeeping of the attempt's call (JSON), locked with the row for the caller's
+    transaction; None when no row or nothing stored yet."""
+    value = await conn.fetchval(
+        "select provider_state::text from dial_attempts where id = $1 for update", attempt_id
+    )
+    return None if value is None else str(value).encode()
+
+
+async def set_provider_state(conn: Connection, attempt_id: uuid.UUID, state: bytes) -> None:
+    await conn.execute(
+        "update dial_attempts set provider_state = $2::jsonb where id = $1", attempt_id, state.decode()
     )
 
 
@@ -62,22 +123,26 @@ async def get_attempt(
 
 
 async def update_attempt(conn: Connection, attempt_id: uuid.UUID, **changes: Any) -> None:
-    allowed = {"state", "provider_call_id", "outcome", "placed_at", "connected_at", "ended_at"}
+    allowed = {
+        "state",
+        "provider_call_id",
+        "outcome",
+        "placed_at",
+        "connected_at",
+        "ended_at",
+        "placing_until",
+    }
     if set(changes) - allowed:
         raise ValueError(f"not attempt columns: {sorted(set(changes) - allowed)}")
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
     await conn.execute(f"update dial_attempts set {assignments} where id = $1", attempt_id, *changes.values())
 
 
-async def stale_attempts(
-    conn: Connection, placing_before: dt.datetime, silent_before: dt.datetime
-) -> list[AttemptRow]:
-    """Attempts a crashed dispatcher left behind: never placed, or placed but silent far too long."""
+async def silent_attempts(conn: Connection, silent_before: dt.datetime) -> list[AttemptRow]:
+    """Placed attempts still ringing far too long: their call was lost with its process."""
     records = await conn.fetch(
-        f"select {_ATTEMPT_COLUMNS} from dial_attempts where state <> 'ended' and ("
-        " (state = 'placing' and started_at < $1) or (state <> 'placing' and state <> 'connected'"
-        " and started_at < $2)) for update skip locked",
-        placing_before,
+        f"select {_ATTEMPT_COLUMNS} from dial_attempts where state not in ('ended', 'placing', 'connected')"
+        " and started_at < $1 for update skip locked",
         silent_before,
     )
     return [msgspec.convert(dict(r), AttemptRow) for r in records]

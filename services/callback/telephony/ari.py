@@ -91,6 +91,11 @@ class AriConfig(msgspec.Struct, frozen=True, kw_only=True):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AriConfig.{name} must be positive")
 
+    def for_replica(self, replica: str) -> AriConfig:
+        """This config with the app name `<app>-<replica>`: Asterisk sends an app's events to one
+        WebSocket only, so each replica registers its own app and hears exactly the calls it placed."""
+        return msgspec.structs.replace(self, app=f"{self.app}-{replica}")
+
 
 class _Channel(msgspec.Struct):
     id: str
@@ -234,16 +239,38 @@ class AsteriskAriAdapter:
     async def hangup(self, attempt_id: str) -> None:
         async with self._lock:
             call = self._calls.get(attempt_id)
-            if call is None or call.finished:
+            if call is None:
+                # Placed by another replica (ARI REST is stateless): remove its channels and bridge by id.
+                # The owner's app hears the channels go and reports the end; if the owner is gone, the
+                # caller closes the attempt itself.
+                prefix = self._prefix(attempt_id)
+                for path in (
+                    *(f"/channels/{c}" for c in self._channel_ids(attempt_id)),
+                    f"/bridges/{prefix}-bridge",
+                ):
+                    with contextlib.suppress(TelephonyError):
+                        await self._request("DELETE", path, allow={404})
+                return
+            if call.finished:
                 return
             kind = CallEventKind.ENDED if call.bridged else CallEventKind.FAILED
             await self._finish(call, kind, "hangup requested")
 
     async def call_exists(self, attempt_id: str) -> bool | None:
-        # Only calls placed by this process are known; another process's call cannot be asked about here,
-        # so those are left to the maximum talk time.
         call = self._calls.get(attempt_id)
-        return None if call is None else not call.finished
+        if call is not None:
+            return not call.finished
+        # Another process's call (a dead replica's, or one placed just before a crash): channel ids come
+        # from the attempt id, so Asterisk itself can be asked. None when it cannot be reached.
+        try:
+            for channel_id in self._channel_ids(attempt_id):
+                response = await self._request("GET", f"/channels/{channel_id}", allow={404})
+                if response.status_code != 404:
+                    return True
+        except TelephonyError as exc:
+            log.warning("cannot ask Asterisk about attempt %s: %s", attempt_id, exc)
+            return None
+        return False
 
     async def events(self) -> AsyncIterator[CallEvent]:
         async for event in self._stream:
@@ -251,8 +278,15 @@ class AsteriskAriAdapter:
 
     # --- the call -------------------------------------------------------------------------------------
 
+    def _prefix(self, attempt_id: str) -> str:
+        return f"{self.config.channel_id_prefix}-{attempt_id}"
+
+    def _channel_ids(self, attempt_id: str) -> tuple[str, str]:
+        prefix = self._prefix(attempt_id)
+        return f"{prefix}-agent", f"{prefix}-visitor"
+
     def _new_call(self, order: CallOrder) -> _AriCall:
-        prefix = f"{self.config.channel_id_prefix}-{order.attempt_id}"
+        prefix = self._prefix(order.attempt_id)
         digits = order.visitor_phone.lstrip("+")
         visitor_endpoint = self.config.visitor_endpoint_template.format(
             digits=digits, number=order.visitor_phone

@@ -108,6 +108,9 @@ class CallEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: dt.datetime  # UTC, timezone-aware
     provider_call_id: str | None = None
     detail: str = ""
+    # On ENDED: when the people were bridged. ENDED then says everything about the conversation by itself,
+    # so an ENDED applied before a delayed BRIDGED (a retry, a redelivery) still counts as talked.
+    bridged_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
         if self.at.utcoffset() != dt.timedelta(0):
@@ -209,6 +212,7 @@ class EventStream:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[CallEvent | None] = asyncio.Queue()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._bridged_at: dict[str, dt.datetime] = {}
         self._closed = False
 
     def is_finished(self, attempt_id: str) -> bool:
@@ -225,10 +229,19 @@ class EventStream:
         """Queue an event; False when dropped because the attempt already ended or the stream is closed."""
         if self._closed or attempt_id in self._finished:
             return False
+        at = utc_now()
+        if kind is CallEventKind.BRIDGED:
+            self._bridged_at[attempt_id] = at
         event = CallEvent(
-            attempt_id=attempt_id, kind=kind, at=utc_now(), provider_call_id=provider_call_id, detail=detail
+            attempt_id=attempt_id,
+            kind=kind,
+            at=at,
+            provider_call_id=provider_call_id,
+            detail=detail,
+            bridged_at=self._bridged_at.get(attempt_id) if kind is CallEventKind.ENDED else None,
         )
         if event.is_terminal:
+            self._bridged_at.pop(attempt_id, None)
             self._finished[attempt_id] = None
             if len(self._finished) > self._FINISHED_MEMORY:
                 self._finished.popitem(last=False)
