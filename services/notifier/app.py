@@ -12,8 +12,9 @@ import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Response, get, post, put
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from litestar.response import Redirect
 
 from services.common import db
@@ -210,6 +211,7 @@ async def recipient_view(conn: db.Connection, recipient_id: uuid.UUID, limit: in
     )
 
 
+PoolDependency = NamedDependency[db.Pool]
 LimitQuery = Annotated[int, QueryParameter(ge=1, le=500, description="Newest first")]
 RecipientQuery = Annotated[uuid.UUID | None, QueryParameter(name="recipient_id", required=False)]
 
@@ -221,7 +223,7 @@ RecipientQuery = Annotated[uuid.UUID | None, QueryParameter(name="recipient_id",
     summary="The message log: newest first, with attempts (segments, cost) and each message's timeline",
 )
 async def list_messages(
-    pool: db.Pool, recipient_id: RecipientQuery = None, limit: LimitQuery = 50
+    pool: PoolDependency, recipient_id: RecipientQuery = None, limit: LimitQuery = 50
 ) -> list[MessageView]:
     async with pool.acquire() as conn:
         return await message_views(conn, await store.messages_of(conn, recipient_id, limit))
@@ -233,7 +235,7 @@ async def list_messages(
     tags=["recipients"],
     summary="One recipient: zone and why, bindings, opt-outs, every message with its timeline and cost",
 )
-async def get_recipient(recipient_id: FromPath[uuid.UUID], pool: db.Pool) -> RecipientView:
+async def get_recipient(recipient_id: FromPath[uuid.UUID], pool: PoolDependency) -> RecipientView:
     async with pool.acquire() as conn:
         return await recipient_view(conn, recipient_id)
 
@@ -253,7 +255,7 @@ class RecipientRef(msgspec.Struct, kw_only=True):
     summary="Find a recipient by phone (in the body: phones never go into URLs)",
     status_code=200,
 )
-async def lookup_recipient(data: PhoneLookup, pool: db.Pool, state: State) -> RecipientRef:
+async def lookup_recipient(data: JSONBody[PhoneLookup], pool: PoolDependency, state: State) -> RecipientRef:
     notifier = _context(state).require()
     async with pool.acquire() as conn:
         found = await store.recipient_by_hash(conn, notifier.phone_hash(data.phone.strip()))
@@ -273,7 +275,11 @@ class OptOut(msgspec.Struct, kw_only=True):
     summary="Opt a recipient out of (or back into) a category; legally required notices still go",
 )
 async def put_opt_out(
-    recipient_id: FromPath[uuid.UUID], category: FromPath[str], data: OptOut, pool: db.Pool, state: State
+    recipient_id: FromPath[uuid.UUID],
+    category: FromPath[str],
+    data: JSONBody[OptOut],
+    pool: PoolDependency,
+    state: State,
 ) -> OptOut:
     categories = {route.category for route in _context(state).router.routes}
     if category not in categories:
@@ -301,7 +307,7 @@ class BindLink(msgspec.Struct, kw_only=True):
     status_code=200,
 )
 async def bind_link(
-    recipient_id: FromPath[uuid.UUID], data: BindRequest, pool: db.Pool, state: State
+    recipient_id: FromPath[uuid.UUID], data: JSONBody[BindRequest], pool: PoolDependency, state: State
 ) -> BindLink:
     notifier = _context(state).require()
     async with pool.acquire() as conn:
@@ -323,7 +329,7 @@ def page(template: str, **context: Any) -> Response[str]:
     summary="A recipient's page: every message's timeline (queued, deferred, sent, delivered, ...) and cost",
     include_in_schema=False,
 )
-async def recipient_page(recipient_id: FromPath[uuid.UUID], pool: db.Pool) -> Response[str]:
+async def recipient_page(recipient_id: FromPath[uuid.UUID], pool: PoolDependency) -> Response[str]:
     async with pool.acquire() as conn:
         view = await recipient_view(conn, recipient_id)
     return page("recipient.html", r=view)
@@ -340,7 +346,7 @@ def _sandbox_only(state: State) -> NotifierContext:
 
 
 @get("/dev/inbox", tags=["dev"], include_in_schema=False)
-async def dev_inbox(pool: db.Pool, state: State) -> Response[str]:
+async def dev_inbox(pool: PoolDependency, state: State) -> Response[str]:
     _sandbox_only(state)
     async with pool.acquire() as conn:
         rows = await store.sandbox_messages(conn)
@@ -359,7 +365,7 @@ class ReceiptForm(msgspec.Struct, kw_only=True):
 @post("/dev/inbox/receipts", tags=["dev"], include_in_schema=False)
 async def dev_receipt(
     data: Annotated[ReceiptForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
-    pool: db.Pool,
+    pool: PoolDependency,
     state: State,
 ) -> Redirect:
     notifier = _sandbox_only(state).require()
@@ -386,7 +392,9 @@ class BindForm(msgspec.Struct, kw_only=True):
 
 @post("/dev/inbox/bind", tags=["dev"], include_in_schema=False)
 async def dev_bind(
-    data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)], pool: db.Pool, state: State
+    data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    pool: PoolDependency,
+    state: State,
 ) -> Redirect:
     """What a person does in a messenger: open the deep link (/start <token>), then share their contact."""
     notifier = _sandbox_only(state).require()
@@ -407,7 +415,9 @@ async def dev_bind(
 
 @post("/dev/inbox/stop", tags=["dev"], include_in_schema=False)
 async def dev_stop(
-    data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)], pool: db.Pool, state: State
+    data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    pool: PoolDependency,
+    state: State,
 ) -> Redirect:
     """The person sends "stop" in the pretend messenger: the chat is unbound."""
     notifier = _sandbox_only(state).require()

@@ -582,6 +582,18 @@ class Notifier:
         )
         if attempt.kind == "messenger":
             await self._arm_fallback(conn, message, now)
+        early = await store.take_early_receipt(conn, attempt.channel, result.provider_message_id)
+        if early is not None:
+            await self.on_receipt(
+                conn,
+                DeliveryReceipt(
+                    channel=attempt.channel,
+                    provider_message_id=result.provider_message_id,
+                    status=early["status"],
+                    at=early["at"],
+                    reason=early["reason"],
+                ),
+            )
 
     async def record_failure(
         self,
@@ -684,7 +696,16 @@ class Notifier:
         now = self.clock.now()
         attempts = await store.attempts_by_provider_id(conn, receipt.channel, receipt.provider_message_id)
         if not attempts:
-            log.info("receipt for an unknown message", extra={"channel": receipt.channel})
+            # Maybe its send is not committed yet (a fast provider): kept until record_sent applies it.
+            await store.save_early_receipt(
+                conn,
+                receipt.channel,
+                receipt.provider_message_id,
+                status=receipt.status,
+                at=receipt.at,
+                reason=receipt.reason,
+            )
+            log.info("receipt for a message not (yet) known", extra={"channel": receipt.channel})
             return False
         for attempt in attempts:
             if attempt.state not in ("sent", "unknown", "in_flight"):

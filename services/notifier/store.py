@@ -530,6 +530,34 @@ async def attempts_by_provider_id(
     return [_row(AttemptRow, r) for r in rows]
 
 
+async def save_early_receipt(
+    conn: db.Connection, channel: str, provider_message_id: str, *, status: str, at: dt.datetime, reason: str
+) -> None:
+    await conn.execute(
+        "insert into early_receipts (channel, provider_message_id, status, at, reason)"
+        " values ($1, $2, $3, $4, $5) on conflict (channel, provider_message_id) do update"
+        "  set status = excluded.status, at = excluded.at,"
+        "  reason = excluded.reason",
+        channel,
+        provider_message_id,
+        status,
+        at,
+        reason[:300],
+    )
+
+
+async def take_early_receipt(
+    conn: db.Connection, channel: str, provider_message_id: str
+) -> asyncpg.Record | None:
+    record: asyncpg.Record | None = await conn.fetchrow(
+        "delete from early_receipts where channel = $1 and provider_message_id = $2"
+        " returning status, at, reason",
+        channel,
+        provider_message_id,
+    )
+    return record
+
+
 async def mark_delivered(conn: db.Connection, attempt_id: uuid.UUID, at: dt.datetime) -> None:
     await conn.execute(
         "update attempts set state = 'delivered', delivered_at = $2, updated_at = now() where id = $1",

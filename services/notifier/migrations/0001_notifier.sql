@@ -141,6 +141,17 @@ end $$;
 create trigger attempts_ready_notify after insert or update of state, not_before on attempts
     for each row when (new.state = 'ready') execute function attempts_notify();
 
+-- Receipts that arrived before the send that they report was committed (a fast provider can beat our
+-- second transaction); applied when it is.
+create table early_receipts (
+    channel text not null,
+    provider_message_id text not null,
+    status text not null,
+    at timestamptz not null,
+    reason text not null default '',
+    primary key (channel, provider_message_id)
+);
+
 -- What happened to a message, in order: queued, deferred until, sent via, delivered, fallback, ...
 create table timeline (
     id bigserial primary key,
