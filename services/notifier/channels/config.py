@@ -90,8 +90,35 @@ class ChannelSettings(SettingsSection, kw_only=True, frozen=True):
 
 
 def build_channels(settings: ChannelSettings, http: httpx.AsyncClient) -> list[Channel]:
-    """The enabled provider adapters (not the sandbox), sharing the service's httpx client."""
+    """The enabled provider adapters (not the sandbox), sharing the service's httpx client.
+
+    Imported here, not at the top: each adapter module pulls its own libraries, and a deployment that
+    runs only the sandbox should not need them to import this module.
+    """
+    from services.notifier.channels.sms_http import SmscChannel, SmsRuChannel
+
     channels: list[Channel] = []
-    del http  # adapters land in the next commits
-    del settings
+    enabled = settings.enabled()
+    timeout = settings.channel_http_timeout_s
+    if "sms_ru" in enabled:
+        channels.append(
+            SmsRuChannel(
+                http,
+                base_url=settings.sms_ru_url,
+                api_id=settings.sms_ru_api_id,
+                sender=settings.sms_sender,
+                timeout_s=timeout,
+            )
+        )
+    if "smsc" in enabled:
+        channels.append(
+            SmscChannel(
+                http,
+                base_url=settings.smsc_url,
+                login=settings.smsc_login,
+                password=settings.smsc_password,
+                sender=settings.sms_sender,
+                timeout_s=timeout,
+            )
+        )
     return channels
