@@ -95,7 +95,9 @@ def build_channels(settings: ChannelSettings, http: httpx.AsyncClient) -> list[C
     Imported here, not at the top: each adapter module pulls its own libraries, and a deployment that
     runs only the sandbox should not need them to import this module.
     """
+    from services.notifier.channels.max import MaxChannel
     from services.notifier.channels.sms_http import SmscChannel, SmsRuChannel
+    from services.notifier.channels.telegram import TelegramChannel
 
     channels: list[Channel] = []
     enabled = settings.enabled()
@@ -120,5 +122,15 @@ def build_channels(settings: ChannelSettings, http: httpx.AsyncClient) -> list[C
                 sender=settings.sms_sender,
                 timeout_s=timeout,
             )
+        )
+    if "telegram" in enabled:
+        channels.append(
+            TelegramChannel(
+                http, base_url=settings.telegram_api_url, token=settings.telegram_bot_token, timeout_s=timeout
+            )
+        )
+    if "max" in enabled:
+        channels.append(
+            MaxChannel(http, base_url=settings.max_api_url, token=settings.max_bot_token, timeout_s=timeout)
         )
     return channels
