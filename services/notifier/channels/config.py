@@ -7,7 +7,7 @@ from typing import Final
 import httpx
 
 from services.common.settings import SettingsError, SettingsSection, env_name
-from services.notifier.channels.base import Channel
+from services.notifier.channels.base import Channel, ReceiptSink
 
 # Channels this module builds; "sandbox" is built by the engine itself (it needs its database).
 PROVIDER_CHANNELS: Final = ("sms_ru", "smsc", "smpp", "telegram", "max")
@@ -89,13 +89,19 @@ class ChannelSettings(SettingsSection, kw_only=True, frozen=True):
                 raise SettingsError(f"{env_name(name)} must be positive")
 
 
-def build_channels(settings: ChannelSettings, http: httpx.AsyncClient) -> list[Channel]:
+def build_channels(
+    settings: ChannelSettings, http: httpx.AsyncClient, receipt_sink: ReceiptSink | None = None
+) -> list[Channel]:
     """The enabled provider adapters (not the sandbox), sharing the service's httpx client.
+
+    SMPP receipts arrive on its session, not over HTTP: they go to `receipt_sink`. Call `start()` on
+    an SmppChannel (it binds in the background) and `close()` on every channel at shutdown.
 
     Imported here, not at the top: each adapter module pulls its own libraries, and a deployment that
     runs only the sandbox should not need them to import this module.
     """
     from services.notifier.channels.max import MaxChannel
+    from services.notifier.channels.smpp import SmppChannel
     from services.notifier.channels.sms_http import SmscChannel, SmsRuChannel
     from services.notifier.channels.telegram import TelegramChannel
 
@@ -121,6 +127,20 @@ def build_channels(settings: ChannelSettings, http: httpx.AsyncClient) -> list[C
                 password=settings.smsc_password,
                 sender=settings.sms_sender,
                 timeout_s=timeout,
+            )
+        )
+    if "smpp" in enabled:
+        channels.append(
+            SmppChannel(
+                host=settings.smpp_host,
+                port=settings.smpp_port,
+                system_id=settings.smpp_system_id,
+                password=settings.smpp_password,
+                system_type=settings.smpp_system_type,
+                sender=settings.sms_sender,
+                window=settings.smpp_window,
+                enquire_link_s=settings.smpp_enquire_link_s,
+                receipt_sink=receipt_sink,
             )
         )
     if "telegram" in enabled:
