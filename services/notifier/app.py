@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Response, get, post, put
@@ -29,8 +31,12 @@ from services.common.scheduler import JobHandler, Recurring
 from services.common.settings import Settings, get_settings
 from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
 from services.notifier import store
+from services.notifier.channels import max as max_channel
+from services.notifier.channels import sms_http, telegram
 from services.notifier.channels.base import Channel, DeliveryReceipt, InboundUpdate
+from services.notifier.channels.config import build_channels
 from services.notifier.channels.sandbox import SANDBOX_CHAT, SandboxChannel, sandbox_chat_id
+from services.notifier.channels.smpp import SmppChannel
 from services.notifier.engine import (
     FALLBACK_JOB,
     RELEASE_JOB,
@@ -41,6 +47,8 @@ from services.notifier.engine import (
 )
 from services.notifier.routing import Router, RoutingError, load_router
 from services.notifier.settings import NotifierSettings, get_notifier_settings
+
+log = logging.getLogger(__name__)
 
 NOTIFIER_READ = "notifier:read"
 NOTIFIER_ADMIN = "notifier:admin"
@@ -61,6 +69,8 @@ class NotifierContext:
         self.router = router
         self.own = own
         self.sandbox = sandbox
+        self.pool: db.Pool | None = None
+        self.http: httpx.AsyncClient | None = None
         self.notifier: Notifier | None = None
         self.sender: Sender | None = None
         self.registry: ChannelRegistry | None = None
@@ -440,27 +450,42 @@ def _events_of(router: Router, stream_prefix: str) -> list[type[Event]]:
     return [CATALOGUE[tag] for tag in router.event_tags if tag.startswith(stream_prefix)]
 
 
-def make_spec(
-    own: NotifierSettings | None = None,
-    channels: list[Channel] | None = None,
-    *,
-    sandbox: bool = True,
-) -> ServiceSpec:
-    """`own` None: this process's ABONENT_NOTIFY_* environment. `channels`: provider adapters beside the
-    sandbox (tests pass their own); the sandbox's two pretend phones (SMS and chat) when `sandbox`."""
+def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | None = None) -> ServiceSpec:
+    """`own` None: this process's ABONENT_* environment (read now: webhook routes need their secrets).
+    `channels`: adapters to use instead of the configured providers (tests pass their own); the sandbox's
+    two pretend phones (SMS and chat) join them when ABONENT_NOTIFY_CHANNELS lists "sandbox"."""
     try:
         router = load_router()
     except RoutingError as exc:
         raise SystemExit(f"notifier routing: {exc}") from None
-    context = NotifierContext(router, own or NotifierSettings(), sandbox)
+    settings = own or get_notifier_settings()
+    enabled = settings.enabled()
+    context = NotifierContext(router, settings, "sandbox" in enabled)
+
+    async def on_receipt(receipt: DeliveryReceipt) -> None:
+        notifier = context.require()
+        assert context.pool is not None
+        async with db.transaction(context.pool) as conn:
+            await notifier.on_receipt(conn, receipt)
+
+    async def on_update(update: InboundUpdate) -> None:
+        notifier = context.require()
+        assert context.pool is not None
+        async with db.transaction(context.pool) as conn:
+            outcome = await notifier.on_update(conn, update)
+        log.info(
+            "messenger update", extra={"channel": update.channel, "kind": update.kind, "outcome": outcome}
+        )
 
     def build(runtime: Runtime) -> NotifierContext:
         if context.notifier is not None:  # consumers, jobs and start-up hooks all ask; build once
             return context
-        settings = own or get_notifier_settings()
-        context.own = settings
-        adapters: list[Channel] = list(channels or [])
-        if sandbox:
+        context.pool = runtime.worker_pool
+        context.http = httpx.AsyncClient(follow_redirects=False)
+        adapters: list[Channel] = (
+            list(channels) if channels is not None else build_channels(settings, context.http, on_receipt)
+        )
+        if context.sandbox:
             adapters += [
                 SandboxChannel(runtime.worker_pool, "messenger"),
                 SandboxChannel(runtime.worker_pool, "sms"),
@@ -517,6 +542,10 @@ def make_spec(
     async def start(runtime: Runtime) -> None:
         built = build(runtime)
         assert built.sender is not None
+        assert built.registry is not None
+        for channel in built.registry.by_name.values():
+            if isinstance(channel, SmppChannel):
+                await channel.start()  # binds in the background, reconnecting for ever
         await built.sender.start()
 
     async def finish(runtime: Runtime) -> None:
@@ -524,6 +553,16 @@ def make_spec(
             await context.sender.stop()
         if context.registry is not None:
             await context.registry.close()
+        if context.http is not None:
+            await context.http.aclose()
+
+    webhooks: list[Any] = []
+    if "telegram" in enabled:
+        webhooks += telegram.webhook_routes(on_update, settings.telegram_webhook_secret)
+    if "max" in enabled:
+        webhooks += max_channel.webhook_routes(on_update, settings.max_webhook_secret)
+    if {"sms_ru", "smsc"} & set(enabled):
+        webhooks += sms_http.receipt_routes(on_receipt, settings.sms_receipt_secret)
 
     return ServiceSpec(
         name="notifier",
@@ -540,6 +579,7 @@ def make_spec(
             dev_receipt,
             dev_bind,
             dev_stop,
+            *webhooks,
         ],
         migrations_dir=Path(__file__).parent / "migrations",
         consumers=consumers,
@@ -547,7 +587,7 @@ def make_spec(
         on_shutdown=[finish],
         jobs=jobs,
         recurring=[Recurring(SWEEP_JOB, dt.timedelta(seconds=15))],
-        links=[("dev inbox", "/dev/inbox")] if sandbox else [],
+        links=[("dev inbox", "/dev/inbox")] if context.sandbox else [],
         settings_section=NotifierSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
         scopes={

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -99,6 +100,8 @@ PHONE_INDEX = "notifier.phone"
 CONTACT_WAIT = dt.timedelta(hours=1)
 # A chat must share its contact this soon after opening the deep link.
 BIND_CONTACT_WITHIN = dt.timedelta(hours=1)
+# The longest link a template's segment budget allows for (test_notifier_templates.py renders with it).
+MAX_LINK_CHARS = 60
 FINAL_STATES = ("delivered", "failed", "superseded", "expired", "skipped")
 
 
@@ -131,6 +134,14 @@ class _Choice:
         self.kind = kind
         self.address = address
         self.edit_of = edit_of
+
+
+def short_link(url: str) -> str:
+    """A link for an SMS: the page itself when short, else its site (templates budget 60 characters)."""
+    if len(url) <= MAX_LINK_CHARS:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"[:MAX_LINK_CHARS] if parts.netloc else ""
 
 
 def _fmt(at: dt.datetime) -> str:
@@ -248,7 +259,12 @@ class Notifier:
             found = await store.get_recipient(conn, contact["recipient_id"])
             assert found is not None  # callback_contacts references recipients
             recipient, page_url = found, contact["page_url"]
-        return recipient, event.site_key, f"callback:{event.callback_id}", {"rebook_url": page_url}
+        return (
+            recipient,
+            event.site_key,
+            f"callback:{event.callback_id}",
+            {"rebook_url": short_link(page_url)},
+        )
 
     async def _plan(self, conn: db.Connection, event: Event, route: Route, now: dt.datetime) -> None:
         found = await self._audience(conn, event, route, now)
@@ -538,6 +554,7 @@ class Notifier:
         result: SendResult,
         now: dt.datetime,
     ) -> None:
+        await store.lock_provider_message(conn, attempt.channel, result.provider_message_id)
         settled = await store.settle_attempt(
             conn,
             attempt.id,
@@ -694,6 +711,7 @@ class Notifier:
     async def on_receipt(self, conn: db.Connection, receipt: DeliveryReceipt) -> bool:
         """A provider's delivery report; False when it names no message of ours."""
         now = self.clock.now()
+        await store.lock_provider_message(conn, receipt.channel, receipt.provider_message_id)
         attempts = await store.attempts_by_provider_id(conn, receipt.channel, receipt.provider_message_id)
         if not attempts:
             # Maybe its send is not committed yet (a fast provider): kept until record_sent applies it.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from services.common.settings import SettingsError, SettingsSection, env_name, get_section
+from services.common.settings import SettingsError, env_name, get_section
+from services.notifier.channels.config import ChannelSettings
 
 
 def _parse_hhmm(value: str, field: str) -> dt.time:
@@ -14,8 +15,8 @@ def _parse_hhmm(value: str, field: str) -> dt.time:
         raise SettingsError(f"{env_name(field)} must be HH:MM, got {value!r}") from None
 
 
-class NotifierSettings(SettingsSection, kw_only=True, frozen=True):
-    """Read from ABONENT_NOTIFY_*; channel credentials live in channels/config.py's section."""
+class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
+    """The notifier's whole section: the engine's ABONENT_NOTIFY_* and the channels' (channels/config.py)."""
 
     # SMS goes out only when a messenger message has no delivery receipt after this many minutes.
     notify_fallback_minutes: float = 10.0
@@ -35,6 +36,7 @@ class NotifierSettings(SettingsSection, kw_only=True, frozen=True):
     notify_max_bot: str = "abonent_bot"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         start = _parse_hhmm(self.notify_quiet_start, "notify_quiet_start")
         end = _parse_hhmm(self.notify_quiet_end, "notify_quiet_end")
         if start == end:

@@ -530,6 +530,13 @@ async def attempts_by_provider_id(
     return [_row(AttemptRow, r) for r in rows]
 
 
+async def lock_provider_message(conn: db.Connection, channel: str, provider_message_id: str) -> None:
+    """Serialise a send's record and a receipt for it: one of them always sees the other's commit."""
+    await conn.execute(
+        "select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))", channel, provider_message_id
+    )
+
+
 async def save_early_receipt(
     conn: db.Connection, channel: str, provider_message_id: str, *, status: str, at: dt.datetime, reason: str
 ) -> None:

@@ -33,7 +33,7 @@ async def test_a_callback_request_texts_the_promise_and_logs_segments_cost_and_e
     message = await h.message("callback_promise", "sent")
     [sms] = await h.inbox(PHONE)
     assert sms["channel"] == "sandbox"
-    assert sms["body"].startswith("Перезвоним вам 02.03 12:05–12:15")
+    assert sms["body"].startswith("Перезвоним 02.03 12:05–12:15")
     assert await h.timeline(message["id"]) == ["queued", "sending via sandbox", "sent via sandbox"]
     assert "notify.sent.v1" in await h.outbox_types()
 
@@ -41,8 +41,8 @@ async def test_a_callback_request_texts_the_promise_and_logs_segments_cost_and_e
     assert response.status_code == 200, response.text
     [logged] = response.json()
     assert logged["purpose"] == "callback_promise"
-    assert logged["segments"] == 2  # Cyrillic: UCS-2, more than 70 characters
-    assert logged["cost_minor"] == 700
+    assert logged["segments"] == 1  # Cyrillic: UCS-2, at most 70 characters
+    assert logged["cost_minor"] == 350
     assert logged["template_id"] == "abonent-cb-promise-1"
     assert (await h.client.get("/v1/messages")).status_code == 401
 
@@ -50,7 +50,7 @@ async def test_a_callback_request_texts_the_promise_and_logs_segments_cost_and_e
     recipient = (await h.client.get(f"/v1/recipients/{lookup.json()['id']}", headers=BEARER)).json()
     assert recipient["phone"] == "+7916*****67"
     assert (recipient["tz"], recipient["tz_rule"]) == ("Europe/Moscow", "event")
-    assert recipient["cost_minor"] == 700
+    assert recipient["cost_minor"] == 350
     page = await h.client.get(f"/back-office/recipients/{lookup.json()['id']}", headers=BEARER)
     assert page.status_code == 200
     assert "sent via sandbox" in page.text

@@ -13,18 +13,12 @@ from services.notifier.channels.base import (
     SendResult,
     TransientChannelError,
 )
+from services.notifier.domain.segments import count_segments
 
 SANDBOX_SMS = "sandbox"
 SANDBOX_CHAT = "sandbox_chat"
 # Pretend prices, in kopecks: what the message log's cost column shows in dev.
 SMS_SEGMENT_COST_MINOR = 350
-
-
-def _segments(text: str) -> int:
-    # Replaced by domain.segments.count_segments once the channels branch is merged.
-    ucs2 = any(ord(char) > 0x7F for char in text)
-    single, part = (70, 67) if ucs2 else (160, 153)
-    return 1 if len(text) <= single else -(-len(text) // part)
 
 
 def sandbox_chat_id(phone: str) -> str:
@@ -57,7 +51,7 @@ class SandboxChannel:
         except OSError as exc:
             raise TransientChannelError(f"sandbox unavailable: {exc!r}") from exc
         if self.kind == "sms":
-            segments = _segments(message.text)
+            segments = count_segments(message.text).segments
             return SendResult(
                 provider_message_id=provider_id,
                 segments=segments,
