@@ -69,7 +69,9 @@ class NotifierContext:
         self.router = router
         self.own = own
         self.sandbox = sandbox
+        # HTTP pool for webhook sinks; worker pool for what arrives on provider sessions (SMPP receipts).
         self.pool: db.Pool | None = None
+        self.worker_pool: db.Pool | None = None
         self.http: httpx.AsyncClient | None = None
         self.notifier: Notifier | None = None
         self.sender: Sender | None = None
@@ -462,11 +464,19 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
     enabled = settings.enabled()
     context = NotifierContext(router, settings, "sandbox" in enabled)
 
-    async def on_receipt(receipt: DeliveryReceipt) -> None:
+    async def apply_receipt(pool: db.Pool | None, receipt: DeliveryReceipt) -> None:
         notifier = context.require()
-        assert context.pool is not None
-        async with db.transaction(context.pool) as conn:
+        assert pool is not None
+        async with db.transaction(pool) as conn:
             await notifier.on_receipt(conn, receipt)
+
+    async def on_receipt(receipt: DeliveryReceipt) -> None:
+        """Receipt webhooks: on the HTTP pool, like every request."""
+        await apply_receipt(context.pool, receipt)
+
+    async def on_session_receipt(receipt: DeliveryReceipt) -> None:
+        """SMPP deliver_sm receipts arrive on the channel's own session: background work."""
+        await apply_receipt(context.worker_pool, receipt)
 
     async def on_update(update: InboundUpdate) -> None:
         notifier = context.require()
@@ -480,10 +490,13 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
     def build(runtime: Runtime) -> NotifierContext:
         if context.notifier is not None:  # consumers, jobs and start-up hooks all ask; build once
             return context
-        context.pool = runtime.worker_pool
+        context.pool = runtime.pool
+        context.worker_pool = runtime.worker_pool
         context.http = httpx.AsyncClient(follow_redirects=False)
         adapters: list[Channel] = (
-            list(channels) if channels is not None else build_channels(settings, context.http, on_receipt)
+            list(channels)
+            if channels is not None
+            else build_channels(settings, context.http, on_session_receipt)
         )
         if context.sandbox:
             adapters += [

@@ -302,3 +302,17 @@ async def _dup_metric() -> bool:
 
     value = REGISTRY.get_sample_value("abonent_events_duplicate_total", {"consumer": "notifier_callback"})
     return bool(value and value >= 1)
+
+
+async def test_an_event_with_a_malformed_phone_is_dead_lettered_not_retried(harness: Harness) -> None:
+    h = harness
+    await h.publish(requested(uuid.uuid4(), phone="call me maybe"))
+
+    async def dead_letter() -> str | None:
+        reason: str | None = await h.conn.fetchval(
+            "select reason from dead_letters where consumer = 'notifier_callback'"
+        )
+        return reason
+
+    assert "not a phone number" in await until(dead_letter)
+    assert await h.messages() == []
