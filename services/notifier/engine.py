@@ -108,6 +108,10 @@ FINAL_STATES = ("delivered", "failed", "superseded", "expired", "skipped")
 class ChannelRegistry:
     """The configured channels by name; the route slots they fill ("messenger", "sms")."""
 
+    # Bot APIs without delivery receipts: a message they accept is in the person's chat, so acceptance
+    # counts as delivery (otherwise every such message would be followed by an SMS N minutes later).
+    ACCEPTED_IS_DELIVERED = frozenset({"telegram", "max"})
+
     def __init__(self, channels: Sequence[Channel]) -> None:
         self.by_name: dict[str, Channel] = {}
         for channel in channels:
@@ -597,6 +601,16 @@ class Notifier:
                 edited_in_place=bool(attempt.edit_of),
             ),
         )
+        if attempt.kind == "messenger" and attempt.channel in self.registry.ACCEPTED_IS_DELIVERED:
+            accepted = DeliveryReceipt(
+                channel=attempt.channel,
+                provider_message_id=result.provider_message_id,
+                status="delivered",
+                at=now,
+                reason="accepted by a bot API without receipts",
+            )
+            await self._delivered(conn, message, attempt, accepted, now)
+            return
         if attempt.kind == "messenger":
             await self._arm_fallback(conn, message, now)
         early = await store.take_early_receipt(conn, attempt.channel, result.provider_message_id)

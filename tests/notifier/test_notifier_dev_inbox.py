@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PHONE, T0, Harness, requested
 from fakes.asgi import serve_asgi
 from support.harness import REPO
+from support.notifier import PHONE, T0, Harness, requested
 from support.polling import until
 
 pytestmark = pytest.mark.browser

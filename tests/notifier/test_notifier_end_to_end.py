@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Harness
 from litestar.testing import AsyncTestClient
 from support.callback_api import ask, put_site, sign_in_agent
 from support.harness import migrate_service
+from support.notifier import Harness
 from support.polling import until
 
 from services.callback.app import create_app as create_callback_app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from conftest import (
+from support.notifier import (
     BEARER,
     PHONE,
     T0,

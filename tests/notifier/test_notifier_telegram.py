@@ -7,8 +7,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from conftest import PHONE, T0, Harness, failed, requested
 from fakes.fake_telegram import running_telegram
+from support.notifier import PHONE, T0, Harness, failed, requested
 from support.polling import until
 
 from services.notifier.settings import NotifierSettings
@@ -59,7 +59,7 @@ async def test_telegram_binding_429_storm_edit_in_place_and_blocked_bot(harness_
         assert fake.messages == []
         fake.flood_until = 0.0
         await h.advance(dt.timedelta(seconds=10))
-        await until(lambda: _state(h, second, "sent"))
+        await until(lambda: _state(h, second, "delivered"))  # Telegram has no receipts: accepted = delivered
         assert [m.text[:10] for m in fake.messages] == ["Перезвоним"]
 
         # The missed call edits that chat message in place.
