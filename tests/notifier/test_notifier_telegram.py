@@ -63,8 +63,8 @@ async def test_telegram_binding_429_storm_edit_in_place_and_blocked_bot(harness_
         assert [m.text[:10] for m in fake.messages] == ["Перезвоним"]
 
         # The missed call edits that chat message in place.
-        await h.publish(failed(second, at=T0 + dt.timedelta(minutes=20)))
         h.clock.set(T0 + dt.timedelta(minutes=20))
+        await h.publish(failed(second, at=T0 + dt.timedelta(minutes=20)))
         try:
             await until(lambda: _edited(fake))
         except AssertionError:
@@ -75,8 +75,8 @@ async def test_telegram_binding_429_storm_edit_in_place_and_blocked_bot(harness_
         # Blocked: the next message finds the chat dead, unbinds it and goes by SMS instead.
         fake.blocked.add(str(CHAT))
         third = uuid.uuid4()
-        await h.publish(requested(third, at=T0 + dt.timedelta(minutes=30)))
         h.clock.set(T0 + dt.timedelta(minutes=30))
+        await h.publish(requested(third, at=T0 + dt.timedelta(minutes=30)))
         try:
             await until(lambda: _went_by_sms(h, third))
         except AssertionError:
