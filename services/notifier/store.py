@@ -576,11 +576,12 @@ async def mark_delivered(conn: db.Connection, attempt_id: uuid.UUID, at: dt.date
 async def non_critical_sms_between(
     conn: db.Connection, recipient_id: uuid.UUID, start: dt.datetime, end: dt.datetime
 ) -> int:
-    """SMS given to a provider for this recipient in [start, end) that the fatigue budget counts."""
+    """Non-critical SMS for this recipient in [start, end) that are going or gone (the fatigue budget)."""
     count: int = await conn.fetchval(
         "select count(*) from attempts a join messages m on m.id = a.message_id"
         " where m.recipient_id = $1 and a.kind = 'sms' and not m.urgent and not m.legally_required"
-        "  and a.state in ('in_flight', 'sent', 'delivered', 'unknown')"
+        # Ready ones count too: a message released a moment ago takes its place in the budget at once.
+        "  and a.state in ('ready', 'in_flight', 'sent', 'delivered', 'unknown')"
         "  and coalesce(a.sent_at, a.not_before) >= $2 and coalesce(a.sent_at, a.not_before) < $3",
         recipient_id,
         start,
