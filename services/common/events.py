@@ -267,6 +267,50 @@ class VerificationCaseCancelled(
     by: str = ""
 
 
+# --- notifier -----------------------------------------------------------------------------------------
+# What happened to one message: for CRM, billing of SMS and dashboards. No phone, no text: the
+# recipient is the notifier's own id, the subject the event that caused the message.
+
+NotifyChannelKind = Literal["sms", "messenger"]
+
+
+class NotifyEvent(Event, frozen=True, kw_only=True):
+    """Every notify.* event names the message, its recipient, why it was sent and the channel used."""
+
+    message_id: uuid.UUID
+    recipient_id: uuid.UUID
+    # The event the message answers (callback.failed's id, ...) and the routing purpose ("callback_missed").
+    cause_event_id: uuid.UUID
+    purpose: str
+    # The channel that sent it ("" on a notify.failed that never reached one).
+    channel: str = ""
+    channel_kind: NotifyChannelKind | None = None
+
+
+class NotifySent(NotifyEvent, frozen=True, kw_only=True, tag="notify.sent.v1"):
+    """The provider accepted the message (an edit in place counts as a send)."""
+
+    SUBJECT = "notify.sent"
+    segments: int = 1
+    cost_minor: int = 0
+    fallback: bool = False
+    edited_in_place: bool = False
+
+
+class NotifyDelivered(NotifyEvent, frozen=True, kw_only=True, tag="notify.delivered.v1"):
+    """A delivery receipt arrived; `late` when it came after the SMS fallback had already gone."""
+
+    SUBJECT = "notify.delivered"
+    late: bool = False
+
+
+class NotifyFailed(NotifyEvent, frozen=True, kw_only=True, tag="notify.failed.v1"):
+    """No channel delivered it: refused for good, expired, or the address is dead (`reason` says which)."""
+
+    SUBJECT = "notify.failed"
+    reason: str
+
+
 AnyEvent = (
     SystemProbe
     | CallbackRequested
@@ -290,6 +334,9 @@ AnyEvent = (
     | VerificationConsentDenied
     | VerificationAccountNotConfirmed
     | VerificationExpired
+    | NotifySent
+    | NotifyDelivered
+    | NotifyFailed
 )
 
 # Streams, declared in code and created/updated at start. One stream per owning service.
@@ -297,7 +344,7 @@ STREAMS: dict[str, list[str]] = {
     "SYSTEM": ["system.>"],
     "CALLBACK": ["callback.>"],
     "VERIFICATION": ["verification.>"],
-    "NOTIFIER": ["notifier.>"],
+    "NOTIFIER": ["notifier.>", "notify.>"],
 }
 
 _encoder = msgspec.json.Encoder()

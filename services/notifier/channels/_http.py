@@ -1,0 +1,58 @@
+"""One guarded HTTP call for the provider adapters: network trouble and garbage become our error classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from services.notifier.channels.base import TransientChannelError
+
+# A provider that answers 5xx or garbage is retried later; this is how long we suggest waiting.
+DEFAULT_RETRY_S = 30.0
+
+
+async def call_json(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    data: Mapping[str, str] | None = None,
+    json: Any = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float,
+) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON body). Raises TransientChannelError on timeouts, connection errors,
+    5xx and bodies that are not JSON; every other status is returned for the adapter to classify."""
+    try:
+        response = await http.request(
+            method, url, data=data, json=json, params=params, headers=headers, timeout=timeout_s
+        )
+    except httpx.TimeoutException as exc:
+        # The request may have reached the provider: the caller's idempotency rules decide what a retry does.
+        raise TransientChannelError(f"{provider}: timeout ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise TransientChannelError(f"{provider}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code >= 500:
+        raise TransientChannelError(
+            f"{provider}: HTTP {response.status_code}", retry_after_s=retry_after_of(response)
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        raise TransientChannelError(
+            f"{provider}: HTTP {response.status_code} with a body that is not JSON",
+            retry_after_s=DEFAULT_RETRY_S,
+        ) from None
+    return response.status_code, body
+
+
+def retry_after_of(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
