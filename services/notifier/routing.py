@@ -180,7 +180,8 @@ def _local(value: dt.datetime, tz: str, fmt: str) -> str:
 
 
 def template_context(event: Event, tz: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The event's fields, each time also as `<field>_local` ("25.11 10:00"), `_time` and `_date`, in `tz`."""
+    """The event's fields, each time also as `<field>_local` ("25.11 10:00"), `_time`, `_date` and
+    `_last_day` (the last local day it leaves whole), in `tz`."""
     context: dict[str, Any] = {}
     for name, value in msgspec.structs.asdict(event).items():
         context[name] = value
@@ -188,5 +189,7 @@ def template_context(event: Event, tz: str, extra: Mapping[str, Any] | None = No
             context[f"{name}_local"] = _local(value, tz, "%d.%m %H:%M")
             context[f"{name}_time"] = _local(value, tz, "%H:%M")
             context[f"{name}_date"] = _local(value, tz, "%d.%m.%Y")
+            # A deadline at local midnight ends the day before: "by 15.12" would promise a day too many.
+            context[f"{name}_last_day"] = _local(value - dt.timedelta(microseconds=1), tz, "%d.%m.%Y")
     context.update(extra or {})
     return context

@@ -114,6 +114,28 @@ def _worst_case_values() -> dict[str, object]:
         "due_at_local": "31.12 23:59",
         "rebook_url": long_link,
         "deadline_date": "31.12.2026",
+        "deadline_last_day": "31.12.2026",
         "link": long_link,
         "days_left": 30,
     }
+
+
+def test_a_deadline_at_local_midnight_is_announced_as_the_day_it_ends() -> None:
+    import datetime as dt
+    import uuid
+
+    from services.common.events import VerificationReminderDue
+    from services.notifier.routing import template_context
+
+    # The verification service's deadline is the end of the subscriber's 14 December: midnight of the 15th.
+    event = VerificationReminderDue(
+        case_id=uuid.uuid4(),
+        state="open",
+        msisdn="+79161234567",
+        deadline=dt.datetime(2026, 12, 14, 21, 0, tzinfo=dt.UTC),
+        link="https://mf.ru/v/abc",
+        days_left=3,
+    )
+    context = template_context(event, "Europe/Moscow")
+    assert context["deadline_date"] == "15.12.2026"
+    assert context["deadline_last_day"] == "14.12.2026"
