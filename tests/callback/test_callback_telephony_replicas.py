@@ -69,6 +69,16 @@ async def sign_in(http: Any, login: str, *, ready: bool = True) -> None:
         assert (await http.post("/agent/api/presence", json={"status": "ready"})).status_code == 200
 
 
+async def event_streams_open(fake: FakeAri, count: int) -> None:
+    """Wait for `count` ARI event streams: until one is open the adapter refuses to dial (and the request
+    backs off), which on a loaded machine can outlast a test's patience."""
+
+    async def opened() -> bool:
+        return fake.websocket_connects >= count
+
+    await until(opened, timeout=60)
+
+
 def originates_of(fake: FakeAri, attempt_hex: str) -> list[str]:
     return [
         r.query["channelId"]
@@ -90,6 +100,7 @@ async def test_a_crash_between_originate_and_the_placed_mark_never_rings_again(
         await put_site(http)
         await register_agent(http, "olga", "PJSIP/101")
         await sign_in(http, "olga")
+        await event_streams_open(fake, 1)
         assert (await ask(http, phone=VISITOR)).status_code == 201
 
         async def originated() -> bool:
@@ -129,6 +140,7 @@ async def test_call_events_survive_a_postgres_restart_and_the_conversation_count
             await put_site(client)
             await register_agent(client, "olga", "PJSIP/101")
             await sign_in(client, "olga")
+            await event_streams_open(fake, 1)
             assert (await ask(client, phone=VISITOR)).status_code == 201
             visitor_channel = ""
 
@@ -201,6 +213,7 @@ async def test_two_replicas_each_follow_their_calls_and_hang_up_the_others(
             await sign_in(a, login)
             sessions[login] = httpx.Cookies(a.cookies)
         a.cookies = httpx.Cookies()
+        await event_streams_open(fake, 2)
         try:
             for phone in phones.values():
                 assert (await ask(a, phone=phone)).status_code == 201
