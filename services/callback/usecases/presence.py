@@ -20,25 +20,17 @@ from services.common.domain_errors import NotFound
 
 
 class AgentAvailability(Protocol):
-    """Ready agents per queue from live presence; None when nobody uses the agent console for it.
+    """Ready agents per queue, asked inside the caller's transaction (it reads through its connection)."""
 
-    Asked inside the caller's transaction, so it reads through the caller's connection."""
-
-    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None: ...
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int: ...
 
 
 class PresenceAgents:
-    """Ready agents from the console's presence; None (use staffed_agents) where nobody signs in."""
+    """Ready agents from the console's presence: Ready, idle, console alive. Nobody stands in for agents
+    who are not there; later times come from the site's staffing schedule."""
 
-    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
+    async def ready_agents(self, conn: db.Connection, queue: str) -> int:
         return await agent_store.ready_agent_count(conn, queue)
-
-
-class StaffedAgents:
-    """Until agents sign in, a site's `staffed_agents` setting stands for its agents."""
-
-    async def ready_agents(self, conn: db.Connection, queue: str) -> int | None:
-        return None
 
 
 class LiveCall(msgspec.Struct, kw_only=True):
