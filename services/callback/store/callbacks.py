@@ -47,6 +47,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
     updated_at: dt.datetime
     last_attempt_by: dt.datetime | None = None
     promise_reason: str = "queue"
+    promise_checked_at: dt.datetime | None = None  # last re-promise look (0010_promise_repromise)
 
 
 _CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
@@ -188,3 +189,31 @@ async def due_callbacks(
         exclude or [],
     )
     return [_row(r) for r in records]
+
+
+async def repromise_candidates(
+    conn: Connection, queue: str, checked_before: dt.datetime, limit: int
+) -> list[CallbackRow]:
+    """Waiting requests of a queue whose promise the engine may revise: never dialed (a retry follows its
+    retry plan), not a chosen slot (the visitor's own choice), not looked at since `checked_before`.
+    Oldest request first, locked for this re-promiser; another replica skips them."""
+    records = await conn.fetch(
+        f"select {_CALLBACK_COLUMNS} from callbacks where queue = $1 and status = 'scheduled'"
+        " and attempts = 0 and promise_reason <> 'chosen_slot'"
+        " and (promise_checked_at is null or promise_checked_at < $2)"
+        " order by requested_at limit $3 for update skip locked",
+        queue,
+        checked_before,
+        limit,
+    )
+    return [_row(r) for r in records]
+
+
+async def queues_with_overdue_promises(conn: Connection, now: dt.datetime) -> list[str]:
+    """Queues with a waiting, never-dialed request whose promised latest time has passed."""
+    records = await conn.fetch(
+        "select distinct queue from callbacks where status in ('requested', 'scheduled')"
+        " and promised_latest < $1 and attempts = 0",
+        now,
+    )
+    return [str(r["queue"]) for r in records]

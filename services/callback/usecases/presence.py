@@ -46,10 +46,18 @@ class LiveCall(msgspec.Struct, kw_only=True):
 class Presence:
     """The agent console's use cases."""
 
-    def __init__(self, pool: db.Pool, protector: DataProtector, sites: SiteDirectory) -> None:
+    def __init__(
+        self,
+        pool: db.Pool,
+        protector: DataProtector,
+        sites: SiteDirectory,
+        on_queues_changed: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.protector = protector
         self.sites = sites
+        # Told when an agent's presence changes the capacity of their queues (promises may move).
+        self.on_queues_changed = on_queues_changed
 
     async def put_agent(
         self, login: str, *, name: str, password: str, queues: list[str], endpoint: str
@@ -82,6 +90,9 @@ class Presence:
     async def set_presence(self, agent_id: uuid.UUID, status: str) -> None:
         async with self.pool.acquire() as conn:
             await agent_store.set_presence(conn, agent_id, status)
+            agent = await agent_store.agent_by_id(conn, agent_id)
+        if agent is not None and self.on_queues_changed is not None:
+            self.on_queues_changed(agent.queues)
 
     async def heartbeat(self, agent_id: uuid.UUID) -> tuple[agent_store.PresenceRow | None, LiveCall | None]:
         """Keep the agent's presence alive; their presence and the call they are on, if any."""
