@@ -33,6 +33,8 @@ REPROMISED = Counter("abonent_callback_repromised_total", "Promises replaced whi
 
 # A request is re-promised at most this often, however busy its queue.
 MIN_INTERVAL = dt.timedelta(seconds=30)
+# Passes are at least this far apart: changes arriving meanwhile are handled together.
+PASS_SPACING_S = 1.0
 # Requests re-examined per queue per pass, oldest first (the ones whose place changes most).
 BATCH = 100
 # Promises that ran out without a dial are looked for this often (the one thing no event announces).
@@ -51,9 +53,10 @@ def materially_different(old: Promise, new: Promise, now: dt.datetime) -> bool:
 
 class Repromiser:
     """Queues are marked changed (by callback events from any replica, presence changes, promises that ran
-    out); a loop re-examines their waiting requests. Work is bounded: only changed queues, at most
-    `BATCH` requests each, each request at most once per `MIN_INTERVAL` (a column every replica sees, rows
-    locked with SKIP LOCKED so replicas share the work instead of repeating it)."""
+    out); a loop re-examines their waiting requests. Work is bounded: only changed queues, one pass per
+    `PASS_SPACING_S` however many changes arrive, at most `BATCH` requests each, and a request is given a
+    new promise at most once per `MIN_INTERVAL` (a column every replica sees; rows are locked with SKIP
+    LOCKED so replicas share the work instead of repeating it)."""
 
     def __init__(
         self,
@@ -111,6 +114,8 @@ class Repromiser:
             except Exception:
                 log.exception("re-promise pass failed")
             with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PASS_SPACING_S)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(next_sweep - loop.time(), 0.1))
 
     async def repromise_queue(self, queue: str) -> int:
@@ -137,7 +142,6 @@ class Repromiser:
                 )
                 old = stored_promise(row)
                 if new is None or not materially_different(old, new, now):
-                    await callback_store.update_callback(conn, row.id, promise_checked_at=now)
                     continue
                 due_at = now if new.kind == "asap" else new.earliest
                 await callback_store.record_promise(
