@@ -10,7 +10,6 @@ import pytest
 from support.calendars import MOSCOW_SITE, msk, utc
 
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, Slot, TimeRange
-from services.callback.domain.staffing import Shift, StaffingSchedule, StaffingTimeline
 from services.callback.domain.promise import (
     Promise,
     QueueSnapshot,
@@ -20,6 +19,7 @@ from services.callback.domain.promise import (
     render_promise_text,
     round_up_for_display,
 )
+from services.callback.domain.staffing import Shift, StaffingSchedule, StaffingTimeline
 
 MONDAY = (2026, 11, 23)
 

@@ -87,6 +87,10 @@ class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds from now at which pending requests not yet due become due (retries, slots, openings),
     # ascending. All were asked for before the visitor, so once due they go first (FIFO by request time).
     later_due_s: tuple[float, ...] = ()
+    # Attempts beyond the first that a request takes on average (no answer, busy -> retry), from history.
+    extra_attempts: float = 0.0
+    # Share of agents' working time spent on breaks (workforce planners' "shrinkage").
+    break_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ready_agents < 0 or self.ahead < 0:
@@ -95,6 +99,10 @@ class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("busy_elapsed_s cannot be negative")
         if any(sample <= 0 for sample in self.handle_time_samples_s):
             raise ValueError("handle_time_samples_s must be positive")
+        if not 0.0 <= self.break_share < 1.0:
+            raise ValueError("break_share must be within [0, 1)")
+        if not 0.0 <= self.extra_attempts <= 4.0:
+            raise ValueError("extra_attempts must be within [0, 4]")
         if any(b < a for a, b in zip(self.later_due_s, self.later_due_s[1:], strict=False)):
             raise ValueError("later_due_s must be ascending")
         if self.default_handle_time_s <= 0 or self.dial_overhead_s < 0:
@@ -178,6 +186,24 @@ def _sample_start_times(
         heapq.heapify(agents)
     for _ in range(snapshot.ahead):
         services = handle_times.draw_fresh([uniform() for _ in range(runs)])
+        if snapshot.extra_attempts > 0:
+            # Some requests ahead will not answer and come back as retries: their extra attempts take an
+            # agent too (placed right after, which uses the same agent time as placing them later).
+            whole, fraction = divmod(snapshot.extra_attempts, 1.0)
+            for _ in range(int(whole)):
+                extra = handle_times.draw_fresh([uniform() for _ in range(runs)])
+                services = [a + b for a, b in zip(services, extra, strict=True)]
+            if fraction > 0:
+                extra = handle_times.draw_fresh([uniform() for _ in range(runs)])
+                coins = [uniform() for _ in range(runs)]
+                services = [
+                    a + (b if coin < fraction else 0.0)
+                    for a, b, coin in zip(services, extra, coins, strict=True)
+                ]
+        if snapshot.break_share > 0:
+            # Agents spend this share of their time on breaks: a request ahead costs that much more of it.
+            stretch = 1.0 / (1.0 - snapshot.break_share)
+            services = [service * stretch for service in services]
         for agents, service in zip(free_at, services, strict=True):
             heapq.heapreplace(agents, agents[0] + service)
     return sorted(agents[0] for agents in free_at)
@@ -213,7 +239,8 @@ def mean_handle_time(snapshot: QueueSnapshot) -> float:
 
 def _due_by(snapshot: QueueSnapshot, offset_s: float) -> int:
     """Requests ahead of a new visitor that are due `offset_s` seconds from now."""
-    return snapshot.ahead + bisect.bisect_right(snapshot.later_due_s, offset_s)
+    # A millisecond of slack: instants turned into float seconds must not lose a request due exactly then.
+    return snapshot.ahead + bisect.bisect_right(snapshot.later_due_s, offset_s + 1e-3)
 
 
 # Each pass can only add requests ahead, so this converges; the bound keeps a pathological backlog cheap.

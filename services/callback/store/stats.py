@@ -22,6 +22,15 @@ class QueueFigures(msgspec.Struct, kw_only=True):
     busy_elapsed_s: tuple[float, ...]  # per agent of the queue on a call: seconds it has held the agent
     handle_times_s: tuple[float, ...]  # recent attempts of the queue: seconds each held its agent
     pending: tuple[PendingRequest, ...]  # due within the horizon, by due time
+    extra_attempts: float = 0.0  # retries per first attempt among the recent attempts
+
+
+def _extra_attempts(attempt_numbers: list[int]) -> float:
+    """Retries per request: attempts after the first over first attempts (0 without enough history)."""
+    firsts = sum(1 for number in attempt_numbers if number == 1)
+    if firsts < 20:
+        return 0.0
+    return min((len(attempt_numbers) - firsts) / firsts, 4.0)
 
 
 async def queue_figures(
@@ -39,7 +48,7 @@ async def queue_figures(
     # An agent is held by an attempt from its reservation to its end, whether the call connected or not:
     # that is the time the queue loses, so it is the sample (failed attempts included).
     handled = await conn.fetch(
-        "select extract(epoch from (d.ended_at - d.started_at))::float8 as seconds"
+        "select extract(epoch from (d.ended_at - d.started_at))::float8 as seconds, d.attempt_no"
         " from dial_attempts d join callbacks c on c.id = d.callback_id"
         " where d.agent_id is not null and d.ended_at is not null and d.ended_at > d.started_at"
         " and c.queue = $1 order by d.ended_at desc limit $2",
@@ -55,6 +64,7 @@ async def queue_figures(
     return QueueFigures(
         busy_elapsed_s=tuple(max(float(r["elapsed"]), 0.0) for r in busy),
         handle_times_s=tuple(float(r["seconds"]) for r in handled),
+        extra_attempts=_extra_attempts([int(r["attempt_no"]) for r in handled]),
         pending=tuple(msgspec.convert(dict(r), PendingRequest) for r in pending),
     )
 

@@ -139,6 +139,7 @@ def snapshot_for(
         ahead=due_now,
         later_due_s=tuple(sorted(later)),
         handle_time_samples_s=state.figures.handle_times_s,
+        extra_attempts=state.figures.extra_attempts,
     )
 
 
