@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.callback.console import CONSOLE_ROUTES, admin_routes
@@ -25,7 +25,15 @@ from services.callback.cors import per_site_cors
 from services.callback.dispatcher import Dispatcher
 from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
+from services.callback.organisations import (
+    OrgQuery,
+    TenancyDependency,
+    organisation_routes,
+    provide_tenancy,
+)
 from services.callback.schemas import (
+    SITE_KEY_PATTERN,
+    ZONE_ENUM,
     CallbackCreate,
     CallbackCreated,
     CallbackStatus,
@@ -33,7 +41,6 @@ from services.callback.schemas import (
     Offer,
     Reschedule,
     Site,
-    SiteKey,
     SiteSettings,
     WidgetConfig,
     check_zone,
@@ -45,6 +52,7 @@ from services.callback.store import sites as site_store
 from services.callback.telephony import MangoOfficeAdapter, build_adapter
 from services.callback.usecases.common import PHONE_CONTEXT, periodically
 from services.callback.usecases.intake import Intake
+from services.callback.usecases.orgs import Organisations
 from services.callback.usecases.presence import Presence, PresenceAgents
 from services.callback.usecases.repromise import Repromiser
 from services.callback.usecases.requests import Requests
@@ -53,7 +61,7 @@ from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_cons
 from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.auth_guard import requires
 from services.common.crypto import DataProtector
-from services.common.errors import ApiError, ErrorResponse
+from services.common.errors import ApiError, ErrorResponse, error_responses
 from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
 from services.common.settings import Settings, get_settings
@@ -142,6 +150,10 @@ ERROR_EXAMPLE = Example(
         "error": {"code": "invalid_phone", "message": "This is not a valid phone number", "field": "phone"}
     },
 )
+# As a path parameter (Litestar documents a path parameter's pattern only from PathParameter).
+NewSiteKey = Annotated[str, PathParameter(pattern=SITE_KEY_PATTERN, examples=[Example(value="shop-42")])]
+# The widget API answers a browser from an origin its site does not allow with a 403.
+CROSS_ORIGIN = error_responses(403)
 Feed = NamedDependency[StatusFeed]
 LangQuery = Annotated[Lang | None, QueryParameter(name="lang", required=False)]
 
@@ -166,6 +178,10 @@ def feed_of(state: State) -> StatusFeed:
     return runtime_extra(state, "feed", StatusFeed)
 
 
+def organisations_of(state: State) -> Organisations:
+    return runtime_extra(state, "organisations", Organisations)
+
+
 # Sites, agents, webhook deliveries and punctuality: a token or a staff session with callback:admin.
 CALLBACK_ADMIN = "callback:admin"
 admin_only = requires(CALLBACK_ADMIN)
@@ -175,24 +191,36 @@ admin_only = requires(CALLBACK_ADMIN)
 
 
 @put(
-    "/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Create or replace a site"
+    "/v1/admin/sites/{site_key:str}",
+    guards=[admin_only],
+    tags=["admin"],
+    summary="Create or replace a site",
+    # 404: `?org=` names no organisation (or not the caller's); 409: the key belongs to another one.
+    responses={201: ResponseSpec(Site, description="Created"), **error_responses(404, 409)},
 )
 async def put_site(
-    site_key: FromPath[SiteKey], data: JSONBody[SiteSettings], site_admin: SiteAdminDependency
+    site_key: NewSiteKey,
+    data: JSONBody[SiteSettings],
+    site_admin: SiteAdminDependency,
+    tenancy: TenancyDependency,
+    org: OrgQuery = None,
 ) -> Response[Site]:
-    """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it."""
-    site, created = await site_admin.put(site_key, data)
+    """`crm_webhook_secret` is write-only: absent keeps the current one, "" clears it. The site belongs to
+    the caller's organisation (a platform admin names it with `?org=`) and never changes organisation."""
+    site, created = await site_admin.put(site_key, data, tenancy, org)
     return Response(site, status_code=201 if created else 200)
 
 
 @get("/v1/admin/sites/{site_key:str}", guards=[admin_only], tags=["admin"], summary="Read a site")
-async def get_site(site_key: FromPath[str], site_admin: SiteAdminDependency) -> Site:
-    return await site_admin.get(site_key)
+async def get_site(
+    site_key: FromPath[str], site_admin: SiteAdminDependency, tenancy: TenancyDependency
+) -> Site:
+    return await site_admin.get(site_key, tenancy)
 
 
 @get("/v1/admin/sites", guards=[admin_only], tags=["admin"], summary="List sites")
-async def list_sites(site_admin: SiteAdminDependency) -> list[Site]:
-    return await site_admin.list_sites()
+async def list_sites(site_admin: SiteAdminDependency, tenancy: TenancyDependency) -> list[Site]:
+    return await site_admin.list_sites(tenancy)
 
 
 # --- widget API -----------------------------------------------------------------------------------------
@@ -203,6 +231,7 @@ async def list_sites(site_admin: SiteAdminDependency) -> list[Site]:
     tags=["widget"],
     summary="What the widget shows for this site",
     cache_control=None,
+    responses=CROSS_ORIGIN,
 )
 async def widget_config(
     site_key: FromPath[str], intake: IntakeDependency, lang: LangQuery = None
@@ -216,6 +245,7 @@ async def widget_config(
     tags=["widget"],
     summary="The promise we would give now, and slots",
     responses={
+        **CROSS_ORIGIN,
         200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
         429: ResponseSpec(ErrorResponse, description="Too many offers for this IP; see Retry-After"),
@@ -226,7 +256,9 @@ async def widget_config(
 async def offer(
     site_key: FromPath[str],
     intake: IntakeDependency,
-    tz: Annotated[str, QueryParameter(name="tz", description="Visitor's IANA time zone")] = "Europe/Moscow",
+    tz: Annotated[
+        str, QueryParameter(name="tz", description="Visitor's IANA time zone", schema_extra=ZONE_ENUM)
+    ] = "Europe/Moscow",
     lang: Annotated[Lang, QueryParameter(name="lang")] = "ru",
     not_before: Annotated[
         str | None, QueryParameter(name="not_before", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -246,6 +278,8 @@ async def offer(
     summary="Ask for a callback",
     status_code=201,
     responses={
+        # 403 also for a suspected bot; 409 for an Idempotency-Key reused with another body.
+        **error_responses(403, 409),
         201: ResponseSpec(CallbackCreated, examples=[CREATED_EXAMPLE], description="Accepted"),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Invalid input"),
         429: ResponseSpec(ErrorResponse, description="A budget is exhausted; see Retry-After"),
@@ -273,7 +307,10 @@ async def create_callback(
     "/v1/callbacks/{callback_id:uuid}",
     tags=["widget"],
     summary="Status of a callback request",
-    responses={200: ResponseSpec(CallbackStatus, examples=[STATUS_EXAMPLE], description="The status")},
+    responses={
+        **CROSS_ORIGIN,
+        200: ResponseSpec(CallbackStatus, examples=[STATUS_EXAMPLE], description="The status"),
+    },
 )
 async def callback_status(
     callback_id: FromPath[uuid.UUID],
@@ -285,7 +322,12 @@ async def callback_status(
     return Response(status, headers={"Cache-Control": "no-store"})
 
 
-@get("/v1/callbacks/{callback_id:uuid}/events", tags=["widget"], summary="Live status (Server-Sent Events)")
+@get(
+    "/v1/callbacks/{callback_id:uuid}/events",
+    tags=["widget"],
+    summary="Live status (Server-Sent Events)",
+    responses=CROSS_ORIGIN,
+)
 async def callback_events(
     callback_id: FromPath[uuid.UUID], requests: RequestsDependency, feed: Feed, token: TokenQuery = None
 ) -> ServerSentEvent:
@@ -316,6 +358,7 @@ async def callback_events(
     tags=["widget"],
     summary="Cancel a pending request",
     status_code=200,
+    responses=error_responses(403, 409),
 )
 async def cancel_callback(
     callback_id: FromPath[uuid.UUID],
@@ -331,6 +374,7 @@ async def cancel_callback(
     tags=["widget"],
     summary="Move a pending request",
     status_code=200,
+    responses=error_responses(403, 409),
 )
 async def reschedule_callback(
     callback_id: FromPath[uuid.UUID],
@@ -347,6 +391,7 @@ async def reschedule_callback(
     tags=["telephony"],
     summary="Mango Office call-event webhooks",
     status_code=200,
+    responses=error_responses(403),
 )
 async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, str]:
     """Mango signs every notification with sha256(api_key + json + salt); unsigned ones are refused."""
@@ -429,6 +474,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         requests = Requests(runtime.pool, sites, agents=agents)
         repromiser = Repromiser(runtime.worker_pool, sites, agents)
         presence = Presence(runtime.pool, protector, sites, on_queues_changed=repromiser.notice_queues)
+        organisations = Organisations(runtime.pool)
         # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
         background = Requests(runtime.worker_pool, sites, agents=agents)
         feed = StatusFeed(runtime.bus, listeners=[repromiser.notice_event])
@@ -445,6 +491,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             requests=requests,
             site_admin=site_admin,
             presence=presence,
+            organisations=organisations,
             feed=feed,
             dialer=dialer,
             webhooks=webhooks,
@@ -486,6 +533,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             cancel_callback,
             reschedule_callback,
             *admin_routes(admin_only),
+            *organisation_routes(admin_only),
             *webhook_routes(admin_only),
             mango_webhook,
             *WIDGET_ROUTES,
@@ -514,6 +562,8 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             "site_admin": Provide(site_admin_of, sync_to_thread=False),
             "presence": Provide(presence_of, sync_to_thread=False),
             "feed": Provide(feed_of, sync_to_thread=False),
+            "organisations": Provide(organisations_of, sync_to_thread=False),
+            "tenancy": Provide(provide_tenancy),
         },
         extra_config=add_cors_and_limits,
         settings_section=CallbackSettings,

@@ -17,17 +17,19 @@ from litestar import Request, Response, get, post, put
 from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, JSONBody
+from litestar.openapi import ResponseSpec
+from litestar.params import Body, FromPath, JSONBody, PathParameter
 from litestar.response import Redirect
 
 from services.callback.dispatcher import Dispatcher
+from services.callback.organisations import OrgQuery, TenancyDependency
 from services.callback.store import agents as agent_store
 from services.callback.store import history, stats
 from services.callback.telephony import SimulatedPbx
 from services.callback.usecases.presence import Presence
 from services.callback.usecases.sites import SiteAdmin
 from services.common.auth_guard import CurrentPrincipal
-from services.common.errors import ApiError
+from services.common.errors import ApiError, error_responses
 from services.common.web import runtime_extra
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class AgentView(msgspec.Struct, kw_only=True):
     login: str
+    org_id: str
     name: str
     queues: list[str]
     endpoint: str
@@ -171,16 +174,35 @@ class AgentReleased(msgspec.Struct, kw_only=True):
 
 
 def admin_routes(guard: Any) -> list[Any]:
-    @put("/v1/admin/agents/{login:str}", guards=[guard], tags=["admin"], summary="Create or replace an agent")
+    @put(
+        "/v1/admin/agents/{login:str}",
+        guards=[guard],
+        tags=["admin"],
+        summary="Create or replace an agent",
+        # 404: `?org=` names no organisation (or not the caller's); 409: the login is another one's.
+        responses={201: ResponseSpec(AgentView, description="Created"), **error_responses(404, 409)},
+    )
     async def put_agent(
-        login: FromPath[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9._\-]{2,64}$")]],
+        login: Annotated[str, PathParameter(pattern=r"^[a-z0-9._\-]{2,64}$")],
         data: JSONBody[AgentSettings],
         presence: PresenceDependency,
+        tenancy: TenancyDependency,
+        org: OrgQuery = None,
     ) -> Response[AgentView]:
-        _, created = await presence.put_agent(
-            login, name=data.name, password=data.password, queues=data.queues, endpoint=data.endpoint
+        """The agent works for the caller's organisation (a platform admin names it with `?org=`): only
+        its requests are ever given to them."""
+        agent, created = await presence.put_agent(
+            login,
+            name=data.name,
+            password=data.password,
+            queues=data.queues,
+            endpoint=data.endpoint,
+            tenancy=tenancy,
+            org=org,
         )
-        view = AgentView(login=login, name=data.name, queues=data.queues, endpoint=data.endpoint)
+        view = AgentView(
+            login=login, org_id=agent.org_id, name=data.name, queues=data.queues, endpoint=data.endpoint
+        )
         return Response(view, status_code=201 if created else 200)
 
     @get(
@@ -189,8 +211,10 @@ def admin_routes(guard: Any) -> list[Any]:
         tags=["admin"],
         summary="Promises kept and time to dial (last 30 days)",
     )
-    async def site_punctuality(site_key: FromPath[str], site_admin: SiteAdminDependency) -> stats.Punctuality:
-        return await site_admin.punctuality(site_key, dt.datetime.now(dt.UTC))
+    async def site_punctuality(
+        site_key: FromPath[str], site_admin: SiteAdminDependency, tenancy: TenancyDependency
+    ) -> stats.Punctuality:
+        return await site_admin.punctuality(site_key, dt.datetime.now(dt.UTC), tenancy)
 
     @post(
         "/v1/admin/agents/{login:str}/release",
@@ -200,10 +224,15 @@ def admin_routes(guard: Any) -> list[Any]:
         status_code=200,
     )
     async def release_agent(
-        login: FromPath[str], request: Request[Any, Any, Any], principal: CurrentPrincipal
+        login: FromPath[str],
+        request: Request[Any, Any, Any],
+        principal: CurrentPrincipal,
+        tenancy: TenancyDependency,
     ) -> AgentReleased:
         dialer = _dialer(request.app.state)
-        attempt_id = await _presence(request.app.state).release_agent(login, dialer.attempts.force_end)
+        attempt_id = await _presence(request.app.state).release_agent(
+            login, dialer.attempts.force_end, tenancy
+        )
         log.warning(
             "agent released by an operator",
             extra={"agent": login, "attempt": attempt_id.hex if attempt_id else None, "by": principal.who},
@@ -252,9 +281,12 @@ async def login(
 async def dashboard(
     request: Request[Any, Any, Any], site_admin: SiteAdminDependency
 ) -> Response[str] | Redirect:
-    if session_agent_id(request) is None:
+    agent_id = session_agent_id(request)
+    agent = None if agent_id is None else await _presence(request.app.state).agent(agent_id)
+    if agent is None:
         return Redirect("/agent/login")
-    rows = await site_admin.punctuality_of_all(dt.datetime.now(dt.UTC))
+    # Only the agent's own organisation's sites: another's are not theirs to see.
+    rows = await site_admin.punctuality_of_org(agent.org_id, dt.datetime.now(dt.UTC))
     return page("agent_dashboard.html", rows=rows)
 
 
@@ -270,10 +302,13 @@ async def static_file(name: FromPath[str]) -> Response[bytes]:
 
 # --- console API ---------------------------------------------------------------------------------------
 
+# The console API answers only the agent's own session cookie (not a back-office token): 401 without it.
+SIGNED_IN = error_responses(401)
+
 
 async def console_state(request: Request[Any, Any, Any], agent: agent_store.AgentRow) -> ConsoleState:
     dialer = _dialer(request.app.state)
-    presence, live = await _presence(request.app.state).heartbeat(agent.id)
+    presence, live = await _presence(request.app.state).heartbeat(agent)
     call = None
     if live is not None:
         row = live.callback
@@ -312,13 +347,20 @@ async def console_state(request: Request[Any, Any, Any], agent: agent_store.Agen
     tags=["agent"],
     summary="Keep presence alive; returns the console state",
     status_code=200,
+    responses=SIGNED_IN,
 )
 async def heartbeat(request: Request[Any, Any, Any]) -> ConsoleState:
     agent = await signed_in_agent(request)
     return await console_state(request, agent)
 
 
-@post("/agent/api/presence", tags=["agent"], summary="Ready, break or offline", status_code=200)
+@post(
+    "/agent/api/presence",
+    tags=["agent"],
+    summary="Ready, break or offline",
+    status_code=200,
+    responses=SIGNED_IN,
+)
 async def change_presence(request: Request[Any, Any, Any], data: JSONBody[PresenceChange]) -> ConsoleState:
     agent = await signed_in_agent(request)
     await _presence(request.app.state).set_presence(agent.id, data.status)
@@ -328,7 +370,11 @@ async def change_presence(request: Request[Any, Any, Any], data: JSONBody[Presen
 
 
 @post(
-    "/agent/api/offline", tags=["agent"], summary="The console tab is closing (sendBeacon)", status_code=204
+    "/agent/api/offline",
+    tags=["agent"],
+    summary="The console tab is closing (sendBeacon)",
+    status_code=204,
+    responses=SIGNED_IN,
 )
 async def going_offline(request: Request[Any, Any, Any]) -> None:
     agent = await signed_in_agent(request)
@@ -340,6 +386,8 @@ async def going_offline(request: Request[Any, Any, Any]) -> None:
     tags=["agent"],
     summary="Answer (simulated PBX) or hang up",
     status_code=200,
+    # 409: no call to act on, or (simulated PBX) nothing is ringing.
+    responses=error_responses(401, 409),
 )
 async def call_action(request: Request[Any, Any, Any], action: FromPath[str]) -> ConsoleState:
     agent = await signed_in_agent(request)

@@ -174,7 +174,7 @@ class Dispatcher:
             due_at = next_callable_instant(now, calendar, callee)
             await reschedule(conn, row, due_at, "outside_window", now=self.clock())
             return None
-        agent = await agent_store.reserve_agent(conn, row.queue)
+        agent = await agent_store.reserve_agent(conn, row.org_id, row.queue)
         if agent is None:
             return None  # taken by another dispatcher meanwhile; the request waits for the next agent
         attempt_id = uuid.uuid4()

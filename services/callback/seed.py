@@ -6,6 +6,7 @@ import uuid
 
 from services.callback.schemas import CallingWindow, SiteSettings, StaffingShift
 from services.callback.store import agents as agent_store
+from services.callback.store import orgs as org_store
 from services.callback.store import sites as site_store
 from services.common import db
 from services.common.crypto import hash_password
@@ -30,7 +31,8 @@ async def seed_demo(settings: Settings, callback_url: str) -> list[tuple[str, st
             # The demo agent works the calling hours: promises for later times and slots come from here.
             staffing=[StaffingShift(days=["mon-sun"], start="08:00", end="22:00", agents=1)],
         )
-        await site_store.upsert_site(conn, DEMO_SITE, site)
+        # One organisation: the demo shop and its agent both belong to the default one.
+        await site_store.upsert_site(conn, DEMO_SITE, site, org_id=org_store.DEFAULT_ORG)
         if await agent_store.agent_by_login(conn, DEMO_AGENT[0]) is None:
             await agent_store.upsert_agent(
                 conn,
@@ -41,6 +43,7 @@ async def seed_demo(settings: Settings, callback_url: str) -> list[tuple[str, st
                     password_hash=hash_password(DEMO_AGENT[1]),
                     queues=["default"],
                     endpoint="sim",
+                    org_id=org_store.DEFAULT_ORG,
                 ),
             )
     finally:

@@ -14,10 +14,12 @@ from litestar.params import FromPath, QueryParameter
 from litestar.types import Guard
 
 from services.callback.store import sites as site_store
+from services.callback.usecases.orgs import Organisations, Tenancy
 from services.callback.usecases.sites import require_site
 from services.common import db
 from services.common.consumers import ConsumerSpec
 from services.common.crypto import DataProtector
+from services.common.errors import error_responses
 from services.common.events import AnyEvent, CallbackEvent, encode_event
 from services.common.phone import mask_phone
 from services.common.webhooks import DeliveryStatus, Endpoint, Resolver, WebhookChannel, WebhookDelivery
@@ -86,17 +88,30 @@ StatusQuery = Annotated[
 ]
 LimitQuery = Annotated[int, QueryParameter(name="limit", ge=1, le=500, description="Newest first")]
 PoolDependency = NamedDependency[db.Pool]
+TenancyDependency = NamedDependency[Tenancy]
+OrganisationsDependency = NamedDependency[Organisations]
 
 
 async def list_webhook_deliveries(
-    site_key: FromPath[str], pool: PoolDependency, status: StatusQuery = None, limit: LimitQuery = 50
+    site_key: FromPath[str],
+    pool: PoolDependency,
+    tenancy: TenancyDependency,
+    status: StatusQuery = None,
+    limit: LimitQuery = 50,
 ) -> list[WebhookDelivery]:
     async with pool.acquire() as conn:
-        await require_site(conn, site_key)
+        await require_site(conn, site_key, tenancy)
         return await CRM_WEBHOOKS.list_deliveries(conn, site_key, status=status, limit=limit)
 
 
-async def retry_webhook_delivery(delivery_id: FromPath[uuid.UUID], pool: PoolDependency) -> WebhookDelivery:
+async def retry_webhook_delivery(
+    delivery_id: FromPath[uuid.UUID],
+    pool: PoolDependency,
+    tenancy: TenancyDependency,
+    organisations: OrganisationsDependency,
+) -> WebhookDelivery:
+    # Another organisation's delivery is answered exactly as a missing one.
+    await organisations.require_delivery(tenancy, CRM_WEBHOOKS.name, delivery_id)
     async with db.transaction(pool) as conn:
         return await CRM_WEBHOOKS.requeue(conn, delivery_id)
 
@@ -116,5 +131,6 @@ def webhook_routes(guard: Guard) -> list[HTTPRouteHandler]:
             tags=["admin"],
             summary="Queue a failed CRM webhook delivery again",
             status_code=202,
+            responses=error_responses(409),  # only a failed delivery can be queued again
         )(retry_webhook_delivery),
     ]

@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap, HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
@@ -46,6 +48,39 @@ class ErrorResponse(msgspec.Struct, kw_only=True):
     error: ErrorBody
 
 
+# What each status means in our API, for the OpenAPI schema (every one of them has the shape above).
+_DESCRIPTIONS = {
+    400: "Invalid input: a field breaks a rule or holds control characters (`field` names it)",
+    401: "No valid bearer token or staff session (see WWW-Authenticate)",
+    403: "Not allowed: a missing scope, a failed CSRF or origin check, or a refused request",
+    404: "Nothing with this key or id (or not yours to see)",
+    409: "The current state does not allow this",
+    410: "It existed and is over",
+    413: "The body is larger than the service accepts",
+    422: "Well-formed, but it cannot be processed",
+    429: "A budget or rate limit is spent; Retry-After says when to come back",
+    503: "Busy or a dependency is down; Retry-After says when to come back",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses in the one error shape, for a route's `responses=`, each described."""
+    return {
+        status: ResponseSpec(
+            ErrorResponse,
+            description=_DESCRIPTIONS[status],
+            generate_examples=False,
+            examples=[
+                Example(
+                    summary=_CODES_BY_STATUS[status],
+                    value={"error": {"code": _CODES_BY_STATUS[status], "message": _DESCRIPTIONS[status]}},
+                )
+            ],
+        )
+        for status in statuses
+    }
+
+
 class ApiError(HTTPException):
     """Raise from handlers: a stable machine-readable code, a human message, and the offending field."""
 
@@ -68,7 +103,16 @@ def _field_of_validation(exc: ValidationException) -> str | None:
     if not (isinstance(extra, list) and extra and isinstance(extra[0], dict)):
         return None
     message = str(extra[0].get("message", ""))
-    match = re.search(r"at `\$\.([\w.\[\]]+)`", message) or re.match(r"^([a-z_][\w.]*): ", message)
+    if unknown := re.search(r"unknown field `([^`]+)`", message):
+        # msgspec names the field, and the object holding it only when that is not the body itself.
+        parent = re.search(r"at `\$\.([\w.\[\]]+)`", message)
+        return f"{parent.group(1)}.{unknown.group(1)}" if parent else unknown.group(1)
+    match = (
+        re.search(r"at `\$\.([\w.\[\]]+)`", message)
+        # msgspec names a missing top-level field only in the message itself.
+        or re.search(r"missing required field `([\w.]+)`", message)
+        or re.match(r"^([a-z_][\w.]*): ", message)
+    )
     if match:
         return match.group(1)
     key = extra[0].get("key")

@@ -217,6 +217,29 @@ class VerificationRestored(VerificationEvent, frozen=True, kw_only=True, tag="ve
     tz: str = ""
 
 
+class VerificationConsentDenied(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.consent_denied.v1"
+):
+    """The subscriber signed in but refused to share the data; the case stays open until the deadline."""
+
+    SUBJECT = "verification.consent_denied"
+
+
+class VerificationAccountNotConfirmed(
+    VerificationEvent, frozen=True, kw_only=True, tag="verification.account_not_confirmed.v1"
+):
+    """The subscriber's Gosuslugi account is unconfirmed (is_tru=false, ESIA-007055); the case stays open."""
+
+    SUBJECT = "verification.account_not_confirmed"
+
+
+class VerificationExpired(VerificationEvent, frozen=True, kw_only=True, tag="verification.expired.v1"):
+    """The deadline passed without a confirmation (the case moves to suspended with suspension_due)."""
+
+    SUBJECT = "verification.expired"
+    deadline: dt.datetime
+
+
 class VerificationCaseCancelled(
     VerificationEvent, frozen=True, kw_only=True, tag="verification.case_cancelled.v1"
 ):
@@ -243,6 +266,9 @@ AnyEvent = (
     | VerificationSuspensionDue
     | VerificationRestored
     | VerificationCaseCancelled
+    | VerificationConsentDenied
+    | VerificationAccountNotConfirmed
+    | VerificationExpired
 )
 
 # Streams, declared in code and created/updated at start. One stream per owning service.

@@ -13,15 +13,21 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, get
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.enums import ScopeType
-from litestar.exceptions import TooManyRequestsException
+from litestar.enums import RequestEncodingType, ScopeType
+from litestar.exceptions import TooManyRequestsException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Schema
+from litestar.params import BodyKwarg
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.typing import FieldDefinition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common import auth, db, retention
@@ -30,7 +36,7 @@ from services.common.auth_guard import provide_principal
 from services.common.auth_pages import AUTH_ROUTES
 from services.common.clock import Clock
 from services.common.consumers import ConsumerRunner, ConsumerSpec
-from services.common.errors import EXCEPTION_HANDLERS, handle_exception
+from services.common.errors import EXCEPTION_HANDLERS, error_responses, handle_exception
 from services.common.logging import request_id_var
 from services.common.outbox import OutboxRelay
 from services.common.retention import RetentionRule
@@ -115,7 +121,17 @@ class ReadinessBody(msgspec.Struct):
     checks: dict[str, str]
 
 
-@get("/health/live", tags=["health"], summary="Liveness: the process answers", include_in_schema=True)
+# A route that touches neither PostgreSQL nor NATS: it never answers 503, and its schema says so.
+STATELESS = "stateless"
+
+
+@get(
+    "/health/live",
+    tags=["health"],
+    summary="Liveness: the process answers",
+    include_in_schema=True,
+    opt={STATELESS: True},
+)
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -144,7 +160,13 @@ async def ready(state: State) -> Response[ReadinessBody]:
     )
 
 
-@get("/metrics", tags=["health"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+@get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics",
+    media_type="text/plain; version=0.0.4",
+    opt={STATELESS: True},
+)
 async def metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -242,6 +264,85 @@ def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp
         return answer_here
 
     return middleware
+
+
+# --- the schema tells the truth ---------------------------------------------------------------------------
+
+
+def error_statuses(route: HTTPRoute, handler: HTTPRouteHandler) -> list[int]:
+    """The error statuses any route of ours can answer, from how it is built (a route declares the rest).
+
+    400: a malformed value or control characters (services.common.text_guard), possible on every route.
+    401/403: a guard. 404: a path parameter names something that may not exist (a PUT creates what it
+    names). 413: a body. 429: the per-IP limiter.
+    503: a pool acquire that times out, on every route that is not STATELESS.
+    """
+    statuses = [400]
+    if handler.resolve_guards():
+        statuses += [401, 403]
+    if route.path_parameters and handler.http_methods != {"PUT"}:
+        statuses.append(404)
+    if handler.http_methods & {"POST", "PUT", "PATCH"}:
+        statuses.append(413)
+    if RATE_LIMITED in handler.opt:
+        statuses.append(429)
+    if not handler.opt.get(STATELESS):
+        statuses.append(503)
+    return statuses
+
+
+def document_error_answers(app: Litestar) -> None:
+    """Every operation documents the one error shape for the statuses it can answer.
+
+    Litestar would document only a 400 with its own `{status_code, detail, extra}`, which we never send.
+    A route's own `responses=` win (a specific example or description). The handlers here are the app's
+    own copies (Litestar copies each handler it registers), so other apps built from the same handlers
+    are not touched.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.resolve_include_in_schema():
+                derived = error_responses(*error_statuses(route, handler))
+                handler.responses = {**derived, **(handler.responses or {})}
+
+
+class StrictStructSchema(StructSchemaPlugin):
+    """msgspec Structs as Litestar documents them, plus `additionalProperties: false` where the Struct
+    forbids unknown fields: otherwise the schema invites fields the API then refuses.
+
+    Litestar exports its Struct plugin only from a private module; tests/common/test_openapi_truth.py
+    fails if an upgrade moves or changes it."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if field_definition.type_.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema
+
+
+async def decode_json_body_strictly(request: Request[Any, Any, Any]) -> None:
+    """Refuse a JSON body whose values only fit the schema after coercion (`0` for a bool, `"5"` for an int).
+
+    Litestar converts request data leniently (fine for query strings, where everything is text); for a
+    JSON body that accepts what the schema says is invalid. Runs after the guards, before the handler's
+    own decoding, which then reads the same cached body.
+    """
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return
+    kwarg = data.kwarg_definition
+    if isinstance(kwarg, BodyKwarg) and kwarg.media_type != RequestEncodingType.JSON:
+        return  # forms and the like: their values are text, converted like query strings
+    body = await request.body()
+    try:
+        msgspec.json.decode(body, type=data.annotation, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationException(extra=[{"message": str(exc), "key": "data", "source": "body"}]) from None
+    except msgspec.DecodeError as exc:
+        message = f"The body is not JSON: {exc}"
+        raise ValidationException(extra=[{"message": message, "key": "data"}]) from None
 
 
 def runtime_extra(state: State, key: str, kind: type[T]) -> T:
@@ -362,6 +463,9 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
         route_handlers=[live, ready, metrics, *AUTH_ROUTES, *spec.route_handlers],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=decode_json_body_strictly,
+        # Before Litestar's own Struct plugin, which would otherwise take every Struct.
+        plugins=[StrictStructSchema()],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
             "pool": Provide(_provide_pool, sync_to_thread=False),
@@ -381,6 +485,7 @@ def build_app(spec: ServiceSpec, settings: Settings, *, clock: Clock | None = No
         debug=False,
     )
     app = Litestar.from_config(spec.extra_config(config))
+    document_error_answers(app)
     # Outside Litestar's router and exception handling rather than in `middleware` (which Litestar runs
     # per matched route): so unmatched paths, 405s and errors get a request id and an access-log line too.
     app.asgi_handler = request_id_middleware(reject_control_characters(app.asgi_handler), spec.name)

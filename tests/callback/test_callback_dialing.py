@@ -26,6 +26,7 @@ from services.callback.schemas import CallbackCreate, SiteSettings
 from services.callback.settings import CallbackSettings
 from services.callback.store import agents as agent_store
 from services.callback.store import sites as site_store
+from services.callback.store.orgs import DEFAULT_ORG
 from services.callback.telephony import CallOutcome, SimConfig, SimulatedPbx
 from services.callback.usecases.intake import Intake
 from services.callback.usecases.presence import PresenceAgents
@@ -235,7 +236,7 @@ async def test_agent_presence_expires_and_feeds_the_promise(
     pool = await dbmod.create_pool(settings.database_url, "callback")
     try:
         async with pool.acquire() as conn:
-            assert await PresenceAgents().ready_agents(conn, "default") == 0
+            assert await PresenceAgents().ready_agents(conn, DEFAULT_ORG, "default") == 0
     finally:
         await pool.close()
     # pagehide's beacon takes the agent offline at once.

@@ -28,6 +28,7 @@ from services.callback.domain.retry import RetrySpacing
 from services.callback.schemas import CallbackCreate, Reschedule, SiteSettings
 from services.callback.store import sites as site_store
 from services.callback.usecases.intake import Intake
+from services.callback.usecases.orgs import PLATFORM
 from services.callback.usecases.requests import Requests
 from services.callback.usecases.sites import SiteAdmin, SiteDirectory
 from services.common import db as dbmod
@@ -198,7 +199,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
 
 async def test_use_cases_refuse_with_domain_errors(services: Services) -> None:
     with pytest.raises(NotFound) as missing:
-        await services.site_admin.get("nowhere")
+        await services.site_admin.get("nowhere", PLATFORM)
     assert (missing.value.code, missing.value.field) == ("site_not_found", "site_key")
     offer = await services.intake.offer("shop", "Europe/Moscow", "en", None)
     bot = CallbackCreate(

@@ -32,6 +32,7 @@ from support.polling import until
 from services.callback.app import SPEC
 from services.callback.schemas import SiteSettings
 from services.callback.store import sites as site_store
+from services.callback.usecases.orgs import PLATFORM, Organisations, Tenancy
 from services.callback.webhooks import (
     CRM_WEBHOOKS,
     crm_endpoints,
@@ -482,9 +483,19 @@ def admin_app(settings: Settings, guard: Callable[..., Awaitable[None]]) -> Lite
         pool: dbmod.Pool = state.pool
         return pool
 
+    def provide_organisations(state: State) -> Organisations:
+        return Organisations(state.pool)
+
+    def provide_tenancy() -> Tenancy:
+        return PLATFORM  # these tests act as the platform admin (organisations: test_callback_tenants.py)
+
     return Litestar(
         route_handlers=webhook_routes(guard),
-        dependencies={"pool": Provide(provide_pool, sync_to_thread=False)},
+        dependencies={
+            "pool": Provide(provide_pool, sync_to_thread=False),
+            "organisations": Provide(provide_organisations, sync_to_thread=False),
+            "tenancy": Provide(provide_tenancy, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[own_pool],
     )

@@ -6,6 +6,7 @@ import uuid
 
 import msgspec
 
+from services.callback.store.orgs import DEFAULT_ORG
 from services.common.db import Connection
 
 PRESENCE_TTL_S = 15  # a closed console tab stops heartbeats; the agent is gone this many seconds later
@@ -18,6 +19,15 @@ class AgentRow(msgspec.Struct, kw_only=True):
     password_hash: str
     queues: list[str]
     endpoint: str
+    # The organisation the agent works for: they are only ever given its requests (its queues).
+    org_id: str = DEFAULT_ORG
+
+
+class AgentInAnotherOrg(Exception):
+    """The login is taken by another organisation's agent (agents never move between organisations)."""
+
+
+_AGENT_COLUMNS = "id, login, name, password_hash, queues, endpoint, org_id"
 
 
 class PresenceRow(msgspec.Struct, kw_only=True):
@@ -28,18 +38,24 @@ class PresenceRow(msgspec.Struct, kw_only=True):
 
 
 async def upsert_agent(conn: Connection, agent: AgentRow) -> bool:
+    """Create or replace an agent; True when created. Raises AgentInAnotherOrg when the login is taken
+    by another organisation's agent."""
     created = await conn.fetchval(
-        "insert into agents (id, login, name, password_hash, queues, endpoint)"
-        " values ($1, $2, $3, $4, $5, $6)"
+        "insert into agents (id, login, name, password_hash, queues, endpoint, org_id)"
+        " values ($1, $2, $3, $4, $5, $6, $7)"
         " on conflict (login) do update set name = excluded.name, password_hash = excluded.password_hash,"
-        " queues = excluded.queues, endpoint = excluded.endpoint returning (xmax = 0)",
+        " queues = excluded.queues, endpoint = excluded.endpoint where agents.org_id = excluded.org_id"
+        " returning (xmax = 0)",
         agent.id,
         agent.login,
         agent.name,
         agent.password_hash,
         agent.queues,
         agent.endpoint,
+        agent.org_id,
     )
+    if created is None:
+        raise AgentInAnotherOrg(agent.login)
     await conn.execute(
         "insert into agent_presence (agent_id) select id from agents where login = $1 on conflict do nothing",
         agent.login,
@@ -48,16 +64,12 @@ async def upsert_agent(conn: Connection, agent: AgentRow) -> bool:
 
 
 async def agent_by_login(conn: Connection, login: str) -> AgentRow | None:
-    record = await conn.fetchrow(
-        "select id, login, name, password_hash, queues, endpoint from agents where login = $1", login
-    )
+    record = await conn.fetchrow(f"select {_AGENT_COLUMNS} from agents where login = $1", login)
     return None if record is None else msgspec.convert(dict(record), AgentRow)
 
 
 async def agent_by_id(conn: Connection, agent_id: uuid.UUID) -> AgentRow | None:
-    record = await conn.fetchrow(
-        "select id, login, name, password_hash, queues, endpoint from agents where id = $1", agent_id
-    )
+    record = await conn.fetchrow(f"select {_AGENT_COLUMNS} from agents where id = $1", agent_id)
     return None if record is None else msgspec.convert(dict(record), AgentRow)
 
 
@@ -88,23 +100,28 @@ RESERVABLE = (
 )
 
 
-async def ready_agent_count(conn: Connection, queue: str) -> int:
-    """Ready, online, idle agents of a queue (nobody stands in for agents who are not there)."""
+async def ready_agent_count(conn: Connection, org_id: str, queue: str) -> int:
+    """Ready, online, idle agents of an organisation's queue (nobody stands in for agents who are not
+    there)."""
     value = await conn.fetchval(
         "select count(*) from agents a join agent_presence p on p.agent_id = a.id"
-        f" where $1 = any(a.queues) and {RESERVABLE}",
+        f" where a.org_id = $1 and $2 = any(a.queues) and {RESERVABLE}",
+        org_id,
         queue,
     )
     return int(value or 0)
 
 
-async def reserve_agent(conn: Connection, queue: str) -> AgentRow | None:
-    """The longest-idle ready agent of the queue, locked; another dispatcher skips it."""
+async def reserve_agent(conn: Connection, org_id: str, queue: str) -> AgentRow | None:
+    """The longest-idle ready agent of the organisation's queue, locked; another dispatcher skips it.
+
+    Only that organisation's agents: another's would see the visitor's phone on their client card."""
     record = await conn.fetchrow(
-        "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint"
+        "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint, a.org_id"
         " from agent_presence p join agents a on a.id = p.agent_id"
-        f" where {RESERVABLE} and $1 = any(a.queues)"
+        f" where {RESERVABLE} and a.org_id = $1 and $2 = any(a.queues)"
         " order by p.ready_since nulls last limit 1 for update of p skip locked",
+        org_id,
         queue,
     )
     return None if record is None else msgspec.convert(dict(record), AgentRow)

@@ -34,12 +34,14 @@ async def recent_by_ip(
 
 
 async def recent_by_phone(
-    conn: Connection, phone_hash: bytes, since: dt.datetime
+    conn: Connection, org_id: str, phone_hash: bytes, since: dt.datetime
 ) -> tuple[int, dt.datetime | None]:
-    """Requests for this phone on any site (merges count too): no one is called endlessly."""
+    """Requests for this phone on any of the organisation's sites (merges count too): no one is called
+    endlessly. Another organisation's requests stay out: a refusal must not reveal them."""
     record = await conn.fetchrow(
         "select coalesce(sum(1 + merged_count), 0) as n, min(requested_at) as oldest from callbacks"
-        " where phone_hash = $1 and requested_at > $2",
+        " where org_id = $1 and phone_hash = $2 and requested_at > $3",
+        org_id,
         phone_hash,
         since,
     )

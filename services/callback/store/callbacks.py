@@ -19,6 +19,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
 
     id: uuid.UUID
     site_key: str
+    org_id: str  # the site's organisation: its queues, agents and client cards are the only ones it meets
     queue: str
     phone_enc: bytes
     phone_hash: bytes
@@ -175,13 +176,14 @@ async def due_callbacks(
     rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
 
     Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
-    and starve the others. The queues come from the (small) agents table; the rows from the partial index
-    callbacks_queue_due (queue, requested_at).
+    and starve the others. A queue is (organisation, name): another organisation's Ready agent on a queue
+    of the same name does not make a request due. The queues come from the (small) agents table; the rows
+    from the partial index callbacks_queue_due (org_id, queue, requested_at).
     """
     records = await conn.fetch(
         f"select {_CALLBACK_COLUMNS} from callbacks where status = 'scheduled' and due_at <= $1"
-        " and id <> all($3::uuid[]) and queue in ("
-        "  select unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
+        " and id <> all($3::uuid[]) and (org_id, queue) in ("
+        "  select a.org_id, unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
         f"  where {RESERVABLE})"
         " order by requested_at limit $2 for update skip locked",
         now,
@@ -192,28 +194,30 @@ async def due_callbacks(
 
 
 async def repromise_candidates(
-    conn: Connection, queue: str, checked_before: dt.datetime, limit: int
+    conn: Connection, org_id: str, queue: str, checked_before: dt.datetime, limit: int
 ) -> list[CallbackRow]:
-    """Waiting requests of a queue whose promise the engine may revise: never dialed (a retry follows its
-    retry plan), not a chosen slot (the visitor's own choice), not looked at since `checked_before`.
-    Oldest request first, locked for this re-promiser; another replica skips them."""
+    """Waiting requests of an organisation's queue whose promise the engine may revise: never dialed (a
+    retry follows its retry plan), not a chosen slot (the visitor's own choice), not looked at since
+    `checked_before`. Oldest request first, locked for this re-promiser; another replica skips them."""
     records = await conn.fetch(
-        f"select {_CALLBACK_COLUMNS} from callbacks where queue = $1 and status = 'scheduled'"
+        f"select {_CALLBACK_COLUMNS} from callbacks where org_id = $4 and queue = $1 and status = 'scheduled'"
         " and attempts = 0 and promise_reason <> 'chosen_slot'"
         " and (promise_checked_at is null or promise_checked_at < $2)"
         " order by requested_at limit $3 for update skip locked",
         queue,
         checked_before,
         limit,
+        org_id,
     )
     return [_row(r) for r in records]
 
 
-async def queues_with_overdue_promises(conn: Connection, now: dt.datetime) -> list[str]:
-    """Queues with a waiting, never-dialed request whose promised latest time has passed."""
+async def queues_with_overdue_promises(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
+    """(organisation, queue) pairs with a waiting, never-dialed request whose promised latest time has
+    passed."""
     records = await conn.fetch(
-        "select distinct queue from callbacks where status in ('requested', 'scheduled')"
+        "select distinct org_id, queue from callbacks where status in ('requested', 'scheduled')"
         " and promised_latest < $1 and attempts = 0",
         now,
     )
-    return [str(r["queue"]) for r in records]
+    return [(str(r["org_id"]), str(r["queue"])) for r in records]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from services.callback.schemas import Site, SiteSettings
+from services.callback.store.orgs import DEFAULT_ORG
 from services.common.crypto import DataProtector
 from services.common.db import Connection
 from services.common.webhooks import Endpoint
@@ -13,8 +14,12 @@ from services.common.webhooks import Endpoint
 WEBHOOK_SECRET_CONTEXT = "callback.sites.crm_webhook_secret"  # noqa: S105 (a label, not a secret)
 
 
+class SiteInAnotherOrg(Exception):
+    """The site key is taken by another organisation's site (sites never move between organisations)."""
+
+
 _SITE_COLUMNS = (
-    "site_key, settings - 'crm_webhook_secret' as settings, updated_at,"
+    "site_key, org_id, settings - 'crm_webhook_secret' as settings, updated_at,"
     " (crm_webhook_secret_enc is not null or coalesce(settings->>'crm_webhook_secret', '') <> '')"
     " as crm_webhook_secret_set"
 )
@@ -26,25 +31,32 @@ async def upsert_site(
     settings: SiteSettings,
     *,
     webhook_secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET,
+    org_id: str = DEFAULT_ORG,
 ) -> tuple[Site, bool]:
-    """Create or replace a site. The webhook secret is kept unless `webhook_secret_enc` is given (None
-    clears it): it never travels inside `settings`, which responses show."""
+    """Create or replace a site of `org_id`. The webhook secret is kept unless `webhook_secret_enc` is
+    given (None clears it): it never travels inside `settings`, which responses show.
+
+    Raises SiteInAnotherOrg when the key belongs to another organisation's site."""
     stored = msgspec.to_builtins(msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET))
     keep = webhook_secret_enc is msgspec.UNSET
     record = await conn.fetchrow(
-        "insert into sites (site_key, settings, crm_webhook_secret_enc) values ($1, $2, $3)"
+        "insert into sites (site_key, settings, crm_webhook_secret_enc, org_id) values ($1, $2, $3, $5)"
         " on conflict (site_key) do update set settings = excluded.settings, updated_at = now(),"
         "  crm_webhook_secret_enc = case when $4 then sites.crm_webhook_secret_enc"
         "   else excluded.crm_webhook_secret_enc end"
+        " where sites.org_id = excluded.org_id"
         " returning updated_at, (xmax = 0) as created, crm_webhook_secret_enc is not null as secret_set",
         site_key,
         stored,
         None if keep else webhook_secret_enc,
         keep,
+        org_id,
     )
-    assert record is not None
+    if record is None:
+        raise SiteInAnotherOrg(site_key)
     site = Site(
         site_key=site_key,
+        org_id=org_id,
         settings=msgspec.structs.replace(settings, crm_webhook_secret=msgspec.UNSET),
         updated_at=record["updated_at"],
         crm_webhook_secret_set=record["secret_set"],
@@ -57,8 +69,11 @@ async def get_site(conn: Connection, site_key: str) -> Site | None:
     return None if record is None else msgspec.convert(dict(record), Site)
 
 
-async def list_sites(conn: Connection) -> list[Site]:
-    records = await conn.fetch(f"select {_SITE_COLUMNS} from sites order by site_key")
+async def list_sites(conn: Connection, org_id: str | None) -> list[Site]:
+    """The sites of one organisation, or of all of them (None: the platform admin)."""
+    records = await conn.fetch(
+        f"select {_SITE_COLUMNS} from sites where $1::text is null or org_id = $1 order by site_key", org_id
+    )
     return [msgspec.convert(dict(r), Site) for r in records]
 
 

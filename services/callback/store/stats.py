@@ -34,16 +34,18 @@ def _extra_attempts(attempt_numbers: list[int]) -> float:
 
 
 async def queue_figures(
-    conn: Connection, queue: str, now: dt.datetime, horizon: dt.datetime, history: int = 200
+    conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
 ) -> QueueFigures:
-    """Everything a promise for this queue needs, read in one place."""
+    """Everything a promise for one organisation's queue needs, read in one place (a queue is
+    (organisation, name))."""
     # Agents of the queue held by a call (of any queue): each frees up after the rest of its call.
     busy = await conn.fetch(
         "select extract(epoch from ($2 - d.started_at))::float8 as elapsed"
         " from agents a join agent_presence p on p.agent_id = a.id"
-        " join dial_attempts d on d.id = p.current_attempt where $1 = any(a.queues)",
+        " join dial_attempts d on d.id = p.current_attempt where a.org_id = $3 and $1 = any(a.queues)",
         queue,
         now,
+        org_id,
     )
     # An agent is held by an attempt from its reservation to its end, whether the call connected or not:
     # that is the time the queue loses, so it is the sample (failed attempts included).
@@ -51,15 +53,17 @@ async def queue_figures(
         "select extract(epoch from (d.ended_at - d.started_at))::float8 as seconds, d.attempt_no"
         " from dial_attempts d join callbacks c on c.id = d.callback_id"
         " where d.agent_id is not null and d.ended_at is not null and d.ended_at > d.started_at"
-        " and c.queue = $1 order by d.ended_at desc limit $2",
+        " and c.org_id = $3 and c.queue = $1 order by d.ended_at desc limit $2",
         queue,
         history,
+        org_id,
     )
     pending = await conn.fetch(
-        "select id, requested_at, due_at from callbacks where queue = $1"
+        "select id, requested_at, due_at from callbacks where org_id = $3 and queue = $1"
         " and status in ('requested', 'scheduled') and due_at < $2 order by due_at",
         queue,
         horizon,
+        org_id,
     )
     return QueueFigures(
         busy_elapsed_s=tuple(max(float(r["elapsed"]), 0.0) for r in busy),

@@ -108,10 +108,11 @@ class QueueState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def queue_state(
-    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime
+    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime, *, org_id: str
 ) -> QueueState:
-    figures = await stats.queue_figures(conn, settings.queue, now, now + PROMISE_HORIZON)
-    return QueueState(ready_agents=await agents.ready_agents(conn, settings.queue), figures=figures)
+    """The site's queue of its organisation (a queue is (organisation, name))."""
+    figures = await stats.queue_figures(conn, org_id, settings.queue, now, horizon=now + PROMISE_HORIZON)
+    return QueueState(ready_agents=await agents.ready_agents(conn, org_id, settings.queue), figures=figures)
 
 
 def snapshot_for(
@@ -144,10 +145,10 @@ def snapshot_for(
 
 
 async def queue_snapshot(
-    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime
+    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime, *, org_id: str
 ) -> QueueSnapshot:
-    """The queue as the promise engine sees it for a new visitor."""
-    return snapshot_for(await queue_state(conn, agents, settings, now), now)
+    """The queue as the promise engine sees it for a new visitor (all of the site's organisation)."""
+    return snapshot_for(await queue_state(conn, agents, settings, now, org_id=org_id), now)
 
 
 def promise_for(

@@ -112,7 +112,7 @@ class Intake:
             site = await self.sites.require(site_key, conn)
             settings = site.settings
             callee = callee_window(settings, tz, parse_clock(not_before))
-            snapshot = await queue_snapshot(conn, self.agents, settings, now)
+            snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=site.org_id)
         promise = promise_for(now, snapshot, settings, callee)
         slots = slots_for(now, snapshot, settings, callee)
         token = issue_form_token(self.protector.sign, site_key, now, secrets.token_hex(6))
@@ -162,7 +162,13 @@ class Intake:
                     Invalid, "form_token_spent", "This form was already sent; please reload it", "form_token"
                 )
             await self._check_budgets(
-                conn, site_key, settings, phone_hash=phone_hash, client_ip=client_ip, now=now
+                conn,
+                site_key,
+                settings,
+                org_id=site.org_id,
+                phone_hash=phone_hash,
+                client_ip=client_ip,
+                now=now,
             )
             existing = await callback_store.pending_for_phone(conn, site_key, phone_hash)
             if existing is not None:
@@ -173,6 +179,7 @@ class Intake:
                     site_key,
                     settings,
                     body,
+                    org_id=site.org_id,
                     phone=phone,
                     phone_hash=phone_hash,
                     callee=callee,
@@ -247,6 +254,7 @@ class Intake:
         site_key: str,
         settings: SiteSettings,
         *,
+        org_id: str,
         phone_hash: bytes,
         client_ip: str,
         now: dt.datetime,
@@ -262,7 +270,7 @@ class Intake:
                 TooMany, "rate_limited", "Too many requests from your network; try again later", None, retry
             )
         day = dt.timedelta(days=1)
-        count, oldest = await budgets.recent_by_phone(conn, phone_hash, now - day)
+        count, oldest = await budgets.recent_by_phone(conn, org_id, phone_hash, now - day)
         if count >= abuse.per_phone_day and oldest is not None:
             retry = (oldest + day - now).total_seconds()
             raise refuse(TooMany, "rate_limited", "Too many requests for this number today", "phone", retry)
@@ -280,6 +288,7 @@ class Intake:
         settings: SiteSettings,
         body: CallbackCreate,
         *,
+        org_id: str,
         phone: str,
         phone_hash: bytes,
         callee: CalleeWindow,
@@ -289,8 +298,8 @@ class Intake:
     ) -> tuple[int, CallbackCreated]:
         if slot is not None:
             # Bookings of one queue take turns, so two visitors cannot both take a slot's last place.
-            await budgets.lock(conn, "slots", settings.queue)
-        snapshot = await queue_snapshot(conn, self.agents, settings, now)
+            await budgets.lock(conn, "slots", org_id, settings.queue)
+        snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=org_id)
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)
@@ -305,6 +314,7 @@ class Intake:
         row = callback_store.CallbackRow(
             id=callback_id,
             site_key=site_key,
+            org_id=org_id,
             queue=settings.queue,
             phone_enc=self.protector.encrypt(phone, PHONE_CONTEXT, callback_id),
             phone_hash=phone_hash,

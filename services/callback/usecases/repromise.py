@@ -72,15 +72,16 @@ class Repromiser:
         self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
         self.min_interval = min_interval
-        self._changed: set[str] = set()
+        self._changed: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         """Make `run` look at its stop event now (shutdown)."""
         self._wake.set()
 
-    def notice_queues(self, queues: list[str]) -> None:
-        self._changed.update(queues)
+    def notice_queues(self, org_id: str, queues: list[str]) -> None:
+        """These queues of the organisation changed (a queue is (organisation, name))."""
+        self._changed.update((org_id, queue) for queue in queues)
         self._wake.set()
 
     async def notice_event(self, event: CallbackEvent) -> None:
@@ -92,7 +93,7 @@ class Repromiser:
             return
         site = await self.sites.get(event.site_key)
         if site is not None:
-            self.notice_queues([site.settings.queue])
+            self.notice_queues(site.org_id, [site.settings.queue])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until stopped: re-promise changed queues, and every OVERDUE_SWEEP_S the queues with a promise that
@@ -104,13 +105,13 @@ class Repromiser:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + OVERDUE_SWEEP_S
                     async with self.pool.acquire() as conn:
-                        self.notice_queues(
-                            await callback_store.queues_with_overdue_promises(conn, self.clock())
-                        )
+                        overdue = await callback_store.queues_with_overdue_promises(conn, self.clock())
+                    for org_id, queue in overdue:
+                        self.notice_queues(org_id, [queue])
                 changed, self._changed = self._changed, set()
                 self._wake.clear()
-                for queue in sorted(changed):
-                    await self.repromise_queue(queue)
+                for org_id, queue in sorted(changed):
+                    await self.repromise_queue(org_id, queue)
             except Exception:
                 log.exception("re-promise pass failed")
             with contextlib.suppress(TimeoutError):
@@ -118,14 +119,16 @@ class Repromiser:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(next_sweep - loop.time(), 0.1))
 
-    async def repromise_queue(self, queue: str) -> int:
-        """Recompute the promise of the queue's waiting requests; store, announce and count those that
-        moved materially. Chosen slots are the visitor's own choice and retries follow their retry plan, so
-        neither is touched."""
+    async def repromise_queue(self, org_id: str, queue: str) -> int:
+        """Recompute the promise of the organisation's queue's waiting requests; store, announce and count
+        those that moved materially. Chosen slots are the visitor's own choice and retries follow their
+        retry plan, so neither is touched."""
         now = self.clock()
         changed = 0
         async with db.transaction(self.pool) as conn:
-            rows = await callback_store.repromise_candidates(conn, queue, now - self.min_interval, BATCH)
+            rows = await callback_store.repromise_candidates(
+                conn, org_id, queue, now - self.min_interval, BATCH
+            )
             if not rows:
                 return 0
             state = None
@@ -135,7 +138,7 @@ class Repromiser:
                     continue
                 settings = site.settings
                 if state is None:
-                    state = await queue_state(conn, self.agents, settings, now)
+                    state = await queue_state(conn, self.agents, settings, now, org_id=org_id)
                 snapshot = snapshot_for(state, now, requested_at=row.requested_at, exclude=row.id)
                 new = promise_for(
                     now, snapshot, settings, callee_window(settings, row.visitor_tz, row.not_before)

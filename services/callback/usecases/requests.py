@@ -169,8 +169,8 @@ class Requests:
             callee = callee_window(site.settings, row.visitor_tz, not_before)
             slot = chosen_slot(body.slot_start, now, site.settings, callee)
             if slot is not None:
-                await budgets.lock(conn, "slots", site.settings.queue)
-            state = await queue_state(conn, self.agents, site.settings, now)
+                await budgets.lock(conn, "slots", site.org_id, site.settings.queue)
+            state = await queue_state(conn, self.agents, site.settings, now, org_id=site.org_id)
             # It keeps its place: those asked before it are ahead, and it does not wait for itself.
             snapshot = snapshot_for(state, now, requested_at=row.requested_at, exclude=row.id)
             if slot is not None:

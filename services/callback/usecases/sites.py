@@ -12,11 +12,13 @@ from services.callback.domain.calendar import CalleeWindow, SiteCalendar, TimeRa
 from services.callback.domain.staffing import Shift, StaffingSchedule
 from services.callback.schemas import WEEKDAYS, Site, SiteSettings, weekdays_of
 from services.callback.store import callbacks as callback_store
+from services.callback.store import orgs as org_store
 from services.callback.store import sites as site_store
 from services.callback.store import stats
+from services.callback.usecases.orgs import Tenancy, target_org
 from services.common import db
 from services.common.crypto import DataProtector
-from services.common.domain_errors import NotFound
+from services.common.domain_errors import Conflict, NotFound
 
 # How far back the punctuality figures look.
 PUNCTUALITY_WINDOW = dt.timedelta(days=30)
@@ -94,9 +96,10 @@ class SiteDirectory:
         self._cache.pop(site_key, None)
 
 
-async def require_site(conn: db.Connection, site_key: str) -> None:
-    """NotFound unless the site exists (read uncached: the back office must see a site it just made)."""
-    if not await site_store.site_exists(conn, site_key):
+async def require_site(conn: db.Connection, site_key: str, tenancy: Tenancy) -> None:
+    """NotFound unless the site exists in the caller's organisation (read uncached: the back office must
+    see a site it just made). Another organisation's site gets the very answer a missing one gets."""
+    if not tenancy.sees(await org_store.site_org(conn, site_key)):
         raise site_not_found(site_key)
 
 
@@ -108,9 +111,12 @@ class SiteAdmin:
         self.protector = protector
         self.directory = directory
 
-    async def put(self, site_key: str, settings: SiteSettings) -> tuple[Site, bool]:
-        """Create or replace a site; True when created. `crm_webhook_secret` is write-only: absent keeps
-        the current one, "" clears it."""
+    async def put(
+        self, site_key: str, settings: SiteSettings, tenancy: Tenancy, org: str | None = None
+    ) -> tuple[Site, bool]:
+        """Create or replace a site in the caller's organisation (`org` lets the platform admin choose);
+        True when created. `crm_webhook_secret` is write-only: absent keeps the current one, "" clears it.
+        A key another organisation's site holds is a conflict: sites never change organisation."""
         secret = settings.crm_webhook_secret
         secret_enc: bytes | msgspec.UnsetType | None = msgspec.UNSET
         if isinstance(secret, str):
@@ -120,33 +126,40 @@ class SiteAdmin:
                 else None
             )
         async with self.pool.acquire() as conn:
-            site, created = await site_store.upsert_site(
-                conn, site_key, settings, webhook_secret_enc=secret_enc
-            )
+            org_id = await target_org(conn, tenancy, org)
+            try:
+                site, created = await site_store.upsert_site(
+                    conn, site_key, settings, webhook_secret_enc=secret_enc, org_id=org_id
+                )
+            except site_store.SiteInAnotherOrg:
+                raise Conflict(
+                    "site_key_taken", f"The site key {site_key!r} is taken; choose another", field="site_key"
+                ) from None
         self.directory.forget(site_key)
         return site, created
 
-    async def get(self, site_key: str) -> Site:
+    async def get(self, site_key: str, tenancy: Tenancy) -> Site:
         async with self.pool.acquire() as conn:
             site = await site_store.get_site(conn, site_key)
-        if site is None:
+        if site is None or not tenancy.sees(site.org_id):
             raise site_not_found(site_key)
         return site
 
-    async def list_sites(self) -> list[Site]:
+    async def list_sites(self, tenancy: Tenancy) -> list[Site]:
         async with self.pool.acquire() as conn:
-            return await site_store.list_sites(conn)
+            return await site_store.list_sites(conn, tenancy.org_id)
 
-    async def punctuality(self, site_key: str, now: dt.datetime) -> stats.Punctuality:
+    async def punctuality(self, site_key: str, now: dt.datetime, tenancy: Tenancy) -> stats.Punctuality:
         async with self.pool.acquire() as conn:
-            await require_site(conn, site_key)
+            await require_site(conn, site_key, tenancy)
             return await stats.punctuality(conn, site_key, now - PUNCTUALITY_WINDOW)
 
-    async def punctuality_of_all(self, now: dt.datetime) -> list[stats.Punctuality]:
+    async def punctuality_of_org(self, org_id: str, now: dt.datetime) -> list[stats.Punctuality]:
+        """The dashboard: every site of one organisation (an agent's), never another's."""
         async with self.pool.acquire() as conn:
             return [
                 await stats.punctuality(conn, site.site_key, now - PUNCTUALITY_WINDOW)
-                for site in await site_store.list_sites(conn)
+                for site in await site_store.list_sites(conn, org_id)
             ]
 
     async def seal_plain_webhook_secrets(self) -> int:

@@ -1,0 +1,1 @@
+"""Sandbox ESIA identity provider: ESIA-shaped endpoints for `./dev up` and the tests."""
