@@ -300,7 +300,8 @@ def simulate_week(
         for index, agent in enumerate(staff):
             if agent.busy_since is not None or not present(agent, now):
                 continue
-            visitor = next((v for v in waiting if v.due <= now), None)
+            # Earliest promise deadline first (EDF), as the service's due_callbacks orders them.
+            visitor = min((v for v in waiting if v.due <= now), key=lambda v: v.latest, default=None)
             if visitor is None:
                 return
             waiting.remove(visitor)

@@ -172,8 +172,9 @@ async def overdue(conn: Connection, latest_before: dt.datetime) -> list[Callback
 async def due_callbacks(
     conn: Connection, now: dt.datetime, limit: int, *, exclude: list[uuid.UUID] | None = None
 ) -> list[CallbackRow]:
-    """Requests whose time has come and whose queue has a reservable agent, oldest original request first;
-    rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
+    """Requests whose time has come and whose queue has a reservable agent, earliest promised latest time
+    first (then oldest request); rows are locked for this dispatcher. `exclude` = rows this pass already
+    handled or gave up on.
 
     Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
     and starve the others. A queue is (organisation, name): another organisation's Ready agent on a queue
@@ -185,7 +186,9 @@ async def due_callbacks(
         " and id <> all($3::uuid[]) and (org_id, queue) in ("
         "  select a.org_id, unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
         f"  where {RESERVABLE})"
-        " order by requested_at limit $2 for update skip locked",
+        # Earliest promise deadline first (EDF): FIFO lets evening retries and slots overtake promises
+        # about to run out (simulate-callbacks: off-hours kept 68-93% FIFO, 95-100% EDF).
+        " order by promised_latest nulls last, requested_at limit $2 for update skip locked",
         now,
         limit,
         exclude or [],
