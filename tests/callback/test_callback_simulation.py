@@ -47,7 +47,8 @@ def test_week_promises_for_every_kind_of_arrival() -> None:
 def test_week_keeps_off_hours_and_scheduled_promises() -> None:
     # Dialing in order of promise deadline (EDF) is what keeps these: in order of request (FIFO) the
     # evening's retries and the morning's slots went ahead of the night's promises (off-hours 93.1%,
-    # scheduled 80.0% with this seed).
+    # scheduled 80.0% with this seed). Not yet everywhere: seed 2 keeps 94.9% off-hours, and the CLI's
+    # default (5 agents, 3 days, seed 1) 90.5% — expected retries ahead of a night visitor are not counted.
     result = week()
     assert result.by_class["off_hours"].kept_pct >= 95.0
     assert result.by_class["scheduled"].kept_pct >= 95.0
