@@ -56,6 +56,7 @@ from services.callback.usecases.common import PHONE_CONTEXT, periodically
 from services.callback.usecases.intake import Intake
 from services.callback.usecases.orgs import Organisations
 from services.callback.usecases.presence import Presence, PresenceAgents
+from services.callback.usecases.repromise import Repromiser
 from services.callback.usecases.requests import Requests
 from services.callback.usecases.sites import SiteAdmin, SiteDirectory
 from services.callback.webhooks import CRM_WEBHOOKS, crm_endpoints, webhook_consumer_spec, webhook_routes
@@ -479,11 +480,12 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         agents = PresenceAgents()
         intake = Intake(runtime.pool, protector, sites, agents=agents)
         requests = Requests(runtime.pool, sites, agents=agents)
-        presence = Presence(runtime.pool, protector, sites)
+        repromiser = Repromiser(runtime.worker_pool, sites, agents)
+        presence = Presence(runtime.pool, protector, sites, on_queues_changed=repromiser.notice_queues)
         organisations = Organisations(runtime.pool)
         # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
         background = Requests(runtime.worker_pool, sites, agents=agents)
-        feed = StatusFeed(runtime.bus)
+        feed = StatusFeed(runtime.bus, listeners=[repromiser.notice_event])
         await feed.start()
         own = own_settings()
         adapter = build_adapter(own.telephony, own.telephony_config())
@@ -511,8 +513,10 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             dialer=dialer,
             webhooks=webhooks,
             webhook_http=webhook_http,
+            repromise=repromiser,
         )
         runtime.extras["sweeper"] = asyncio.create_task(periodically(60, background.expire_overdue, stop))
+        runtime.extras["repromiser"] = asyncio.create_task(repromiser.run(stop))
 
     async def finish(runtime: Runtime) -> None:
         stop.set()
@@ -521,6 +525,8 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         await runtime.extras["webhook_http"].aclose()
         await runtime.extras["feed"].stop()
         await runtime.extras["sweeper"]
+        runtime.extras["repromise"].wake()
+        await runtime.extras["repromiser"]
 
     def add_cors_and_limits(config: AppConfig) -> AppConfig:
         config.middleware.insert(0, per_site_cors(context.origins_of, context.site_of_callback))

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 class StatusFeed:
     """Wakes every stream watching a callback when any replica publishes an event about it."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(
+        self, bus: Bus, listeners: Sequence[Callable[[CallbackEvent], Awaitable[None]]] = ()
+    ) -> None:
         self.bus = bus
+        # Told of every callback event too (the re-promiser: a queue changed).
+        self.listeners = tuple(listeners)
         self._watchers: dict[uuid.UUID, set[asyncio.Queue[None]]] = defaultdict(set)
         self._sub: Subscription | None = None
 
@@ -48,6 +52,11 @@ class StatusFeed:
             for queue in self._watchers.get(event.callback_id, ()):
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(None)
+            for listener in self.listeners:
+                try:
+                    await listener(event)
+                except Exception:
+                    log.exception("status feed listener failed")
 
     @contextlib.asynccontextmanager
     async def watch(self, callback_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[None]]:

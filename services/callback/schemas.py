@@ -95,6 +95,39 @@ class WidgetFields(msgspec.Struct, kw_only=True, frozen=True):
     not_before: bool = True
 
 
+_DAY_RANGE = re.compile(r"^(mon|tue|wed|thu|fri|sat|sun)(?:-(mon|tue|wed|thu|fri|sat|sun))?$")
+
+
+def weekdays_of(days: list[str]) -> frozenset[int]:
+    """Weekday numbers (0=Monday) of day names and ranges: ["mon-fri", "sun"]; ranges may wrap: "sat-mon"."""
+    found: set[int] = set()
+    for token in days:
+        match = _DAY_RANGE.match(token)
+        if match is None:
+            raise ValueError(f"{token!r} is not a weekday (mon..sun) or a range of them (mon-fri)")
+        first = WEEKDAYS.index(match.group(1))
+        last = WEEKDAYS.index(match.group(2) or match.group(1))
+        found.update((first + step) % 7 for step in range((last - first) % 7 + 1))
+    return frozenset(found)
+
+
+class StaffingShift(msgspec.Struct, kw_only=True, frozen=True):
+    """`agents` people work from `start` to `end` (site-local time) on `days`; overlapping shifts add up."""
+
+    days: Annotated[list[str], msgspec.Meta(min_length=1, max_length=7, examples=[["mon-fri"]])]
+    start: ClockTime
+    end: Annotated[str, msgspec.Meta(examples=["18:00"])]
+    agents: Annotated[int, msgspec.Meta(ge=0, le=1000)]
+
+    def __post_init__(self) -> None:
+        try:
+            weekdays_of(self.days)
+        except ValueError as exc:
+            raise ValueError(f"staffing.days: {exc}") from None
+        if not _HHMM.match(self.end) or self.end <= self.start:
+            raise ValueError("staffing.end: must be HH:MM (or 24:00) after start")
+
+
 def _default_hours() -> dict[str, list[list[str]]]:
     return {day: [["09:00", "18:00"]] for day in WEEKDAYS[:5]}
 
@@ -118,8 +151,12 @@ class SiteSettings(msgspec.Struct, kw_only=True, frozen=True):
     allowed_countries: list[str] = msgspec.field(default_factory=lambda: ["RU"])
     calling_window: CallingWindow = msgspec.field(default_factory=CallingWindow)
     queue: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,40}$")] = "default"
-    # Agents assumed Ready while nobody is signed in to the agent console (simple deployments, demos).
-    staffed_agents: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    # Who is expected at work when, in the site's zone and calendar: the promise for any later time
+    # (an opening, a slot, when nobody is at work now) comes from here; now, from presence. Empty: only
+    # agents at work right now are promised, and no slots are offered.
+    staffing: Annotated[list[StaffingShift], msgspec.Meta(max_length=50)] = msgspec.field(
+        default_factory=list
+    )
     dial_order: Literal["agent_first", "customer_first"] = "agent_first"
     # A call still 'connected' after this long lost its hangup (e.g. died with its process): it is closed
     # and the agent freed, so one lost event cannot hold an agent forever.

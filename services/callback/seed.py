@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.callback.schemas import CallingWindow, SiteSettings
+from services.callback.schemas import CallingWindow, SiteSettings, StaffingShift
 from services.callback.store import agents as agent_store
 from services.callback.store import orgs as org_store
 from services.callback.store import sites as site_store
@@ -28,7 +28,8 @@ async def seed_demo(settings: Settings, callback_url: str) -> list[tuple[str, st
             },
             calling_window=CallingWindow(start="08:00", end="22:00"),
             allowed_countries=["RU", "KZ"],
-            staffed_agents=1,
+            # The demo agent works the calling hours: promises for later times and slots come from here.
+            staffing=[StaffingShift(days=["mon-sun"], start="08:00", end="22:00", agents=1)],
         )
         # One organisation: the demo shop and its agent both belong to the default one.
         await site_store.upsert_site(conn, DEMO_SITE, site, org_id=org_store.DEFAULT_ORG)

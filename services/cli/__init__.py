@@ -19,6 +19,10 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["simulate-callbacks"]:
+        # The simulation parses its own options: argparse's REMAINDER refuses those that come first.
+        return cmd_simulate_callbacks(argparse.Namespace(rest=given[1:]))
     parser = argparse.ArgumentParser(prog="abonent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start PostgreSQL, NATS and every service (embedded unless URLs are set)")
@@ -72,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead_replay.add_argument("--service", choices=SERVICE_NAMES, help="only this service")
     sim = sub.add_parser("simulate-callbacks", help="replay Poisson arrivals against the promise engine")
     sim.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
     try:
         if args.command == "up":
             return cmd_up(args)

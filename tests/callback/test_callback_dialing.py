@@ -127,6 +127,7 @@ async def test_request_rings_agent_then_visitor_bridges_and_completes(
     assert await subjects(db, created["id"]) == [
         "callback.requested",
         "callback.scheduled",
+        "callback.scheduled",  # re-promised when the agent went Ready: ASAP instead of the next shift
         "callback.dialing",
         "callback.progress:agent_ringing",
         "callback.progress:agent_answered",

@@ -175,6 +175,22 @@ async def test_a_busy_queue_does_not_starve_another_queue(
     assert {now[w] for w in waiting} == {"scheduled"}
 
 
+async def test_the_earliest_promise_deadline_is_dialed_first(
+    world: World, sim: SimulatedPbx, db: asyncpg.Connection
+) -> None:
+    await world.site("shop")
+    await world.agent("olga", ["default"])
+    older = await world.ask("shop")
+    newer = await world.ask("shop")
+    # The older request's promise runs out later (as a chosen slot's or a generous one's does): the one
+    # agent goes where a promise is about to be broken, not to whoever asked first.
+    await db.execute(
+        "update callback.callbacks set promised_latest = now() + interval '1 hour' where id = $1", older
+    )
+    assert await world.dialer(sim).dispatch_once() == 1
+    assert (await statuses(db)) == {older: "scheduled", newer: "dialing"}
+
+
 async def test_provider_refusal_is_not_charged_to_the_visitor(world: World, db: asyncpg.Connection) -> None:
     await world.site("shop", retry_policy={"max_attempts": 1})
     agent = await world.agent("olga", ["default"])

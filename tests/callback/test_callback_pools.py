@@ -149,11 +149,13 @@ async def test_dialing_goes_on_while_the_http_pool_is_full(
 ) -> None:
     async with callback_service(settings, tmp_path, pool_max=1, ABONENT_DB_ACQUIRE_TIMEOUT_S="1") as http:
         await put_site(http)
-        # Asked while nobody uses the console (staffed agents stand in), so it is due but not dialed.
+        # Asked while nobody is at work (promised for the next shift); made due now, as a re-promise
+        # would once someone is Ready, so it is due but not dialed.
         asked = await ask(http)
         assert asked.status_code == 201, asked.text
         created = asked.json()
         callback_id = uuid.UUID(created["id"])
+        await db.execute("update callback.callbacks set due_at = now() where id = $1", callback_id)
         await sign_in_agent(http, ready=False)
         status_url = f"/v1/callbacks/{callback_id}?token={created['status_token']}"
         async with http_pool_held_by_slow_requests(http, settings.database_url, status_url):

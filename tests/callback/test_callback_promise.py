@@ -19,6 +19,7 @@ from services.callback.domain.promise import (
     render_promise_text,
     round_up_for_display,
 )
+from services.callback.domain.staffing import Shift, StaffingSchedule, StaffingTimeline
 
 MONDAY = (2026, 11, 23)
 
@@ -29,6 +30,18 @@ def callee(tz: str, not_before: str | None = None) -> CalleeWindow:
         window=TimeRange.parse("09:00", "21:00"),
         not_before=None if not_before is None else dt.time.fromisoformat(not_before),
     )
+
+
+def moscow_staffing(agents: int, now: dt.datetime) -> StaffingTimeline:
+    """`agents` people working the Moscow site's hours (Mon-Fri 09-18, Sat 10-15, its holidays off)."""
+    return StaffingSchedule(
+        tz="Europe/Moscow",
+        shifts=(
+            Shift(days=frozenset(range(5)), hours=TimeRange.parse("09:00", "18:00"), agents=agents),
+            Shift(days=frozenset({5}), hours=TimeRange.parse("10:00", "15:00"), agents=agents),
+        ),
+        holidays=MOSCOW_SITE.holidays,
+    ).timeline(now, now + dt.timedelta(days=15))
 
 
 CONSTANT_120 = tuple([120.0] * 50)
@@ -143,8 +156,13 @@ def test_no_agents_logged_in() -> None:
     estimate = estimate_wait(nobody)
     assert estimate.model == "no_agents"
     assert math.isinf(estimate.latest_s)
-    # Open now but nobody to call: promised at the next opening (Tuesday 09:00 MSK), with one agent assumed.
-    promise = promise_callback_time(msk(*MONDAY, 12), nobody, MOSCOW_SITE, callee("Europe/Moscow"))
+    # Open now but nobody at work and no schedule: nothing is promised, nobody is assumed.
+    noon = msk(*MONDAY, 12)
+    assert promise_callback_time(noon, nobody, MOSCOW_SITE, callee("Europe/Moscow")) is None
+    # Scheduled today but not here: the schedule is believed from its next shift start, Tuesday 09:00.
+    promise = promise_callback_time(
+        noon, nobody, MOSCOW_SITE, callee("Europe/Moscow"), staffing=moscow_staffing(1, noon)
+    )
     assert promise == Promise(
         kind="scheduled",
         earliest=utc(2026, 11, 24, 6),
@@ -199,10 +217,10 @@ def test_asap_that_would_ring_after_closing_is_scheduled_instead() -> None:
     moscow = callee("Europe/Moscow")
     # 17:58:10 + 110 s = exactly 18:00:00, still inside [09:00, 18:00): ASAP.
     assert promise_callback_time(msk(*MONDAY, 17, 58, 10), QUEUED, MOSCOW_SITE, moscow).kind == "asap"  # type: ignore[union-attr]
-    # One second later the phone might ring after closing: Tuesday 09:00 MSK, when the two agents are
-    # assumed Ready and take the request ahead and this one at once (20 s dial).
+    # One second later the phone might ring after closing: Tuesday 09:00 MSK, when the two scheduled agents
+    # are Ready and take the request ahead and this one at once (20 s dial).
     late = msk(*MONDAY, 17, 58, 11)
-    promise = promise_callback_time(late, QUEUED, MOSCOW_SITE, moscow)
+    promise = promise_callback_time(late, QUEUED, MOSCOW_SITE, moscow, staffing=moscow_staffing(2, late))
     assert promise == Promise(
         kind="scheduled",
         earliest=utc(2026, 11, 24, 6),
@@ -217,15 +235,17 @@ def test_asap_that_would_ring_after_closing_is_scheduled_instead() -> None:
         render_promise_text(promise, late, "Europe/Moscow", "ru")
         == "Перезвоним завтра в 09:00 по вашему времени"
     )
-    # A known opening staff of one: it calls the request ahead first, ours at 120 s, shown as 3 minutes.
-    single = promise_callback_time(late, QUEUED, MOSCOW_SITE, moscow, agents_at_opening=1)
+    # An opening staff of one: it calls the request ahead first, ours at 120 s, shown as 3 minutes.
+    single = promise_callback_time(late, QUEUED, MOSCOW_SITE, moscow, staffing=moscow_staffing(1, late))
     assert single is not None
     assert single.latest == utc(2026, 11, 24, 6, 3)
 
 
 def test_kamchatka_visitor_at_18_moscow() -> None:
     now = msk(*MONDAY, 18)  # Tuesday 03:00 in Kamchatka
-    promise = promise_callback_time(now, READY, MOSCOW_SITE, callee("Asia/Kamchatka"))
+    promise = promise_callback_time(
+        now, READY, MOSCOW_SITE, callee("Asia/Kamchatka"), staffing=moscow_staffing(1, now)
+    )
     assert promise is not None
     assert (promise.kind, promise.earliest, promise.reason) == (
         "scheduled",
@@ -294,7 +314,9 @@ def test_kamchatka_visitor_at_18_moscow() -> None:
 def test_scheduled_promises(
     *, now: dt.datetime, tz: str, not_before: str | None, opening: dt.datetime, reason: str, en: str
 ) -> None:
-    promise = promise_callback_time(now, READY, MOSCOW_SITE, callee(tz, not_before))
+    promise = promise_callback_time(
+        now, READY, MOSCOW_SITE, callee(tz, not_before), staffing=moscow_staffing(1, now)
+    )
     assert promise == Promise(
         kind="scheduled",
         earliest=opening,

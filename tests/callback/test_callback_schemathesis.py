@@ -143,7 +143,7 @@ async def test_widget_fields_not_before_0_is_refused_as_the_schema_says(client: 
     assert schema["components"]["schemas"]["WidgetFields"]["properties"]["not_before"]["type"] == "boolean"
     for body, name in (
         (site_body(widget_fields={"not_before": 0}), "widget_fields.not_before"),
-        (site_body(staffed_agents="2"), "staffed_agents"),
+        (site_body(max_talk_s="2"), "max_talk_s"),
     ):
         refused = await client.put("/v1/admin/sites/shop", json=body, headers=ADMIN)
         assert refused.status_code == 400, refused.text

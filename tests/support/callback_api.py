@@ -20,7 +20,8 @@ def site_body(**overrides: Any) -> dict[str, Any]:
         "working_hours": ALL_WEEK,
         "calling_window": {"start": "00:00", "end": "24:00"},
         "allowed_countries": ["RU", "KZ"],
-        "staffed_agents": 2,
+        # Two agents every day, all day; promises for now still need someone signed in and Ready.
+        "staffing": [{"days": ["mon-sun"], "start": "00:00", "end": "24:00", "agents": 2}],
         "abuse": {"min_fill_ms": 0},
     }
     body.update(overrides)

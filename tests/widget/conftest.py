@@ -114,7 +114,14 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
                 "services/callback/app.py must include WIDGET_ROUTES from services/callback/widget_assets.py"
             )
         with httpx.Client(base_url=base, timeout=15) as http:
-            yield Stack(base=base, http=http, log=log)
+            stack = Stack(base=base, http=http, log=log)
+            # Sites that name no queue share `default`: one agent there at work, on a call for the whole
+            # session, so they promise "within …" and their requests wait (nobody Ready dials them).
+            busy = stack.agent_on_a_long_call("w-default-agent", "default", "w-default-busy")
+            try:
+                yield stack
+            finally:
+                busy.close()
     finally:
         proc.terminate()
         try:

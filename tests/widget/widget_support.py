@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,34 @@ class Stack:
         assert response.status_code == 303, response.text
         response = console.post("/agent/api/presence", json={"status": "ready"})
         assert response.status_code == 200, response.text
+        return console
+
+    def agent_on_a_long_call(self, login: str, queue: str, site_key: str) -> httpx.Client:
+        """An agent of `queue` at work but busy: Ready, dialed for a request of `site_key`, then talking
+        (the manual simulated PBX keeps the call up until someone hangs up). A promise comes only from
+        agents really there, so this is what lets the queue's visitors be promised "as soon as possible"
+        while their requests stay waiting (no Ready agent to dial them) for the widget to show."""
+        self.put_site(site_key, [], queue=queue)
+        console = self.ready_agent(login, [queue])
+        offer = self.http.get(f"/v1/sites/{site_key}/offer", params={"tz": "Europe/Moscow"})
+        assert offer.status_code == 200, offer.text
+        body = {
+            "phone": "+7 912 345-00-00",
+            "visitor_tz": "Europe/Moscow",
+            "consent": True,
+            "form_token": offer.json()["form_token"],
+            "lang": "en",
+        }
+        created = self.http.post(f"/v1/sites/{site_key}/callbacks", json=body, headers={"Origin": self.base})
+        assert created.status_code == 201, created.text
+        # The dispatcher reserves the agent and dials their leg; it rings until answered (manual PBX).
+        deadline = time.monotonic() + 60
+        while console.post("/agent/api/call/answer").status_code != 200:
+            assert time.monotonic() < deadline, "the agent was never dialed"
+            console.post("/agent/api/heartbeat")
+            time.sleep(0.3)
+        answered = console.post("/agent/api/call/visitor-answer")
+        assert answered.status_code == 200, answered.text
         return console
 
 

@@ -180,7 +180,7 @@
       case 'unsupported_country': return e.text || t.errCountry; // "We don't call numbers in Germany"
       case 'number_type_not_allowed': return t.errType;
       case 'consent_required': return t.errConsent;
-      case 'invalid_slot': return t.errSlot;
+      case 'invalid_slot': case 'slot_full': return t.errSlot;
       case 'bot_suspected': case 'pow_required': return t.errBot;
       case 'no_callable_time': return t.errHours;
       case 'callback_not_found': return t.errGone;
@@ -686,8 +686,9 @@
       } else {
         formAlert.textContent = msg;
       }
-      // An outdated, spent or refused form token: fetch a fresh one for the next press.
-      if (err.field === 'form_token' || err.field === 'pow_nonce') loadOffer().catch(() => {});
+      // An outdated, spent or refused form token, or a slot that filled up meanwhile: a fresh offer (new
+      // token, free slots) for the next press.
+      if (err.field === 'form_token' || err.field === 'pow_nonce' || err.code === 'slot_full') loadOffer().catch(() => {});
     } finally {
       busy = false;
       submitBtn.disabled = false;
@@ -730,7 +731,9 @@
 
   function onStatus(v) {
     if (!current || (v.id && v.id !== current.id)) return;
-    const changed = !view || view.status !== v.status || view.attempts !== v.attempts;
+    // A new promise while waiting (the queue moved) is news too: screen readers hear it.
+    const repromised = !!(view && view.promise && v.promise && view.promise.latest !== v.promise.latest);
+    const changed = !view || view.status !== v.status || view.attempts !== v.attempts || repromised;
     view = { ...view, ...v };
     if (!ACTIVE.includes(view.status)) stopFollowing();
     renderStatus();

@@ -36,21 +36,33 @@ from services.callback.domain.calendar import (
     as_utc,
     blocking_constraints,
     callable_intervals,
+    offer_slots,
 )
+from services.callback.domain.staffing import StaffingTimeline
+from services.common.calendar import intersect_intervals
 
 __all__ = [
+    "SLOT_SAFETY_FACTOR",
     "Promise",
     "PromiseReason",
     "QueueSnapshot",
     "WaitEstimate",
+    "bookable_slots",
     "estimate_wait",
+    "mean_handle_time",
     "promise_callback_time",
     "render_promise_text",
     "round_up_for_display",
 ]
 
 PromiseReason = Literal[
-    "agents_available", "queue", "outside_hours", "callee_window", "not_before", "chosen_slot"
+    "agents_available",
+    "queue",
+    "outside_hours",
+    "callee_window",
+    "not_before",
+    "chosen_slot",
+    "staffing",  # callable now, but nobody is at work until the schedule's next shift begins
 ]
 WaitModel = Literal["immediate", "empirical", "exponential", "no_agents"]
 
@@ -72,6 +84,13 @@ class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     handle_time_samples_s: tuple[float, ...] = ()
     default_handle_time_s: float = 180.0
     dial_overhead_s: float = 20.0
+    # Seconds from now at which pending requests not yet due become due (retries, slots, openings),
+    # ascending. All were asked for before the visitor, so once due they go first (FIFO by request time).
+    later_due_s: tuple[float, ...] = ()
+    # Attempts beyond the first that a request takes on average (no answer, busy -> retry), from history.
+    extra_attempts: float = 0.0
+    # Share of agents' working time spent on breaks (workforce planners' "shrinkage").
+    break_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ready_agents < 0 or self.ahead < 0:
@@ -80,6 +99,12 @@ class QueueSnapshot(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("busy_elapsed_s cannot be negative")
         if any(sample <= 0 for sample in self.handle_time_samples_s):
             raise ValueError("handle_time_samples_s must be positive")
+        if not 0.0 <= self.break_share < 1.0:
+            raise ValueError("break_share must be within [0, 1)")
+        if not 0.0 <= self.extra_attempts <= 4.0:
+            raise ValueError("extra_attempts must be within [0, 4]")
+        if any(b < a for a, b in zip(self.later_due_s, self.later_due_s[1:], strict=False)):
+            raise ValueError("later_due_s must be ascending")
         if self.default_handle_time_s <= 0 or self.dial_overhead_s < 0:
             raise ValueError("default_handle_time_s must be positive and dial_overhead_s non-negative")
 
@@ -161,6 +186,24 @@ def _sample_start_times(
         heapq.heapify(agents)
     for _ in range(snapshot.ahead):
         services = handle_times.draw_fresh([uniform() for _ in range(runs)])
+        if snapshot.extra_attempts > 0:
+            # Some requests ahead will not answer and come back as retries: their extra attempts take an
+            # agent too (placed right after, which uses the same agent time as placing them later).
+            whole, fraction = divmod(snapshot.extra_attempts, 1.0)
+            for _ in range(int(whole)):
+                extra = handle_times.draw_fresh([uniform() for _ in range(runs)])
+                services = [a + b for a, b in zip(services, extra, strict=True)]
+            if fraction > 0:
+                extra = handle_times.draw_fresh([uniform() for _ in range(runs)])
+                coins = [uniform() for _ in range(runs)]
+                services = [
+                    a + (b if coin < fraction else 0.0)
+                    for a, b, coin in zip(services, extra, coins, strict=True)
+                ]
+        if snapshot.break_share > 0:
+            # Agents spend this share of their time on breaks: a request ahead costs that much more of it.
+            stretch = 1.0 / (1.0 - snapshot.break_share)
+            services = [service * stretch for service in services]
         for agents, service in zip(free_at, services, strict=True):
             heapq.heapreplace(agents, agents[0] + service)
     return sorted(agents[0] for agents in free_at)
@@ -189,12 +232,48 @@ def estimate_wait(snapshot: QueueSnapshot, confidence: float = 0.95, rng_seed: i
     )
 
 
-def _opening_snapshot(snapshot: QueueSnapshot, agents_at_opening: int | None) -> QueueSnapshot:
-    """The queue as it will be at opening: everyone logged in now is Ready, `ahead` still goes first."""
-    if agents_at_opening is None:
-        agents_at_opening = snapshot.ready_agents + len(snapshot.busy_elapsed_s)
-    # Nobody logged in now says nothing about tomorrow's shift; assume someone comes to work.
-    return msgspec.structs.replace(snapshot, ready_agents=max(1, agents_at_opening), busy_elapsed_s=())
+def mean_handle_time(snapshot: QueueSnapshot) -> float:
+    """Mean handle time the engine assumes: from history once there is enough of it."""
+    return _HandleTimes(snapshot.handle_time_samples_s, snapshot.default_handle_time_s).mean_s
+
+
+def _due_by(snapshot: QueueSnapshot, offset_s: float) -> int:
+    """Requests ahead of a new visitor that are due `offset_s` seconds from now."""
+    # A millisecond of slack: instants turned into float seconds must not lose a request due exactly then.
+    return snapshot.ahead + bisect.bisect_right(snapshot.later_due_s, offset_s + 1e-3)
+
+
+# Each pass can only add requests ahead, so this converges; the bound keeps a pathological backlog cheap.
+_AHEAD_PASSES = 8
+
+
+def _wait_from(snapshot: QueueSnapshot, offset_s: float, confidence: float) -> WaitEstimate:
+    """The wait of a visitor whose place in line starts `offset_s` from now (0 = now, or an opening).
+
+    Everyone due before the visitor's phone would ring goes first: requests due now, and retries, slots
+    and openings that fall due while the visitor waits. The requests counted depend on the wait, so the
+    estimate is repeated until the count stops growing."""
+    ahead = _due_by(snapshot, offset_s)
+    wait = estimate_wait(msgspec.structs.replace(snapshot, ahead=ahead), confidence)
+    for _ in range(_AHEAD_PASSES):
+        if not math.isfinite(wait.latest_s):
+            break
+        grown = _due_by(snapshot, offset_s + max(wait.latest_s - snapshot.dial_overhead_s, 0.0))
+        if grown <= ahead:
+            break
+        ahead = grown
+        wait = estimate_wait(msgspec.structs.replace(snapshot, ahead=ahead), confidence)
+    return wait
+
+
+def _trusted_from(
+    now: dt.datetime, snapshot: QueueSnapshot, staffing: StaffingTimeline
+) -> dt.datetime | None:
+    """From when the staffing schedule is believed. With someone at work now, from now; with nobody, only
+    from the next shift start: a shift already under way whose people are not here says nothing."""
+    if snapshot.ready_agents + len(snapshot.busy_elapsed_s) > 0:
+        return now
+    return staffing.next_shift_start(now)
 
 
 def promise_callback_time(
@@ -205,17 +284,22 @@ def promise_callback_time(
     chosen_slot: Slot | None = None,
     *,
     confidence: float = 0.95,
-    agents_at_opening: int | None = None,
+    staffing: StaffingTimeline | None = None,
 ) -> Promise | None:
-    """What to promise a visitor at `now`; None when nothing is callable within 14 days.
+    """What to promise a visitor at `now`; None when nobody will be at work to call within 14 days.
 
-    - A chosen slot (already validated against `offer_slots` by the caller) is promised as is.
-    - ASAP only when callable now and the whole window up to `latest` stays inside the current callable
-      interval: a call that might ring after closing time or into the callee's night is not promised.
-    - Otherwise the promise is for the next callable opening T: [T, T + wait], the wait estimated as if
-      at T all agents logged in now (or `agents_at_opening`, at least one) were Ready and the `ahead`
-      requests went first. The reason is the constraint that lifts at T (site hours before the callee's
-      window before `not_before` when several lift together).
+    Agents come from presence now (Ready and on a call) and from the staffing schedule later; never from
+    a guess. `staffing` must cover the 14 days ahead (None: nobody is scheduled).
+    - A chosen slot (already validated against `bookable_slots` by the caller) is promised as is.
+    - ASAP only when someone is at work, the callee is callable now and the whole window up to `latest`
+      stays inside the current callable interval: a call that might ring after closing time or into the
+      callee's night is not promised.
+    - Otherwise the promise is for the first callable moment T when the schedule has someone at work (with
+      nobody here now: not before the next shift starts): [T, T + wait], the wait estimated with the
+      scheduled agents Ready at T and everyone due by then ahead. A T whose wait would run past the end of
+      that callable, staffed stretch is skipped. The reason is the constraint that lifts at T (site hours
+      before the callee's window before `not_before` when several lift together; "staffing" when only
+      the shift begins).
     """
     now_utc = as_utc(now)
     if chosen_slot is not None:
@@ -225,11 +309,14 @@ def promise_callback_time(
             latest=as_utc(chosen_slot.end),
             reason="chosen_slot",
         )
-    intervals = callable_intervals(now_utc, now_utc + dt.timedelta(days=_PROMISE_HORIZON_DAYS), site, callee)
+    horizon = now_utc + dt.timedelta(days=_PROMISE_HORIZON_DAYS)
+    intervals = callable_intervals(now_utc, horizon, site, callee)
     if not intervals:
         return None
-    if intervals[0][0] == now_utc:
-        wait = estimate_wait(snapshot, confidence)
+    present = snapshot.ready_agents + len(snapshot.busy_elapsed_s)
+    later_than = now_utc
+    if intervals[0][0] == now_utc and present > 0:
+        wait = _wait_from(snapshot, 0.0, confidence)
         if math.isfinite(wait.latest_s) and now_utc + dt.timedelta(seconds=wait.latest_s) <= intervals[0][1]:
             return Promise(
                 kind="asap",
@@ -237,19 +324,70 @@ def promise_callback_time(
                 latest=now_utc + dt.timedelta(seconds=wait.latest_s),
                 reason="agents_available" if wait.model == "immediate" else "queue",
             )
-        intervals = intervals[1:]
-        if not intervals:
-            return None
-    opening = intervals[0][0]
-    lifted = blocking_constraints(opening - _TICK, site, callee)
-    reason: PromiseReason = lifted[0] if lifted else "outside_hours"
-    wait = estimate_wait(_opening_snapshot(snapshot, agents_at_opening), confidence)
-    return Promise(
-        kind="scheduled",
-        earliest=opening,
-        latest=opening + dt.timedelta(seconds=wait.latest_s),
-        reason=reason,
-    )
+        later_than = intervals[0][1]  # this stretch cannot hold the wait: the next one
+    if staffing is None:
+        return None
+    trusted = _trusted_from(now_utc, snapshot, staffing)
+    if trusted is None:
+        return None
+    start = max(trusted, later_than)
+    windows = intersect_intervals(intervals, staffing.staffed_intervals(start, horizon))
+    opening_state = msgspec.structs.replace(snapshot, busy_elapsed_s=())
+    for window_start, window_end in windows:
+        agents = staffing.agents_at(window_start)
+        offset_s = (window_start - now_utc).total_seconds()
+        wait = _wait_from(msgspec.structs.replace(opening_state, ready_agents=agents), offset_s, confidence)
+        if not math.isfinite(wait.latest_s):
+            continue
+        latest = window_start + dt.timedelta(seconds=wait.latest_s)
+        if latest > window_end:
+            continue
+        lifted = blocking_constraints(window_start - _TICK, site, callee)
+        reason: PromiseReason = lifted[0] if lifted else "staffing"
+        return Promise(kind="scheduled", earliest=window_start, latest=latest, reason=reason)
+    return None
+
+
+# A slot is filled to this share of what its agents could handle on average: handle times vary, and a
+# slot's requests must all be called inside it.
+SLOT_SAFETY_FACTOR = 0.7
+
+
+def bookable_slots(
+    now: dt.datetime,
+    snapshot: QueueSnapshot,
+    site: SiteCalendar,
+    callee: CalleeWindow,
+    staffing: StaffingTimeline | None,
+    *,
+    days: int = 7,
+    slot_minutes: int = 30,
+    safety: float = SLOT_SAFETY_FACTOR,
+) -> list[Slot]:
+    """Slots a visitor may choose: callable (`offer_slots`), staffed by the schedule from when it is
+    believed (the same source as the ASAP answer), and not full. A slot holds at most
+    floor(fewest scheduled agents x slot length / mean handle time x safety) requests; every pending
+    request falling due inside it (chosen slots, retries, openings) takes a place."""
+    if staffing is None:
+        return []
+    now_utc = as_utc(now)
+    trusted = _trusted_from(now_utc, snapshot, staffing)
+    if trusted is None:
+        return []
+    mean_s = mean_handle_time(snapshot)
+    length_s = slot_minutes * 60.0
+    bookable: list[Slot] = []
+    for slot in offer_slots(now_utc, site, callee, days=days, slot_minutes=slot_minutes):
+        if slot.start < trusted:
+            continue
+        capacity = math.floor(staffing.fewest_agents(slot.start, slot.end) * length_s / mean_s * safety)
+        offsets = ((slot.start - now_utc).total_seconds(), (slot.end - now_utc).total_seconds())
+        taken = bisect.bisect_left(snapshot.later_due_s, offsets[1]) - bisect.bisect_left(
+            snapshot.later_due_s, offsets[0]
+        )
+        if taken < capacity:
+            bookable.append(slot)
+    return bookable
 
 
 _EN_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

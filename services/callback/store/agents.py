@@ -93,27 +93,23 @@ async def heartbeat(conn: Connection, agent_id: uuid.UUID) -> PresenceRow | None
     return None if record is None else msgspec.convert(dict(record), PresenceRow)
 
 
-async def ready_agent_count(conn: Connection, org_id: str, queue: str) -> int | None:
-    """Ready, online, idle agents of an organisation's queue; None when nobody of it used the console
-    today."""
-    record = await conn.fetchrow(
-        "select count(*) filter (where p.status = 'ready' and p.current_attempt is null"
-        f"   and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds') as ready,"
-        " count(*) filter (where p.last_seen_at > now() - interval '1 day') as recent"
-        " from agents a join agent_presence p on p.agent_id = a.id"
-        " where a.org_id = $1 and $2 = any(a.queues)",
-        org_id,
-        queue,
-    )
-    assert record is not None
-    return None if record["recent"] == 0 else int(record["ready"])
-
-
 # An agent a dispatcher may reserve right now: Ready, not on a call, console alive (alias p = agent_presence).
 RESERVABLE = (
     "p.status = 'ready' and p.current_attempt is null"
     f" and p.last_seen_at > now() - interval '{PRESENCE_TTL_S} seconds'"
 )
+
+
+async def ready_agent_count(conn: Connection, org_id: str, queue: str) -> int:
+    """Ready, online, idle agents of an organisation's queue (nobody stands in for agents who are not
+    there)."""
+    value = await conn.fetchval(
+        "select count(*) from agents a join agent_presence p on p.agent_id = a.id"
+        f" where a.org_id = $1 and $2 = any(a.queues) and {RESERVABLE}",
+        org_id,
+        queue,
+    )
+    return int(value or 0)
 
 
 async def reserve_agent(conn: Connection, org_id: str, queue: str) -> AgentRow | None:

@@ -48,6 +48,7 @@ class CallbackRow(msgspec.Struct, kw_only=True):
     updated_at: dt.datetime
     last_attempt_by: dt.datetime | None = None
     promise_reason: str = "queue"
+    promise_checked_at: dt.datetime | None = None  # last re-promise look (0010_promise_repromise)
 
 
 _CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
@@ -171,8 +172,9 @@ async def overdue(conn: Connection, latest_before: dt.datetime) -> list[Callback
 async def due_callbacks(
     conn: Connection, now: dt.datetime, limit: int, *, exclude: list[uuid.UUID] | None = None
 ) -> list[CallbackRow]:
-    """Requests whose time has come and whose queue has a reservable agent, oldest original request first;
-    rows are locked for this dispatcher. `exclude` = rows this pass already handled or gave up on.
+    """Requests whose time has come and whose queue has a reservable agent, earliest promised latest time
+    first (then oldest request); rows are locked for this dispatcher. `exclude` = rows this pass already
+    handled or gave up on.
 
     Only queues with a reservable agent count, so the oldest rows of a busy queue cannot fill the batch
     and starve the others. A queue is (organisation, name): another organisation's Ready agent on a queue
@@ -184,9 +186,41 @@ async def due_callbacks(
         " and id <> all($3::uuid[]) and (org_id, queue) in ("
         "  select a.org_id, unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
         f"  where {RESERVABLE})"
-        " order by requested_at limit $2 for update skip locked",
+        # Earliest promise deadline first (EDF): FIFO lets evening retries and slots overtake promises
+        # about to run out (simulate-callbacks: off-hours kept 68-93% FIFO, 95-100% EDF).
+        " order by promised_latest nulls last, requested_at limit $2 for update skip locked",
         now,
         limit,
         exclude or [],
     )
     return [_row(r) for r in records]
+
+
+async def repromise_candidates(
+    conn: Connection, org_id: str, queue: str, checked_before: dt.datetime, limit: int
+) -> list[CallbackRow]:
+    """Waiting requests of an organisation's queue whose promise the engine may revise: never dialed (a
+    retry follows its retry plan), not a chosen slot (the visitor's own choice), not looked at since
+    `checked_before`. Oldest request first, locked for this re-promiser; another replica skips them."""
+    records = await conn.fetch(
+        f"select {_CALLBACK_COLUMNS} from callbacks where org_id = $4 and queue = $1 and status = 'scheduled'"
+        " and attempts = 0 and promise_reason <> 'chosen_slot'"
+        " and (promise_checked_at is null or promise_checked_at < $2)"
+        " order by requested_at limit $3 for update skip locked",
+        queue,
+        checked_before,
+        limit,
+        org_id,
+    )
+    return [_row(r) for r in records]
+
+
+async def queues_with_overdue_promises(conn: Connection, now: dt.datetime) -> list[tuple[str, str]]:
+    """(organisation, queue) pairs with a waiting, never-dialed request whose promised latest time has
+    passed."""
+    records = await conn.fetch(
+        "select distinct org_id, queue from callbacks where status in ('requested', 'scheduled')"
+        " and promised_latest < $1 and attempts = 0",
+        now,
+    )
+    return [(str(r["org_id"]), str(r["queue"])) for r in records]

@@ -3,49 +3,73 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import msgspec
 
 from services.common.db import Connection
 
 
+class PendingRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request waiting to be dialed: its place in line (request time) and when it may be dialed."""
+
+    id: uuid.UUID
+    requested_at: dt.datetime
+    due_at: dt.datetime
+
+
 class QueueFigures(msgspec.Struct, kw_only=True):
-    waiting_due: int  # pending requests due now (they are ahead of a new ASAP request)
-    busy_elapsed_s: tuple[float, ...]  # per call in progress: seconds since it was dialed
-    handle_times_s: tuple[float, ...]  # recent completed calls, newest first
+    busy_elapsed_s: tuple[float, ...]  # per agent of the queue on a call: seconds it has held the agent
+    handle_times_s: tuple[float, ...]  # recent attempts of the queue: seconds each held its agent
+    pending: tuple[PendingRequest, ...]  # due within the horizon, by due time
+    extra_attempts: float = 0.0  # retries per first attempt among the recent attempts
+
+
+def _extra_attempts(attempt_numbers: list[int]) -> float:
+    """Retries per request: attempts after the first over first attempts (0 without enough history)."""
+    firsts = sum(1 for number in attempt_numbers if number == 1)
+    if firsts < 20:
+        return 0.0
+    return min((len(attempt_numbers) - firsts) / firsts, 4.0)
 
 
 async def queue_figures(
-    conn: Connection, org_id: str, queue: str, now: dt.datetime, history: int = 200
+    conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
 ) -> QueueFigures:
-    """Figures of one organisation's queue (a queue is (organisation, name))."""
-    waiting = await conn.fetchval(
-        "select count(*) from callbacks where org_id = $3 and queue = $1"
-        " and status in ('requested', 'scheduled') and due_at <= $2",
-        queue,
-        now,
-        org_id,
-    )
+    """Everything a promise for one organisation's queue needs, read in one place (a queue is
+    (organisation, name))."""
+    # Agents of the queue held by a call (of any queue): each frees up after the rest of its call.
     busy = await conn.fetch(
-        "select extract(epoch from ($2 - coalesce(connected_at, updated_at)))::float8 as elapsed"
-        " from callbacks where org_id = $3 and queue = $1 and status in ('dialing', 'connected')",
+        "select extract(epoch from ($2 - d.started_at))::float8 as elapsed"
+        " from agents a join agent_presence p on p.agent_id = a.id"
+        " join dial_attempts d on d.id = p.current_attempt where a.org_id = $3 and $1 = any(a.queues)",
         queue,
         now,
         org_id,
     )
+    # An agent is held by an attempt from its reservation to its end, whether the call connected or not:
+    # that is the time the queue loses, so it is the sample (failed attempts included).
     handled = await conn.fetch(
-        "select extract(epoch from (ended_at - first_dial_at))::float8 as seconds from callbacks"
-        " where org_id = $3 and queue = $1 and status = 'completed' and first_dial_at is not null"
-        " and ended_at > first_dial_at"
-        " order by ended_at desc limit $2",
+        "select extract(epoch from (d.ended_at - d.started_at))::float8 as seconds, d.attempt_no"
+        " from dial_attempts d join callbacks c on c.id = d.callback_id"
+        " where d.agent_id is not null and d.ended_at is not null and d.ended_at > d.started_at"
+        " and c.org_id = $3 and c.queue = $1 order by d.ended_at desc limit $2",
         queue,
         history,
         org_id,
     )
+    pending = await conn.fetch(
+        "select id, requested_at, due_at from callbacks where org_id = $3 and queue = $1"
+        " and status in ('requested', 'scheduled') and due_at < $2 order by due_at",
+        queue,
+        horizon,
+        org_id,
+    )
     return QueueFigures(
-        waiting_due=int(waiting or 0),
         busy_elapsed_s=tuple(max(float(r["elapsed"]), 0.0) for r in busy),
         handle_times_s=tuple(float(r["seconds"]) for r in handled),
+        extra_attempts=_extra_attempts([int(r["attempt_no"]) for r in handled]),
+        pending=tuple(msgspec.convert(dict(r), PendingRequest) for r in pending),
     )
 
 

@@ -6,10 +6,12 @@ import asyncio
 import datetime as dt
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, cast
 from zoneinfo import ZoneInfo
 
+import msgspec
 from prometheus_client import Counter
 
 from services.callback.domain.calendar import CalleeWindow, Slot, offer_slots
@@ -18,15 +20,16 @@ from services.callback.domain.promise import (
     Promise,
     PromiseReason,
     QueueSnapshot,
+    bookable_slots,
     promise_callback_time,
     render_promise_text,
 )
 from services.callback.schemas import Lang, PromiseView, SiteSettings
 from services.callback.store import callbacks as callback_store
 from services.callback.store import stats
-from services.callback.usecases.sites import site_calendar
+from services.callback.usecases.sites import site_calendar, staffing_schedule
 from services.common import db, outbox
-from services.common.domain_errors import DomainError, Invalid
+from services.common.domain_errors import Conflict, DomainError, Invalid
 from services.common.events import CallbackEvent
 
 if TYPE_CHECKING:
@@ -93,21 +96,59 @@ def parse_clock(value: str | None) -> dt.time | None:
 # --- promises -------------------------------------------------------------------------------------------
 
 
+# Promises and slots look this far ahead (the promise engine's horizon, plus a day for its last opening).
+PROMISE_HORIZON = dt.timedelta(days=15)
+
+
+class QueueState(msgspec.Struct, frozen=True, kw_only=True):
+    """One read of a queue from which the snapshot of any waiting or new request is built."""
+
+    ready_agents: int
+    figures: stats.QueueFigures
+
+
+async def queue_state(
+    conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime, *, org_id: str
+) -> QueueState:
+    """The site's queue of its organisation (a queue is (organisation, name))."""
+    figures = await stats.queue_figures(conn, org_id, settings.queue, now, horizon=now + PROMISE_HORIZON)
+    return QueueState(ready_agents=await agents.ready_agents(conn, org_id, settings.queue), figures=figures)
+
+
+def snapshot_for(
+    state: QueueState,
+    now: dt.datetime,
+    *,
+    requested_at: dt.datetime | None = None,
+    exclude: uuid.UUID | None = None,
+) -> QueueSnapshot:
+    """The queue as one visitor sees it: everyone asked before them (`requested_at`; None = a newcomer,
+    everyone) is ahead once due, now or later."""
+    due_now = 0
+    later: list[float] = []
+    for pending in state.figures.pending:
+        if pending.id == exclude or (requested_at is not None and pending.requested_at >= requested_at):
+            continue
+        offset_s = (pending.due_at - now).total_seconds()
+        if offset_s <= 0:
+            due_now += 1
+        else:
+            later.append(offset_s)
+    return QueueSnapshot(
+        ready_agents=state.ready_agents,
+        busy_elapsed_s=state.figures.busy_elapsed_s,
+        ahead=due_now,
+        later_due_s=tuple(sorted(later)),
+        handle_time_samples_s=state.figures.handle_times_s,
+        extra_attempts=state.figures.extra_attempts,
+    )
+
+
 async def queue_snapshot(
     conn: db.Connection, agents: AgentAvailability, settings: SiteSettings, now: dt.datetime, *, org_id: str
 ) -> QueueSnapshot:
-    """The queue as the promise engine sees it: ready agents, calls in progress, who is ahead — all of
-    the site's organisation (a queue is (organisation, name))."""
-    figures = await stats.queue_figures(conn, org_id, settings.queue, now)
-    ready = await agents.ready_agents(conn, org_id, settings.queue)
-    if ready is None:
-        ready = max(settings.staffed_agents - len(figures.busy_elapsed_s), 0)
-    return QueueSnapshot(
-        ready_agents=ready,
-        busy_elapsed_s=figures.busy_elapsed_s,
-        ahead=figures.waiting_due,
-        handle_time_samples_s=figures.handle_times_s,
-    )
+    """The queue as the promise engine sees it for a new visitor (all of the site's organisation)."""
+    return snapshot_for(await queue_state(conn, agents, settings, now, org_id=org_id), now)
 
 
 def promise_for(
@@ -123,8 +164,29 @@ def promise_for(
         site_calendar(settings),
         callee,
         slot,
-        agents_at_opening=max(settings.staffed_agents, 1),
+        staffing=staffing_schedule(settings).timeline(now, now + PROMISE_HORIZON),
     )
+
+
+def slots_for(
+    now: dt.datetime, snapshot: QueueSnapshot, settings: SiteSettings, callee: CalleeWindow
+) -> list[Slot]:
+    """Slots a visitor may choose now: callable, staffed and not full (the ASAP answer's sources)."""
+    staffing = staffing_schedule(settings).timeline(now, now + PROMISE_HORIZON)
+    return bookable_slots(now, snapshot, site_calendar(settings), callee, staffing)
+
+
+def ensure_slot_free(
+    slot: Slot, now: dt.datetime, snapshot: QueueSnapshot, settings: SiteSettings, callee: CalleeWindow
+) -> None:
+    """Conflict when the chosen slot filled up (or nobody will be at work then) since it was offered."""
+    if slot not in slots_for(now, snapshot, settings, callee):
+        raise refuse(
+            Conflict,
+            "slot_full",
+            "This time is fully booked; please choose another",
+            "slot_start",
+        )
 
 
 def promise_view(promise: Promise, now: dt.datetime, tz: str, lang: Lang) -> PromiseView:

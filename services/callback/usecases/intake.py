@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from prometheus_client import Counter, Histogram
 
-from services.callback.domain.calendar import CalleeWindow, Slot, offer_slots
+from services.callback.domain.calendar import CalleeWindow, Slot
 from services.callback.domain.guard import check_form_token, issue_form_token, proof_of_work_ok
 from services.callback.domain.lifecycle import CallbackState
 from services.callback.domain.phone import (
@@ -40,18 +40,20 @@ from services.callback.usecases.common import (
     Clock,
     advance_callback,
     chosen_slot,
+    ensure_slot_free,
     parse_clock,
     promise_for,
     promise_view,
     queue_snapshot,
     refuse,
     slot_label,
+    slots_for,
     state_name,
     stored_promise,
     utc_now,
 )
-from services.callback.usecases.presence import AgentAvailability, StaffedAgents
-from services.callback.usecases.sites import SiteDirectory, callee_window, site_calendar
+from services.callback.usecases.presence import AgentAvailability, PresenceAgents
+from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db, outbox
 from services.common.crypto import DataProtector, token_hash
 from services.common.domain_errors import Conflict, Forbidden, Invalid, TooMany
@@ -80,7 +82,7 @@ class Intake:
         self.pool = pool
         self.protector = protector
         self.sites = sites
-        self.agents: AgentAvailability = agents or StaffedAgents()
+        self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
 
     async def widget_config(self, site_key: str, lang: Lang | None) -> WidgetConfig:
@@ -112,7 +114,7 @@ class Intake:
             callee = callee_window(settings, tz, parse_clock(not_before))
             snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=site.org_id)
         promise = promise_for(now, snapshot, settings, callee)
-        slots = offer_slots(now, site_calendar(settings), callee)
+        slots = slots_for(now, snapshot, settings, callee)
         token = issue_form_token(self.protector.sign, site_key, now, secrets.token_hex(6))
         bits = settings.abuse.proof_of_work_bits
         return Offer(
@@ -294,13 +296,18 @@ class Intake:
         client_ip: str,
         now: dt.datetime,
     ) -> tuple[int, CallbackCreated]:
+        if slot is not None:
+            # Bookings of one queue take turns, so two visitors cannot both take a slot's last place.
+            await budgets.lock(conn, "slots", org_id, settings.queue)
         snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=org_id)
+        if slot is not None:
+            ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)
         if promise is None:
             raise refuse(
                 Invalid,
                 "no_callable_time",
-                "We cannot call you in the next two weeks at these hours",
+                "Nobody can call you back in the next two weeks at these hours",
                 "not_before",
             )
         callback_id = uuid.uuid4()

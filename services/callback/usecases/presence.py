@@ -21,26 +21,18 @@ from services.common.domain_errors import Conflict, NotFound
 
 
 class AgentAvailability(Protocol):
-    """Ready agents per (organisation, queue) from live presence; None when nobody uses the agent
-    console for it.
+    """Ready agents per (organisation, queue), asked inside the caller's transaction (it reads through
+    its connection)."""
 
-    Asked inside the caller's transaction, so it reads through the caller's connection."""
-
-    async def ready_agents(self, conn: db.Connection, org_id: str, queue: str) -> int | None: ...
+    async def ready_agents(self, conn: db.Connection, org_id: str, queue: str) -> int: ...
 
 
 class PresenceAgents:
-    """Ready agents from the console's presence; None (use staffed_agents) where nobody signs in."""
+    """Ready agents from the console's presence: Ready, idle, console alive. Nobody stands in for agents
+    who are not there; later times come from the site's staffing schedule."""
 
-    async def ready_agents(self, conn: db.Connection, org_id: str, queue: str) -> int | None:
+    async def ready_agents(self, conn: db.Connection, org_id: str, queue: str) -> int:
         return await agent_store.ready_agent_count(conn, org_id, queue)
-
-
-class StaffedAgents:
-    """Until agents sign in, a site's `staffed_agents` setting stands for its agents."""
-
-    async def ready_agents(self, conn: db.Connection, org_id: str, queue: str) -> int | None:
-        return None
 
 
 class LiveCall(msgspec.Struct, kw_only=True):
@@ -56,10 +48,18 @@ class LiveCall(msgspec.Struct, kw_only=True):
 class Presence:
     """The agent console's use cases."""
 
-    def __init__(self, pool: db.Pool, protector: DataProtector, sites: SiteDirectory) -> None:
+    def __init__(
+        self,
+        pool: db.Pool,
+        protector: DataProtector,
+        sites: SiteDirectory,
+        on_queues_changed: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.protector = protector
         self.sites = sites
+        # Told when an agent's presence changes the capacity of their queues (promises may move).
+        self.on_queues_changed = on_queues_changed
 
     async def put_agent(
         self,
@@ -108,6 +108,9 @@ class Presence:
     async def set_presence(self, agent_id: uuid.UUID, status: str) -> None:
         async with self.pool.acquire() as conn:
             await agent_store.set_presence(conn, agent_id, status)
+            agent = await agent_store.agent_by_id(conn, agent_id)
+        if agent is not None and self.on_queues_changed is not None:
+            self.on_queues_changed(agent.org_id, agent.queues)
 
     async def heartbeat(
         self, agent: agent_store.AgentRow

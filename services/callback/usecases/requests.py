@@ -10,21 +10,23 @@ import msgspec
 from services.callback.domain.lifecycle import CallbackState, IllegalTransition, is_terminal
 from services.callback.domain.texts import status_text
 from services.callback.schemas import CallbackStatus, Lang, Reschedule, RetryPlan
-from services.callback.store import aliases
+from services.callback.store import aliases, budgets
 from services.callback.store import callbacks as callback_store
 from services.callback.usecases.common import (
     Clock,
     advance_callback,
     chosen_slot,
+    ensure_slot_free,
     parse_clock,
     promise_for,
     promise_view,
-    queue_snapshot,
+    queue_state,
     refuse,
+    snapshot_for,
     stored_promise,
     utc_now,
 )
-from services.callback.usecases.presence import AgentAvailability, StaffedAgents
+from services.callback.usecases.presence import AgentAvailability, PresenceAgents
 from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db
 from services.common.crypto import token_hash
@@ -47,7 +49,7 @@ class Requests:
     ) -> None:
         self.pool = pool
         self.sites = sites
-        self.agents: AgentAvailability = agents or StaffedAgents()
+        self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
 
     def status_view(
@@ -166,7 +168,13 @@ class Requests:
             not_before = parse_clock(body.not_before) if body.not_before else row.not_before
             callee = callee_window(site.settings, row.visitor_tz, not_before)
             slot = chosen_slot(body.slot_start, now, site.settings, callee)
-            snapshot = await queue_snapshot(conn, self.agents, site.settings, now, org_id=site.org_id)
+            if slot is not None:
+                await budgets.lock(conn, "slots", site.org_id, site.settings.queue)
+            state = await queue_state(conn, self.agents, site.settings, now, org_id=site.org_id)
+            # It keeps its place: those asked before it are ahead, and it does not wait for itself.
+            snapshot = snapshot_for(state, now, requested_at=row.requested_at, exclude=row.id)
+            if slot is not None:
+                ensure_slot_free(slot, now, snapshot_for(state, now, exclude=row.id), site.settings, callee)
             promise = promise_for(now, snapshot, site.settings, callee, slot)
             if promise is None:
                 raise refuse(Invalid, "no_callable_time", "We cannot call you at these hours", "not_before")

@@ -9,7 +9,8 @@ import uuid
 import msgspec
 
 from services.callback.domain.calendar import CalleeWindow, SiteCalendar, TimeRange
-from services.callback.schemas import WEEKDAYS, Site, SiteSettings
+from services.callback.domain.staffing import Shift, StaffingSchedule
+from services.callback.schemas import WEEKDAYS, Site, SiteSettings, weekdays_of
 from services.callback.store import callbacks as callback_store
 from services.callback.store import orgs as org_store
 from services.callback.store import sites as site_store
@@ -30,6 +31,23 @@ def site_calendar(settings: SiteSettings) -> SiteCalendar:
             WEEKDAYS.index(day): [TimeRange.parse(start, end) for start, end in ranges]
             for day, ranges in settings.working_hours.items()
         },
+        holidays=frozenset(settings.holidays),
+        production_calendar=settings.production_calendar,
+    )
+
+
+def staffing_schedule(settings: SiteSettings) -> StaffingSchedule:
+    """The site's shifts on its own calendar (its holidays and production calendar close them too)."""
+    return StaffingSchedule(
+        tz=settings.timezone,
+        shifts=tuple(
+            Shift(
+                days=weekdays_of(shift.days),
+                hours=TimeRange.parse(shift.start, shift.end),
+                agents=shift.agents,
+            )
+            for shift in settings.staffing
+        ),
         holidays=frozenset(settings.holidays),
         production_calendar=settings.production_calendar,
     )
