@@ -286,10 +286,15 @@ async def test_two_dispatchers_racing_never_double_dial(settings: Settings, db: 
         assert len({a["agent_id"] for a in attempts}) == 3, "no agent got two calls"
         placed = [len(sim._calls) for sim in sims]
         assert sum(placed) == 3
-        waiting = await db.fetch("select requested_at, status from callback.callbacks order by requested_at")
-        assert [r["status"] for r in waiting] == ["dialing"] * 3 + ["scheduled"] * 3, (
-            "oldest requests go first"
+        by_deadline = await db.fetch(
+            "select status from callback.callbacks order by promised_latest, requested_at"
         )
+        statuses = [r["status"] for r in by_deadline]
+        # Earliest promise first. Two racing dispatchers each lock one row at a time, so when the last
+        # agent goes, the other's next row can win it: at most one row overtakes, never further.
+        assert statuses[:2] == ["dialing", "dialing"], "earliest promises go first"
+        assert statuses[:4].count("dialing") == 3, "only a race's one row may overtake"
+        assert statuses[4:] == ["scheduled", "scheduled"]
         for sim in sims:
             await sim.aclose()
     finally:
