@@ -30,7 +30,7 @@ from services.callback.store import stats
 from services.callback.usecases.sites import site_calendar, staffing_schedule
 from services.common import db, outbox
 from services.common.domain_errors import Conflict, DomainError, Invalid
-from services.common.events import CallbackEvent
+from services.common.events import CallbackEvent, CallbackScheduled
 
 if TYPE_CHECKING:
     from services.callback.usecases.presence import AgentAvailability
@@ -83,6 +83,51 @@ async def advance_callback(
         transition(current, target)
     await callback_store.update_callback(conn, row.id, status=target, **changes)
     await outbox.append(conn, event)
+
+
+async def schedule_to_promise(
+    conn: db.Connection,
+    row: callback_store.CallbackRow,
+    promise: Promise,
+    snapshot: QueueSnapshot,
+    *,
+    now: dt.datetime,
+    reason: str,
+    **changes: object,
+) -> None:
+    """Give a waiting request a new promise: store it with the queue it came from and re-time the request
+    to it (`callback.scheduled` with `reason`), in the caller's transaction."""
+    due_at = now if promise.kind == "asap" else promise.earliest
+    await callback_store.record_promise(
+        conn,
+        row.id,
+        given_at=now,
+        kind=promise.kind,
+        reason=promise.reason,
+        earliest=promise.earliest,
+        latest=promise.latest,
+        snapshot=msgspec.to_builtins(snapshot),
+    )
+    await advance_callback(
+        conn,
+        row,
+        CallbackState.SCHEDULED,
+        CallbackScheduled(
+            callback_id=row.id,
+            site_key=row.site_key,
+            state="scheduled",
+            due_at=due_at,
+            promised_earliest=promise.earliest,
+            promised_latest=promise.latest,
+            reason=reason,
+        ),
+        due_at=due_at,
+        promise_kind=promise.kind,
+        promise_reason=promise.reason,
+        promised_earliest=promise.earliest,
+        promised_latest=promise.latest,
+        **changes,
+    )
 
 
 def state_name(status: str) -> StateName:

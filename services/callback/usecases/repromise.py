@@ -7,17 +7,15 @@ import contextlib
 import datetime as dt
 import logging
 
-import msgspec
 from prometheus_client import Counter
 
-from services.callback.domain.lifecycle import CallbackState
 from services.callback.domain.promise import Promise
 from services.callback.store import callbacks as callback_store
 from services.callback.usecases.common import (
     Clock,
-    advance_callback,
     promise_for,
     queue_state,
+    schedule_to_promise,
     snapshot_for,
     stored_promise,
     utc_now,
@@ -146,36 +144,8 @@ class Repromiser:
                 old = stored_promise(row)
                 if new is None or not materially_different(old, new, now):
                     continue
-                due_at = now if new.kind == "asap" else new.earliest
-                await callback_store.record_promise(
-                    conn,
-                    row.id,
-                    given_at=now,
-                    kind=new.kind,
-                    reason=new.reason,
-                    earliest=new.earliest,
-                    latest=new.latest,
-                    snapshot=msgspec.to_builtins(snapshot),
-                )
-                await advance_callback(
-                    conn,
-                    row,
-                    CallbackState.SCHEDULED,
-                    CallbackScheduled(
-                        callback_id=row.id,
-                        site_key=row.site_key,
-                        state="scheduled",
-                        due_at=due_at,
-                        promised_earliest=new.earliest,
-                        promised_latest=new.latest,
-                        reason=REASON,
-                    ),
-                    due_at=due_at,
-                    promise_kind=new.kind,
-                    promise_reason=new.reason,
-                    promised_earliest=new.earliest,
-                    promised_latest=new.latest,
-                    promise_checked_at=now,
+                await schedule_to_promise(
+                    conn, row, new, snapshot, now=now, reason=REASON, promise_checked_at=now
                 )
                 REPROMISED.labels("later" if new.latest > old.latest else "earlier").inc()
                 changed += 1

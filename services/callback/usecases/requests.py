@@ -22,6 +22,7 @@ from services.callback.usecases.common import (
     promise_view,
     queue_state,
     refuse,
+    schedule_to_promise,
     snapshot_for,
     stored_promise,
     utc_now,
@@ -31,7 +32,7 @@ from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db
 from services.common.crypto import token_hash
 from services.common.domain_errors import Conflict, Invalid, NotFound
-from services.common.events import CallbackCancelled, CallbackExpired, CallbackScheduled
+from services.common.events import CallbackCancelled, CallbackExpired
 
 # A pending request nobody dialed this long after its promised latest time is given up.
 EXPIRE_AFTER_LATEST = dt.timedelta(hours=24)
@@ -178,36 +179,8 @@ class Requests:
             promise = promise_for(now, snapshot, site.settings, callee, slot)
             if promise is None:
                 raise refuse(Invalid, "no_callable_time", "We cannot call you at these hours", "not_before")
-            due_at = now if promise.kind == "asap" else promise.earliest
-            await callback_store.record_promise(
-                conn,
-                row.id,
-                given_at=now,
-                kind=promise.kind,
-                reason=promise.reason,
-                earliest=promise.earliest,
-                latest=promise.latest,
-                snapshot=msgspec.to_builtins(snapshot),
-            )
-            await advance_callback(
-                conn,
-                row,
-                CallbackState.SCHEDULED,
-                CallbackScheduled(
-                    callback_id=row.id,
-                    site_key=row.site_key,
-                    state="scheduled",
-                    due_at=due_at,
-                    promised_earliest=promise.earliest,
-                    promised_latest=promise.latest,
-                    reason="rescheduled",
-                ),
-                not_before=not_before,
-                due_at=due_at,
-                promise_kind=promise.kind,
-                promise_reason=promise.reason,
-                promised_earliest=promise.earliest,
-                promised_latest=promise.latest,
+            await schedule_to_promise(
+                conn, row, promise, snapshot, now=now, reason="rescheduled", not_before=not_before
             )
             row = await self._locked(conn, row.id)
         return self.status_view(row)
