@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hmac
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+from litestar import Request, post
+from litestar.handlers.http_handlers import HTTPRouteHandler
 
-from services.notifier.channels.base import TransientChannelError
+from services.common.errors import ApiError
+from services.notifier.channels.base import InboundUpdate, TransientChannelError, UpdateSink
 
 # A provider that answers 5xx or garbage is retried later; this is how long we suggest waiting.
 DEFAULT_RETRY_S = 30.0
@@ -56,3 +60,31 @@ def retry_after_of(response: httpx.Response) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None
+
+
+def messenger_webhook(
+    path: str,
+    secret_header: str,
+    secret: str,
+    sink: UpdateSink,
+    parse: Callable[[dict[str, Any]], InboundUpdate],
+) -> HTTPRouteHandler:
+    """A bot platform's update webhook: the secret we registered must come back in `secret_header`
+    (compared in constant time; anything else is 401 and reaches nothing), the body must be a JSON object,
+    and the parsed update goes to `sink`."""
+
+    @post(path, status_code=200, include_in_schema=False)
+    async def webhook(request: Request[Any, Any, Any]) -> dict[str, bool]:
+        given = request.headers.get(secret_header, "")
+        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+            raise ApiError(401, "unauthorized", "The webhook secret is not valid")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "invalid_request", "The update is not JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request", "The update is not a JSON object")
+        await sink(parse(body))
+        return {"ok": True}
+
+    return webhook

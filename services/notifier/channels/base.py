@@ -81,6 +81,7 @@ class RecipientUnreachable(PermanentChannelError):
 
 
 ReceiptSink = Callable[[DeliveryReceipt], Awaitable[None]]
+UpdateSink = Callable[[InboundUpdate], Awaitable[None]]
 
 
 class Channel(Protocol):

@@ -6,17 +6,14 @@ frameworks with their own dispatch loop; we need two calls and a parser, and one
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from litestar import Request, post
 from litestar.handlers import HTTPRouteHandler
 
-from services.common.errors import ApiError
-from services.notifier.channels._http import DEFAULT_RETRY_S, retry_after_of
+from services.notifier.channels._http import DEFAULT_RETRY_S, messenger_webhook, retry_after_of
 from services.notifier.channels.base import (
     ChannelKind,
     InboundUpdate,
@@ -25,8 +22,8 @@ from services.notifier.channels.base import (
     RecipientUnreachable,
     SendResult,
     TransientChannelError,
+    UpdateSink,
 )
-from services.notifier.channels.telegram import UpdateSink
 
 _TEL = re.compile(r"^TEL[^:]*:(.+)$", re.MULTILINE)
 
@@ -153,19 +150,4 @@ def parse_update(body: Mapping[str, Any], *, channel: str = "max") -> InboundUpd
 
 def webhook_routes(sink: UpdateSink, secret: str) -> list[HTTPRouteHandler]:
     """POST /channels/max/webhook: MAX sends the subscription's secret in X-Max-Bot-Api-Secret; else 401."""
-
-    @post("/channels/max/webhook", status_code=200, include_in_schema=False)
-    async def max_webhook(request: Request[Any, Any, Any]) -> dict[str, bool]:
-        given = request.headers.get("x-max-bot-api-secret", "")
-        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
-            raise ApiError(401, "unauthorized", "The webhook secret is not valid")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "invalid_request", "The update is not JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_request", "The update is not a JSON object")
-        await sink(parse_update(body))
-        return {"ok": True}
-
-    return [max_webhook]
+    return [messenger_webhook("/channels/max/webhook", "x-max-bot-api-secret", secret, sink, parse_update)]

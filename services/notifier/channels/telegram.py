@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from litestar import Request, post
 from litestar.handlers import HTTPRouteHandler
 
-from services.common.errors import ApiError
-from services.notifier.channels._http import DEFAULT_RETRY_S, call_json
+from services.notifier.channels._http import DEFAULT_RETRY_S, call_json, messenger_webhook
 from services.notifier.channels.base import (
     ChannelKind,
     InboundUpdate,
@@ -20,9 +17,8 @@ from services.notifier.channels.base import (
     RecipientUnreachable,
     SendResult,
     TransientChannelError,
+    UpdateSink,
 )
-
-UpdateSink = Callable[[InboundUpdate], Awaitable[None]]
 
 # 400 descriptions that mean the chat itself is gone (the bot can never write there again).
 _DEAD_CHAT = ("chat not found", "user is deactivated", "peer_id_invalid", "bot was kicked")
@@ -145,19 +141,8 @@ def parse_update(body: Mapping[str, Any], *, channel: str = "telegram") -> Inbou
 def webhook_routes(sink: UpdateSink, secret: str) -> list[HTTPRouteHandler]:
     """POST /channels/telegram/webhook: Telegram sends the setWebhook secret_token in
     X-Telegram-Bot-Api-Secret-Token; anything else is 401 and reaches nothing."""
-
-    @post("/channels/telegram/webhook", status_code=200, include_in_schema=False)
-    async def telegram_webhook(request: Request[Any, Any, Any]) -> dict[str, bool]:
-        given = request.headers.get("x-telegram-bot-api-secret-token", "")
-        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
-            raise ApiError(401, "unauthorized", "The webhook secret token is not valid")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "invalid_request", "The update is not JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_request", "The update is not a JSON object")
-        await sink(parse_update(body))
-        return {"ok": True}
-
-    return [telegram_webhook]
+    return [
+        messenger_webhook(
+            "/channels/telegram/webhook", "x-telegram-bot-api-secret-token", secret, sink, parse_update
+        )
+    ]
