@@ -21,7 +21,7 @@ from support.polling import until
 
 from services.callback.app import create_app
 from services.callback.settings import CallbackSettings
-from services.common.embedded import EmbeddedPostgres
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.settings import Settings
 
 VISITOR = "+79123456789"
@@ -352,3 +352,50 @@ async def test_two_mango_replicas_complete_calls_whose_webhooks_reach_the_other_
         finally:
             a.cookies = httpx.Cookies()
             await lookup.close()
+
+
+async def test_a_mango_notice_that_cannot_be_stored_is_refused_so_mango_resends_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path / "js").start()  # its own server: this test stops it
+    try:
+        own = make_settings(settings.database_url, nats.url, settings.nats_namespace)
+        await migrate_service(own, "callback")
+        fake = FakeMango()  # only signs the notifications here
+        section = CallbackSettings(
+            telephony="mango", mango_api_key=fake.api_key, mango_api_salt=fake.api_salt
+        )
+        command_id = uuid.uuid4().hex
+
+        def notice(seq: int) -> dict[str, str]:
+            payload = {
+                "entry_id": "entry-1",
+                "call_id": "1:agent",
+                "seq": seq,
+                "call_state": "Appeared",
+                "to": {"extension": "101"},
+                "command_id": command_id,
+            }
+            return fake.signed_form(payload)
+
+        app = create_app(own, section)
+        async with AsyncTestClient(app=app) as client:
+            url = "/telephony/mango/events/call"
+            assert (await client.post(url, data=notice(1))).status_code == 200
+            await asyncio.to_thread(nats.stop)
+            refused = await client.post(url, data=notice(2))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable"
+            nats.start()  # on this thread: the server dies with the thread that started it (PDEATHSIG)
+
+            async def taken() -> bool:
+                return (await client.post(url, data=notice(2))).status_code == 200
+
+            await until(taken, timeout=60)
+
+            async def bus_connected() -> bool:
+                return bool(app.state.runtime.bus.connected)
+
+            await until(bus_connected, timeout=30)  # a clean shutdown drains a connected client
+    finally:
+        nats.stop()
