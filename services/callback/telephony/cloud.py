@@ -344,7 +344,7 @@ class MangoOfficeAdapter:
         self._http = httpx.AsyncClient(base_url=config.base_url.rstrip("/"), timeout=config.request_timeout_s)
         self._stream = EventStream()
         self._carrier: NoticeCarrier | None = None
-        # Without a carrier: states by attempt, and attempts by Mango's entry_id (oldest first).
+        # Without a carrier: the states of this adapter's calls by attempt, oldest first.
         self._states: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._local = asyncio.Lock()
         self._hangups = 0
