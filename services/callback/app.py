@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParam
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.callback.attempts import AttemptTracker
-from services.callback.call_events import JetStreamCallEvents, call_event_consumer_spec
+from services.callback.call_events import DurableNotices, JetStreamCallEvents, call_event_consumer_spec
 from services.callback.console import CONSOLE_ROUTES, admin_routes
 from services.callback.cors import per_site_cors
 from services.callback.dispatcher import Dispatcher
@@ -85,6 +86,8 @@ TokenHeader = Annotated[
 IntakeDependency = NamedDependency[Intake]
 RequestsDependency = NamedDependency[Requests]
 SiteAdminDependency = NamedDependency[SiteAdmin]
+
+log = logging.getLogger(__name__)
 
 _PROMISE_EXAMPLE = {
     "kind": "asap",
@@ -393,16 +396,22 @@ async def reschedule_callback(
     tags=["telephony"],
     summary="Mango Office call-event webhooks",
     status_code=200,
-    responses=error_responses(403),
+    responses=error_responses(403, 503),
 )
 async def mango_webhook(path: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, str]:
-    """Mango signs every notification with sha256(api_key + json + salt); unsigned ones are refused."""
+    """Mango signs every notification with sha256(api_key + json + salt); unsigned ones are refused. The
+    notice is stored durably before 200 (any replica applies it); 503 when it cannot be, so Mango resends."""
     runtime: Runtime = request.app.state.runtime
     adapter = runtime.extras["dialer"].adapter
     if not isinstance(adapter, MangoOfficeAdapter):
         raise ApiError(404, "not_found", "Mango Office telephony is not configured")
     form = {key: str(value) for key, value in (await request.form()).items()}
-    if not await adapter.handle_webhook(path, form):
+    try:
+        accepted = await adapter.handle_webhook(path, form)
+    except Exception as exc:
+        log.warning("Mango notification not stored; Mango will resend it: %r", exc)
+        raise ApiError(503, "unavailable", "The notification could not be stored; send it again") from exc
+    if not accepted:
         raise ApiError(403, "bad_signature", "The notification signature does not match")
     return {"result": "ok"}
 
@@ -491,13 +500,17 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         adapter = build_adapter(own.telephony, own.telephony_config())
         # Call events travel through JetStream (call_events.py): durable while PostgreSQL blinks, and
         # applied by whichever replica's consumer gets them.
+        call_events = JetStreamCallEvents(runtime.bus)
+        if isinstance(adapter, MangoOfficeAdapter):
+            # Its webhooks may reach any replica: notices are carried, call states kept in PostgreSQL.
+            adapter.carry_notices(DurableNotices(runtime.worker_pool, call_events, adapter.name))
         dialer = Dispatcher(
             runtime.worker_pool,
             protector,
             sites,
             adapter,
             placing_lease_s=own.placing_lease_s,
-            sink=JetStreamCallEvents(runtime.bus),
+            sink=call_events,
         )
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 from services.callback.attempts import AttemptTracker
 from services.callback.store import attempts as attempt_store
 from services.callback.telephony import CallEvent, CallEventKind
+from services.callback.telephony.base import utc_now
 from services.common import db
 from services.common.bus import Bus
 from services.common.consumers import ConsumerSpec, TransientError
@@ -30,6 +31,7 @@ from services.common.events import AnyEvent, CallbackTelephonyEvent, encode_even
 
 __all__ = [
     "CONSUMER",
+    "DurableNotices",
     "JetStreamCallEvents",
     "NoticeTranslator",
     "call_event_consumer_spec",
@@ -116,6 +118,24 @@ class JetStreamCallEvents:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _PUBLISH_RETRY_MAX_S)
+
+
+class DurableNotices:
+    """An adapter's raw notices published through JetStream (translated where applied), and the stored
+    state of its calls read from PostgreSQL: what lets any replica take a webhook or hang a call up."""
+
+    def __init__(self, pool: db.Pool, events: JetStreamCallEvents, adapter: str) -> None:
+        self.pool = pool
+        self.events = events
+        self.adapter = adapter
+
+    async def state(self, attempt_id: str) -> bytes | None:
+        async with self.pool.acquire() as conn:
+            return await attempt_store.read_provider_state(conn, uuid.UUID(attempt_id))
+
+    async def publish(self, attempt_id: str, notice: str, key: str) -> None:
+        # Not retried forever: the webhook's caller is waiting, and Mango resends what it was refused.
+        await self.events.publish(notice_event(self.adapter, attempt_id, notice, key, utc_now()))
 
 
 def call_event_consumer_spec(tracker_of: Callable[[], AttemptTracker | None]) -> ConsumerSpec:

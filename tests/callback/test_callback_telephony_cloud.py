@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 # tests/conftest.py puts tests/ on sys.path (pytest's default "prepend" import mode), so `fakes` imports.
@@ -15,6 +18,7 @@ from fakes.fake_mango import FakeMango, MangoScript, serve_fake_mango, serve_web
 from fakes.recorder import EventRecorder
 
 from services.callback.telephony.base import (
+    CallEvent,
     CallEventKind,
     CallOrder,
     CallOutcome,
@@ -22,7 +26,13 @@ from services.callback.telephony.base import (
     TelephonyError,
     outcome_of,
 )
-from services.callback.telephony.cloud import MangoConfig, MangoOfficeAdapter, mango_sign
+from services.callback.telephony.cloud import (
+    MangoConfig,
+    MangoNotice,
+    MangoOfficeAdapter,
+    mango_sign,
+    translate_notice,
+)
 
 K = CallEventKind
 VISITOR = "+79161234567"
@@ -288,3 +298,55 @@ async def test_unknown_and_unreadable_notifications_are_acknowledged() -> None:
         assert await adapter.handle_webhook("/events/call", garbage) is True
         assert json.loads(other["json"])["entry_id"] == "x"
     assert recorder.events == []
+
+
+def _notices(attempt_id: str) -> list[str]:
+    """The notices of a conversation as the webhook route carries them: agent leg, then visitor leg."""
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    agent, visitor = {"extension": "101"}, {"number": VISITOR_DIGITS}
+    script = [
+        ("1:agent", 1, "Appeared", agent, None),
+        ("1:agent", 2, "Connected", agent, None),
+        ("1:visitor", 1, "Appeared", visitor, None),
+        ("1:visitor", 2, "Connected", visitor, None),
+        ("1:visitor", 3, "Disconnected", visitor, 1120),
+        ("1:agent", 3, "Disconnected", agent, 1100),
+    ]
+    notices = []
+    for n, (call_id, seq, state, to, reason) in enumerate(script):
+        payload: dict[str, Any] = {
+            "entry_id": "entry-1",
+            "call_id": call_id,
+            "seq": seq,
+            "call_state": state,
+            "to": to,
+            "command_id": attempt_id,
+        }
+        if reason is not None:
+            payload["disconnect_reason"] = reason
+        notice = MangoNotice(
+            endpoint="events/call", json=json.dumps(payload), at=at + dt.timedelta(seconds=n)
+        )
+        notices.append(msgspec.json.encode(notice).decode())
+    return notices
+
+
+def test_translation_gives_each_event_once_whatever_order_the_notices_are_applied_in() -> None:
+    # Two replicas' consumers, or a redelivery after a failure, may apply a call's notices out of order.
+    attempt_id = uuid.uuid4().hex
+    notices = _notices(attempt_id)
+    for order in itertools.permutations(range(len(notices))):
+        state: bytes | None = None
+        events: list[CallEvent] = []
+        for index in [*order, *order]:  # and each notice delivered twice
+            state, produced = translate_notice(attempt_id, state, notices[index])
+            events.extend(produced)
+        kinds = [e.kind for e in events]
+        assert len(kinds) == len(set(kinds)), order
+        assert sum(e.is_terminal for e in events) == 1, order
+        if order.index(3) < order.index(5):
+            # The visitor's "Connected" was in before the call was over: a conversation, whatever else.
+            assert set(kinds) == set(HAPPY), order
+            (ended,) = [e for e in events if e.kind is K.ENDED]
+            assert ended.bridged_at == dt.datetime(2026, 1, 1, 0, 0, 3, tzinfo=dt.UTC)
+            assert outcome_of(events) is CallOutcome.CONNECTED

@@ -1,9 +1,10 @@
 """Telephony that survives crashes, database blinks and several replicas (issue 9 §5, §7b, §9), end to end
-against the ARI fake: real PostgreSQL, NATS JetStream and callback processes."""
+against the ARI and Mango fakes: real PostgreSQL, NATS JetStream and callback processes."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 from fakes.fake_ari import EndpointScript, FakeAri, serve_fake_ari
+from fakes.fake_mango import FakeMango, MangoScript, serve_fake_mango
 from litestar.testing import AsyncTestClient
 from support.callback_api import ADMIN, ask, put_site
 from support.harness import make_settings, migrate_service, running_service
@@ -19,7 +21,7 @@ from support.polling import until
 
 from services.callback.app import create_app
 from services.callback.settings import CallbackSettings
-from services.common.embedded import EmbeddedPostgres
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.settings import Settings
 
 VISITOR = "+79123456789"
@@ -254,3 +256,159 @@ async def test_two_replicas_each_follow_their_calls_and_hang_up_the_others(
                 assert fake.rung.count(f"PJSIP/{phone[1:]}@trunk") == 1
         finally:
             a.cookies = httpx.Cookies()
+
+
+def mango_env(fake: FakeMango) -> dict[str, str]:
+    return {
+        "ABONENT_TELEPHONY": "mango",
+        "ABONENT_MANGO_API_KEY": fake.api_key,
+        "ABONENT_MANGO_API_SALT": fake.api_salt,
+        "ABONENT_MANGO_URL": fake.base_url + "/vpbx",
+        "ABONENT_PLACING_LEASE_S": "5",
+    }
+
+
+def port_of_process(pid: int) -> str:
+    """The HTTP port a callback process was started with (tests/support/harness.py passes it in its env)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (port,) = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"ABONENT_CALLBACK_PORT=")]
+    return port
+
+
+async def test_two_mango_replicas_complete_calls_whose_webhooks_reach_the_other_one(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    phones = {"olga": "+79120000001", "ivan": "+79120000002"}
+    async with (
+        serve_fake_mango() as fake,
+        running_service(settings, "callback", tmp_path / "a", **mango_env(fake)) as url_a,
+        running_service(settings, "callback", tmp_path / "b", **mango_env(fake)) as url_b,
+        httpx.AsyncClient(base_url=url_a) as a,
+        httpx.AsyncClient(base_url=url_b) as b,
+    ):
+        urls = {"a": url_a, "b": url_b}
+        replicas = {"a": a, "b": b}
+        placed_by: dict[str, str] = {}  # attempt hex -> the replica whose dispatcher sent the command
+        lookup = await asyncpg.connect(settings.database_url)
+        lock = asyncio.Lock()
+
+        async def other_replica(command_id: str) -> str:
+            """A load balancer that always picks the replica that did not place the call."""
+            async with lock:
+                if command_id not in placed_by:
+                    holder = await lookup.fetchval(
+                        "select placing_by from callback.dial_attempts where id = $1", uuid.UUID(command_id)
+                    )
+                    port = port_of_process(int(str(holder).split(":")[1]))
+                    placed_by[command_id] = next(n for n, u in urls.items() if u.endswith(f":{port}"))
+            other = "b" if placed_by[command_id] == "a" else "a"
+            return urls[other] + "/telephony/mango"
+
+        fake.webhook_url_for = other_replica
+        for phone in phones.values():
+            fake.script(phone[1:], MangoScript(talk_ms=600_000))  # they talk until the agent hangs up
+        await put_site(a)
+        for login, extension in (("olga", "101"), ("ivan", "102")):
+            await register_agent(a, login, extension)
+        sessions: dict[str, httpx.Cookies] = {}
+        for login in phones:
+            a.cookies = httpx.Cookies()
+            await sign_in(a, login)
+            sessions[login] = httpx.Cookies(a.cookies)
+        a.cookies = httpx.Cookies()
+        try:
+            for phone in phones.values():
+                assert (await ask(a, phone=phone)).status_code == 201
+
+            async def both_talking() -> bool:
+                states = await db.fetch("select state from callback.dial_attempts")
+                return len(states) == 2 and all(s["state"] == "connected" for s in states)
+
+            await until(both_talking, timeout=40)
+            # Every notification went to the replica that did not place the call, and was taken.
+            assert fake.webhooks
+            assert all(w.status == 200 for w in fake.webhooks)
+            for w in fake.webhooks:
+                placer = placed_by[w.payload["command_id"]]
+                assert not w.url.startswith(urls[placer])
+            rows = await db.fetch(
+                "select a.id, g.login, a.provider_state from callback.dial_attempts a"
+                " join callback.agents g on g.id = a.agent_id"
+            )
+            for row in rows:
+                assert row["provider_state"] is not None  # the call's state lives in PostgreSQL
+                other = "b" if placed_by[row["id"].hex] == "a" else "a"
+                console = replicas[other]
+                console.cookies = sessions[row["login"]]
+                hung = await console.post("/agent/api/call/hangup")
+                assert hung.status_code == 200, hung.text
+
+            async def all_done() -> bool:
+                statuses = await db.fetch("select status from callback.callbacks")
+                busy = await db.fetchval(
+                    "select count(*) from callback.agent_presence where current_attempt is not null"
+                )
+                return all(s["status"] == "completed" for s in statuses) and busy == 0
+
+            await until(all_done, timeout=40)
+            outcomes = await db.fetch("select outcome from callback.dial_attempts")
+            assert [o["outcome"] for o in outcomes] == ["connected", "connected"]
+            # The hang-up reached Mango for each call, with a leg id only the state in PostgreSQL knew.
+            hangups = [c for c in fake.commands if c.path == "/commands/call/hangup"]
+            assert {c.result for c in hangups} >= {1000}
+            hung_calls = {str(c.payload["call_id"]).split(":")[0] for c in hangups if c.payload}
+            assert len(hung_calls) == 2
+            for phone in phones.values():
+                assert len(fake.callbacks_to(phone[1:])) == 1, "nobody is dialled twice"
+        finally:
+            a.cookies = httpx.Cookies()
+            await lookup.close()
+
+
+async def test_a_mango_notice_that_cannot_be_stored_is_refused_so_mango_resends_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path / "js").start()  # its own server: this test stops it
+    try:
+        own = make_settings(settings.database_url, nats.url, settings.nats_namespace)
+        await migrate_service(own, "callback")
+        fake = FakeMango()  # only signs the notifications here
+        section = CallbackSettings(
+            telephony="mango", mango_api_key=fake.api_key, mango_api_salt=fake.api_salt
+        )
+        command_id = uuid.uuid4().hex
+
+        def notice(seq: int) -> dict[str, str]:
+            payload = {
+                "entry_id": "entry-1",
+                "call_id": "1:agent",
+                "seq": seq,
+                "call_state": "Appeared",
+                "to": {"extension": "101"},
+                "command_id": command_id,
+            }
+            return fake.signed_form(payload)
+
+        app = create_app(own, section)
+        async with AsyncTestClient(app=app) as client:
+            url = "/telephony/mango/events/call"
+            assert (await client.post(url, data=notice(1))).status_code == 200
+            await asyncio.to_thread(nats.stop)
+            refused = await client.post(url, data=notice(2))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable"
+            nats.start()  # on this thread: the server dies with the thread that started it (PDEATHSIG)
+
+            async def taken() -> bool:
+                return (await client.post(url, data=notice(2))).status_code == 200
+
+            await until(taken, timeout=60)
+
+            async def bus_connected() -> bool:
+                return bool(app.state.runtime.bus.connected)
+
+            await until(bus_connected, timeout=30)  # a clean shutdown drains a connected client
+    finally:
+        nats.stop()

@@ -77,6 +77,7 @@ class DeliveredWebhook:
     path: str
     payload: dict[str, Any]
     status: int
+    url: str = ""  # where it was POSTed
 
 
 @dataclass(eq=False)
@@ -104,6 +105,8 @@ class FakeMango:
         self.api_salt = api_salt
         self.base_url = ""  # where this fake listens; the adapter's base_url is base_url + "/vpbx"
         self.webhook_url = ""  # "Адрес внешней системы": where events are POSTed
+        # Where one command's notifications go instead (by command_id): a test's load balancer.
+        self.webhook_url_for: Callable[[str], Awaitable[str]] | None = None
         self.default_script = MangoScript()
         self.scripts: dict[str, MangoScript] = {}  # by to_number
         self.commands: list[RecordedCommand] = []
@@ -148,11 +151,14 @@ class FakeMango:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=5.0)
         form = self.signed_form(payload, bad_sign=bad_sign)
+        base = self.webhook_url
+        if self.webhook_url_for is not None and payload.get("command_id"):
+            base = await self.webhook_url_for(str(payload["command_id"]))
         try:
-            status = (await self._client.post(self.webhook_url + path, data=form)).status_code
+            status = (await self._client.post(base + path, data=form)).status_code
         except httpx.TransportError:
             status = 0  # the external system is down; Mango would try again later
-        self.webhooks.append(DeliveredWebhook(path, dict(payload), status))
+        self.webhooks.append(DeliveredWebhook(path, dict(payload), status, base))
         return status
 
     # --- ASGI -----------------------------------------------------------------------------------------

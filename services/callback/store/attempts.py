@@ -106,9 +106,17 @@ async def provider_state(conn: Connection, attempt_id: uuid.UUID) -> bytes | Non
     return None if value is None else str(value).encode()
 
 
+async def read_provider_state(conn: Connection, attempt_id: uuid.UUID) -> bytes | None:
+    """provider_state without a lock, for a replica that only looks (hang-up, is the call still up)."""
+    value = await conn.fetchval("select provider_state::text from dial_attempts where id = $1", attempt_id)
+    return None if value is None else str(value).encode()
+
+
 async def set_provider_state(conn: Connection, attempt_id: uuid.UUID, state: bytes) -> None:
+    # Bound as text and cast by PostgreSQL: a jsonb parameter would go through the pool's JSON codec and
+    # store the document as one JSON string.
     await conn.execute(
-        "update dial_attempts set provider_state = $2::jsonb where id = $1", attempt_id, state.decode()
+        "update dial_attempts set provider_state = $2::text::jsonb where id = $1", attempt_id, state.decode()
     )
 
 

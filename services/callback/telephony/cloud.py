@@ -22,25 +22,38 @@ What Mango cannot do, and this adapter therefore does not offer:
 - customer_first: commands/callback always rings the employee first -> TelephonyError(retryable=False).
 - The whisper and the ring timeout are PBX settings in the Mango account, not command parameters.
 - VOICEMAIL: an answering machine is just "Connected" to Mango; it is reported as a normal answer.
-- command_id is not documented as idempotent; the adapter de-duplicates retries of an attempt itself.
+- command_id is not documented as idempotent; an attempt is sent once because the dispatcher leases it
+  while placing and never re-sends an order that may have gone out (dispatcher.py), and a retry finds the
+  call's stored state once its events arrived.
 The provider call id returned by place_call() is the command_id (= attempt_id); events carry Mango's
 entry_id as provider_call_id.
+
+Several replicas: a webhook may reach any replica. With carry_notices() (the service) the raw notice is
+published durably and translated by translate_notice() against the call's state stored with the attempt
+(dial_attempts.provider_state), in the transaction that applies its events; hang-up and call_exists() read
+that state, so they work from any replica. Without it (a lone adapter) the same translation runs in place
+against states kept in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import datetime as dt
 import hashlib
 import hmac
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import msgspec
 
 from services.callback.telephony.base import (
     ANSWERED_KIND,
+    KEEP_CALLS,
     RINGING_KIND,
     CallEvent,
     CallEventKind,
@@ -48,10 +61,18 @@ from services.callback.telephony.base import (
     EventStream,
     Leg,
     TelephonyError,
-    prune_finished,
+    utc_now,
 )
 
-__all__ = ["MangoConfig", "MangoOfficeAdapter", "mango_sign"]
+__all__ = [
+    "MangoCallState",
+    "MangoConfig",
+    "MangoNotice",
+    "MangoOfficeAdapter",
+    "NoticeCarrier",
+    "mango_sign",
+    "translate_notice",
+]
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +147,192 @@ class _CommandResult(msgspec.Struct):
     result: int = 0
 
 
-@dataclass(eq=False)
-class _MangoCall:
-    order: CallOrder
-    agent_extension: str
-    visitor_digits: str
+class _LegFacts(msgspec.Struct, kw_only=True):
+    """What the notices of one leg have said, whatever order they came in."""
+
+    call_id: str
+    seqs: list[int] = msgspec.field(default_factory=list)
+    appeared: bool = False
+    connected_at: dt.datetime | None = None
+    disconnected: bool = False
+    reason: int | None = None
+
+    def complete(self) -> bool:
+        """Every notice of the leg up to its last seq has arrived (none still on its way)."""
+        return bool(self.seqs) and sorted(self.seqs) == list(range(1, max(self.seqs) + 1))
+
+
+class MangoCallState(msgspec.Struct, kw_only=True):
+    """The bookkeeping of one callback call, stored as JSON in dial_attempts.provider_state."""
+
+    accepted: bool = False  # Mango answered the command with 1000 (a lone adapter records it)
     entry_id: str | None = None
-    confirmed: bool = False  # Mango accepted the command, or its events arrived
-    leg_call_ids: dict[Leg, str] = field(default_factory=dict)
-    last_seq: dict[str, int] = field(default_factory=dict)
-    ringing: set[Leg] = field(default_factory=set)
-    answered: set[Leg] = field(default_factory=set)
-    disconnected: set[Leg] = field(default_factory=set)
-    bridged: bool = False
+    legs: dict[str, _LegFacts] = msgspec.field(default_factory=dict)
+    emitted: list[str] = msgspec.field(default_factory=list)  # CallEventKind values, each emitted once
     finished: bool = False
-    hangup_requested: bool = False
-    # A failed /result/callback that came before our command's own answer (it then decides).
-    early_result: int | None = None
+
+
+class MangoNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified webhook as carried to the replica that translates it."""
+
+    endpoint: str  # "events/call" | "result/callback"
+    json: str  # the signed text exactly as Mango sent it
+    at: dt.datetime  # when it reached us; the time of the events it produces
+
+
+class NoticeCarrier(Protocol):
+    """How a service carries notices durably and reads the stored state of a call (any replica)."""
+
+    async def state(self, attempt_id: str) -> bytes | None: ...
+
+    async def publish(self, attempt_id: str, notice: str, key: str) -> None:
+        """Store the notice durably, or raise (the webhook then answers 503 and Mango resends it)."""
+        ...
+
+
+_state_decoder = msgspec.json.Decoder(MangoCallState)
+_EMPTY_STATE = msgspec.json.encode(MangoCallState())
+_notice_decoder = msgspec.json.Decoder(MangoNotice)
+
+
+def decode_state(state: bytes | None) -> MangoCallState:
+    return MangoCallState() if state is None else _state_decoder.decode(state)
+
+
+def translate_notice(attempt_id: str, state: bytes | None, notice: str) -> tuple[bytes, list[CallEvent]]:
+    """Pure: the call's new state and the call events one notice produces.
+
+    The legs' facts are accumulated and the events derived from all of them, so notices applied out of
+    order (Mango may send them so; JetStream redelivers a failed one later) give the same events, once each.
+    """
+    call = decode_state(state)
+    received = _notice_decoder.decode(notice)
+    if received.endpoint == "result/callback":
+        result = msgspec.json.decode(received.json, type=_CommandResult, strict=False)
+        events: list[CallEvent] = []
+        if result.result != RESULT_OK:
+            detail = f"callback command failed: {_describe(result.result)}"
+            events = _finish(attempt_id, call, CallEventKind.FAILED, received.at, detail)
+        return msgspec.json.encode(call), events
+    call_notice = msgspec.json.decode(received.json, type=_CallNotice, strict=False)
+    if call_notice.entry_id:
+        call.entry_id = call_notice.entry_id
+    leg = _leg_of(call, call_notice)
+    if leg is not None:
+        facts = call.legs.setdefault(leg, _LegFacts(call_id=call_notice.call_id))
+        facts.call_id = call_notice.call_id or facts.call_id
+        if call_notice.seq not in facts.seqs:
+            facts.seqs.append(call_notice.seq)
+            if call_notice.call_state == "Appeared":
+                facts.appeared = True
+            elif call_notice.call_state == "Connected":
+                facts.connected_at = facts.connected_at or received.at
+            elif call_notice.call_state == "Disconnected":
+                facts.disconnected = True
+                facts.reason = call_notice.disconnect_reason
+    events = _derive(attempt_id, call, received.at)  # before encoding: it records what it emitted
+    return msgspec.json.encode(call), events
+
+
+def _leg_of(call: MangoCallState, notice: _CallNotice) -> Leg | None:
+    # commands/callback rings the employee's extension, then the visitor's number.
+    if notice.to.extension is not None and str(notice.to.extension):
+        return "agent"
+    if notice.to.number:
+        return "visitor"
+    for leg in ("agent", "visitor"):
+        facts = call.legs.get(leg)
+        if facts is not None and facts.call_id == notice.call_id:
+            return leg
+    return None
+
+
+def _derive(attempt_id: str, call: MangoCallState, at: dt.datetime) -> list[CallEvent]:
+    if call.finished:
+        return []
+    agent, visitor = call.legs.get("agent"), call.legs.get("visitor")
+    bridged_at = visitor.connected_at if visitor is not None else None
+    events: list[CallEvent] = []
+
+    def emit(kind: CallEventKind, detail: str = "") -> None:
+        if kind.value not in call.emitted:
+            call.emitted.append(kind.value)
+            events.append(_event(attempt_id, call, kind, at, detail))
+
+    if agent is not None or visitor is not None:
+        emit(RINGING_KIND["agent"])
+    # The PBX dials the visitor only after the employee picked up.
+    if (agent is not None and agent.connected_at is not None) or visitor is not None:
+        emit(ANSWERED_KIND["agent"])
+    if visitor is not None:
+        emit(RINGING_KIND["visitor"])
+    if bridged_at is not None:
+        # "Connected" on the visitor leg is the conversation of two parties.
+        emit(ANSWERED_KIND["visitor"])
+        emit(CallEventKind.BRIDGED)
+    agent_gone = agent is not None and agent.disconnected
+    if bridged_at is not None:
+        if visitor is not None and visitor.disconnected:
+            return events + _finish(attempt_id, call, CallEventKind.ENDED, at, _reason(visitor.reason))
+        if agent is not None and agent.disconnected:
+            return events + _finish(attempt_id, call, CallEventKind.ENDED, at, _reason(agent.reason))
+        return events
+    if visitor is not None and visitor.disconnected:
+        # Unless all of the leg's notices are in (or the whole call is over), a "Connected" may still be on
+        # its way, and the disconnect would be the end of a conversation, not a busy line.
+        if not (visitor.complete() or agent_gone):
+            return events
+        detail = _reason(visitor.reason)
+        if visitor.reason in _BUSY_REASONS:
+            kind = CallEventKind.VISITOR_BUSY
+        elif visitor.reason in _NO_ANSWER_REASONS:
+            kind = CallEventKind.VISITOR_NO_ANSWER
+        else:
+            kind = CallEventKind.FAILED
+        return events + _finish(attempt_id, call, kind, at, detail)
+    if agent is not None and agent.disconnected and visitor is None:
+        detail = _reason(agent.reason)
+        if agent.connected_at is not None:
+            detail = f"agent hung up before the visitor answered ({detail})"
+            return events + _finish(attempt_id, call, CallEventKind.FAILED, at, detail)
+        unavailable = agent.reason in _AGENT_UNAVAILABLE_REASONS
+        kind = CallEventKind.AGENT_NO_ANSWER if unavailable else CallEventKind.FAILED
+        return events + _finish(attempt_id, call, kind, at, detail)
+    # Otherwise the visitor leg is still ringing and its own Disconnected will tell how it ended.
+    return events
+
+
+def _finish(
+    attempt_id: str, call: MangoCallState, kind: CallEventKind, at: dt.datetime, detail: str
+) -> list[CallEvent]:
+    if call.finished:
+        return []
+    call.finished = True
+    call.emitted.append(kind.value)
+    return [_event(attempt_id, call, kind, at, detail)]
+
+
+def _event(
+    attempt_id: str, call: MangoCallState, kind: CallEventKind, at: dt.datetime, detail: str
+) -> CallEvent:
+    visitor = call.legs.get("visitor")
+    bridged_at = visitor.connected_at if visitor is not None else None
+    return CallEvent(
+        attempt_id=attempt_id,
+        kind=kind,
+        at=at,
+        provider_call_id=call.entry_id,
+        detail=detail,
+        bridged_at=bridged_at if kind is CallEventKind.ENDED else None,
+    )
+
+
+def _reason(reason: int | None) -> str:
+    return _describe(reason) if reason is not None else "disconnected"
+
+
+# A lone adapter remembers this many calls' states (the service keeps them in PostgreSQL instead).
+_LOCAL_STATES = KEEP_CALLS
 
 
 class MangoOfficeAdapter:
@@ -153,10 +343,16 @@ class MangoOfficeAdapter:
         self.config = config
         self._http = httpx.AsyncClient(base_url=config.base_url.rstrip("/"), timeout=config.request_timeout_s)
         self._stream = EventStream()
-        self._calls: dict[str, _MangoCall] = {}
-        self._by_entry: dict[str, _MangoCall] = {}
+        self._carrier: NoticeCarrier | None = None
+        # Without a carrier: the states of this adapter's calls by attempt, oldest first.
+        self._states: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._local = asyncio.Lock()
         self._hangups = 0
         self._closed = False
+
+    def carry_notices(self, carrier: NoticeCarrier) -> None:
+        """Publish notices through `carrier` and read call states from it (the service, any replica)."""
+        self._carrier = carrier
 
     async def start(self) -> None:
         # Events come in as webhooks through the service's HTTP app; nothing to connect here.
@@ -166,6 +362,11 @@ class MangoOfficeAdapter:
         self._closed = True
         await self._http.aclose()
         self._stream.close()
+
+    def translate_notice(
+        self, attempt_id: str, state: bytes | None, notice: str
+    ) -> tuple[bytes, list[CallEvent]]:
+        return translate_notice(attempt_id, state, notice)
 
     # --- TelephonyAdapter -----------------------------------------------------------------------------
 
@@ -177,61 +378,67 @@ class MangoOfficeAdapter:
                 "Mango commands/callback always rings the employee first; customer_first is not available",
                 retryable=False,
             )
-        call = self._calls.get(order.attempt_id)
-        if call is not None and call.confirmed:
+        known = await self._state(order.attempt_id)
+        if known is not None and known != _EMPTY_STATE:
+            # Its notices have arrived: a command that timed out was carried out after all.
             return order.attempt_id
-        if call is None:
+        if self._carrier is None and known is None:
             # Registered before the request: Mango may post events before its response reaches us.
-            call = _MangoCall(
-                order=order, agent_extension=order.agent_endpoint, visitor_digits=_digits(order.visitor_phone)
-            )
-            for old in prune_finished(self._calls, lambda c: c.finished):
-                self._by_entry.pop(old.entry_id or "", None)
-            self._calls[order.attempt_id] = call
+            self._remember(order.attempt_id, _EMPTY_STATE)
         payload: dict[str, object] = {
             "command_id": order.attempt_id,
             "from": {"extension": order.agent_endpoint},
-            "to_number": call.visitor_digits,
+            "to_number": _digits(order.visitor_phone),
         }
         line = _digits(order.caller_id) or self.config.default_line_number
         if line:
             payload["line_number"] = line
         try:
             result = await self._command("/commands/callback", payload)
+            if result != RESULT_OK:
+                raise _result_error("commands/callback", result)
         except _CommandTimeoutError:
-            # The command may have started: keep listening for its events, so that a retry whose events
-            # have arrived by then returns without ringing again.
+            # The command may have started: its notices will tell (a retry then does not send it again).
             raise
         except TelephonyError:
             # A definitive answer: nothing rings, and a retry must send the command again.
-            self._calls.pop(order.attempt_id, None)
+            if self._states.get(order.attempt_id) == _EMPTY_STATE:
+                del self._states[order.attempt_id]
             raise
-        if result != RESULT_OK:
-            self._calls.pop(order.attempt_id, None)
-            raise _result_error("commands/callback", result)
-        call.confirmed = True
-        if call.early_result is not None:
-            self._finish(
-                call, CallEventKind.FAILED, f"callback command failed: {_describe(call.early_result)}"
-            )
+        if self._carrier is None:
+            # A lone adapter's guard against sending twice (the service's is the dispatcher's lease).
+            async with self._local:
+                call = decode_state(self._states.get(order.attempt_id))
+                call.accepted = True
+                self._remember(order.attempt_id, msgspec.json.encode(call))
         return order.attempt_id
 
     async def hangup(self, attempt_id: str) -> None:
-        call = self._calls.get(attempt_id)
-        if call is None or call.finished:
+        state = await self._state(attempt_id)
+        if state is None:
             return
-        kind = CallEventKind.ENDED if call.bridged else CallEventKind.FAILED
-        self._finish(call, kind, "hangup requested")
-        call.hangup_requested = True
+        call = decode_state(state)
+        if call.finished:
+            return
+        bridged = "visitor" in call.legs and call.legs["visitor"].connected_at is not None
+        # Ended here at once; the legs' Disconnected notices that follow find the attempt over.
+        self._stream.emit(
+            attempt_id,
+            CallEventKind.ENDED if bridged else CallEventKind.FAILED,
+            provider_call_id=call.entry_id,
+            detail="hangup requested",
+        )
         for leg in ("visitor", "agent"):
-            if leg in call.leg_call_ids and leg not in call.disconnected:
-                await self._hangup_leg(call, call.leg_call_ids[leg])
+            facts = call.legs.get(leg)
+            if facts is not None and facts.call_id and not facts.disconnected:
+                await self._hangup_leg(attempt_id, facts.call_id)
 
     async def call_exists(self, attempt_id: str) -> bool | None:
-        # Only calls placed by this process are known; another process's call cannot be asked about here,
-        # so those are left to the maximum talk time.
-        call = self._calls.get(attempt_id)
-        return None if call is None else not call.finished
+        # Known from the call's state, wherever it was placed; a call with no notice yet cannot be told.
+        state = await self._state(attempt_id)
+        if state is None or state == _EMPTY_STATE:
+            return None
+        return not decode_state(state).finished
 
     async def events(self) -> AsyncIterator[CallEvent]:
         async for event in self._stream:
@@ -253,130 +460,69 @@ class MangoOfficeAdapter:
         """Take one Mango notification (form fields as received). False: bad signature, answer 403.
 
         `path` is the request path; it is matched by its ending (/events/call, /result/callback), so the
-        service may mount the webhooks under any prefix it registers in the Mango account.
+        service may mount the webhooks under any prefix it registers in the Mango account. With a carrier,
+        raises when the notice could not be stored (answer 503: Mango sends it again).
         """
         if not self.verify(form):
             log.warning("Mango webhook %s with a bad signature rejected", path)
             return False
         endpoint = path.rstrip("/")
+        text = form["json"]
         try:
             if endpoint.endswith("/events/call"):
-                notice = msgspec.json.decode(form["json"], type=_CallNotice, strict=False)
-                await self._on_call_notice(notice)
+                call_notice = msgspec.json.decode(text, type=_CallNotice, strict=False)
+                command_id, kind = call_notice.command_id, "events/call"
+                key = f"{call_notice.call_id}:{call_notice.seq}"
             elif endpoint.endswith("/result/callback"):
-                result = msgspec.json.decode(form["json"], type=_CommandResult, strict=False)
-                self._on_callback_result(result)
+                result = msgspec.json.decode(text, type=_CommandResult, strict=False)
+                command_id, kind, key = result.command_id, "result/callback", "result"
+            else:
+                return True  # a notification this adapter does not use
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             # Authentic but unreadable: acknowledge it, or Mango would keep resending the same thing.
             log.warning("Mango webhook %s not understood: %s", path, exc)
+            return True
+        attempt_id = _attempt_of(command_id)
+        if attempt_id is None:
+            return True  # not one of our callbacks (or a call event without its command)
+        notice = msgspec.json.encode(MangoNotice(endpoint=kind, json=text, at=utc_now())).decode()
+        if self._carrier is not None:
+            await self._carrier.publish(attempt_id, notice, key)
+            return True
+        async with self._local:
+            if attempt_id not in self._states:
+                return True  # not placed by this adapter
+            state, events = translate_notice(attempt_id, self._states[attempt_id], notice)
+            self._remember(attempt_id, state)
+        for event in events:
+            self._stream.emit(
+                attempt_id, event.kind, provider_call_id=event.provider_call_id, detail=event.detail
+            )
         return True
 
-    def _on_callback_result(self, result: _CommandResult) -> None:
-        call = self._calls.get(result.command_id or "")
-        if call is None or result.result == RESULT_OK:
-            return
-        if not call.confirmed:
-            # place_call() has not returned yet; an attempt it reports as failed must not emit events.
-            call.early_result = result.result
-            return
-        self._finish(call, CallEventKind.FAILED, f"callback command failed: {_describe(result.result)}")
+    async def _state(self, attempt_id: str) -> bytes | None:
+        if self._carrier is not None:
+            return await self._carrier.state(attempt_id)
+        return self._states.get(attempt_id)
 
-    async def _on_call_notice(self, notice: _CallNotice) -> None:
-        call = self._calls.get(notice.command_id or "") or self._by_entry.get(notice.entry_id)
-        if call is None:
-            return  # not one of our callbacks
-        call.confirmed = True
-        if notice.entry_id:
-            call.entry_id = notice.entry_id
-            self._by_entry[notice.entry_id] = call
-        if notice.seq <= call.last_seq.get(notice.call_id, -1):
-            return  # duplicate or overtaken by a newer event of the same leg
-        call.last_seq[notice.call_id] = notice.seq
-        leg = self._leg_of(call, notice)
-        if leg is None:
-            return
-        call.leg_call_ids[leg] = notice.call_id
-        if call.finished:
-            if call.hangup_requested and notice.call_state == "Appeared":
-                # hangup() came before Mango told us this leg's call_id.
-                await self._hangup_leg(call, notice.call_id)
-            return
-        if notice.call_state == "Appeared":
-            if leg == "visitor" and "agent" not in call.answered:
-                # The PBX dials the visitor only after the employee picked up.
-                self._answered(call, "agent")
-            self._ringing(call, leg)
-        elif notice.call_state == "Connected":
-            self._answered(call, leg)
-            if leg == "visitor" and not call.bridged:
-                # "Connected" is the conversation of two parties: the visitor talks to the employee.
-                call.bridged = True
-                self._emit(call, CallEventKind.BRIDGED)
-        elif notice.call_state == "Disconnected":
-            call.disconnected.add(leg)
-            self._on_disconnected(call, leg, notice.disconnect_reason)
-
-    def _leg_of(self, call: _MangoCall, notice: _CallNotice) -> Leg | None:
-        if notice.to.extension is not None and str(notice.to.extension) == call.agent_extension:
-            return "agent"
-        if notice.to.number is not None and _digits(notice.to.number) == call.visitor_digits:
-            return "visitor"
-        for leg, call_id in call.leg_call_ids.items():
-            if call_id == notice.call_id:
-                return leg
-        return None
-
-    def _on_disconnected(self, call: _MangoCall, leg: Leg, reason: int | None) -> None:
-        detail = _describe(reason) if reason is not None else "disconnected"
-        if call.bridged:
-            self._finish(call, CallEventKind.ENDED, detail)
-        elif leg == "visitor":
-            if reason in _BUSY_REASONS:
-                self._finish(call, CallEventKind.VISITOR_BUSY, detail)
-            elif reason in _NO_ANSWER_REASONS:
-                self._finish(call, CallEventKind.VISITOR_NO_ANSWER, detail)
-            else:
-                self._finish(call, CallEventKind.FAILED, detail)
-        elif "agent" not in call.answered:
-            if reason in _AGENT_UNAVAILABLE_REASONS:
-                self._finish(call, CallEventKind.AGENT_NO_ANSWER, detail)
-            else:
-                self._finish(call, CallEventKind.FAILED, detail)
-        elif "visitor" not in call.leg_call_ids or "visitor" in call.disconnected:
-            self._finish(call, CallEventKind.FAILED, f"agent hung up before the visitor answered ({detail})")
-        # Otherwise the visitor leg is still ringing and its own Disconnected will tell how it ended.
-
-    def _ringing(self, call: _MangoCall, leg: Leg) -> None:
-        if leg not in call.ringing:
-            call.ringing.add(leg)
-            self._emit(call, RINGING_KIND[leg])
-
-    def _answered(self, call: _MangoCall, leg: Leg) -> None:
-        if leg not in call.answered:
-            self._ringing(call, leg)
-            call.answered.add(leg)
-            self._emit(call, ANSWERED_KIND[leg])
-
-    def _finish(self, call: _MangoCall, kind: CallEventKind, detail: str) -> None:
-        if not call.finished:
-            call.finished = True
-            self._emit(call, kind, detail)
-
-    def _emit(self, call: _MangoCall, kind: CallEventKind, detail: str = "") -> None:
-        self._stream.emit(call.order.attempt_id, kind, provider_call_id=call.entry_id, detail=detail)
+    def _remember(self, attempt_id: str, state: bytes) -> None:
+        self._states[attempt_id] = state
+        self._states.move_to_end(attempt_id)
+        while len(self._states) > _LOCAL_STATES:
+            self._states.popitem(last=False)
 
     # --- commands -------------------------------------------------------------------------------------
 
-    async def _hangup_leg(self, call: _MangoCall, call_id: str) -> None:
+    async def _hangup_leg(self, attempt_id: str, call_id: str) -> None:
         self._hangups += 1
-        payload = {"command_id": f"{call.order.attempt_id}-hangup-{self._hangups}", "call_id": call_id}
+        payload = {"command_id": f"{attempt_id}-hangup-{self._hangups}", "call_id": call_id}
         try:
             result = await self._command("/commands/call/hangup", payload)
         except TelephonyError as exc:
-            log.warning("Mango hangup of %s failed: %s", call.order.attempt_id, exc)
+            log.warning("Mango hangup of %s failed: %s", attempt_id, exc)
             return
         if result != RESULT_OK:
-            log.warning("Mango hangup of %s answered %s", call.order.attempt_id, _describe(result))
+            log.warning("Mango hangup of %s answered %s", attempt_id, _describe(result))
 
     async def _command(self, path: str, payload: Mapping[str, object]) -> int:
         """POST a signed command; return Mango's result code. HTTP-level failures raise TelephonyError."""
@@ -413,6 +559,14 @@ def _result_error(command: str, code: int) -> TelephonyError:
 def _describe(code: int | None) -> str:
     text = _RESULT_TEXT.get(code or 0)
     return f"{code} {text}" if text else str(code)
+
+
+def _attempt_of(command_id: str | None) -> str | None:
+    """The attempt a command_id names (ours are attempt ids in hex); None for anyone else's."""
+    try:
+        return uuid.UUID(command_id or "").hex
+    except ValueError:
+        return None
 
 
 def _digits(phone: str) -> str:
