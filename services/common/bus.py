@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncio
 import logging
 
@@ -60,7 +62,10 @@ class Bus:
         try:
             await self.nc.drain()
         except Exception:
-            await self.nc.close()
+            # Draining fails while the connection is down or reconnecting; closing may then fail the same
+            # way (ConnectionResetError on the dead socket). Either way the connection is finished.
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     async def ensure_streams(self, streams: dict[str, list[str]] | None = None) -> None:
         """Create or update every stream; safe to run from every replica on every start."""
