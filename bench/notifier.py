@@ -1,0 +1,319 @@
+"""Notifier throughput: callback.requested on JetStream -> SMS.ru request, beside raw HTTP posts to it.
+
+Run with `./dev bench` (or `.venv/bin/python -m bench.notifier [N]` from the checkout). It starts embedded
+PostgreSQL and NATS in a temporary folder, runs the notifier as its own process (`python -m services.cli run
+notifier --migrate`) with only the `sms_ru` channel pointed at a tiny SMS.ru-shaped server in this process,
+publishes N callback.requested events for N distinct phones (Nats-Msg-Id = event id), and times from the first
+publish to the server's N-th send request. The baseline, in the same run against the same server: N raw
+httpx POSTs of the same form, one after another. Loopback only; every loop is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.common import bus as bus_mod
+from services.common import crypto
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.common.events import CallbackRequested, encode_event
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT = REPO / "docs" / "benchmarks.md"
+API_ID = "bench-api-id"
+TZ = "Europe/Moscow"
+GOAL = 0.5
+DEADLINE_S = 120.0  # the whole path must deliver N messages within this, or the run fails
+
+
+@dataclass
+class SmsServer:
+    """Answers POST /sms/send like SMS.ru (one number per call) and notes when each phone's request came."""
+
+    arrivals: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    _next_id: int = 0
+    got_all: asyncio.Event = field(default_factory=asyncio.Event)
+    expect: int = 0
+
+    def reset(self, expect: int) -> None:
+        self.arrivals.clear()
+        self.requests = 0
+        self.expect = expect
+        self.got_all = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Minimal HTTP/1.1 with keep-alive: httpx sends Content-Length bodies, never chunked ones.
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                status, payload = self._answer(method, path, body)
+                data = json.dumps(payload).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, object]]:
+        if method != "POST" or not path.startswith("/sms/send"):
+            return 404, {"status": "ERROR"}
+        form = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+        if form.get("api_id") != API_ID:
+            return 200, {"status": "ERROR", "status_code": 200, "status_text": "bad api_id"}
+        phone = form.get("to", "")
+        self.requests += 1
+        self.arrivals.setdefault(phone, time.perf_counter())
+        if self.expect and len(self.arrivals) >= self.expect:
+            self.got_all.set()
+        self._next_id += 1
+        entry = {"status": "OK", "status_code": 100, "sms_id": f"b-{self._next_id}", "sms": 1, "cost": "0"}
+        return 200, {"status": "OK", "status_code": 100, "sms": {phone: entry}, "balance": 1000.0}
+
+
+def phones(n: int) -> list[str]:
+    # Distinct Moscow mobile numbers (MegaFon 925 range), valid for phonenumbers.
+    return [f"+7925{i:07d}" for i in range(1, n + 1)]
+
+
+def quiet_window_far_from_now() -> tuple[str, str]:
+    """A one-minute quiet window 12 hours away in the recipients' zone, so quiet hours never apply."""
+    far = dt.datetime.now(zoneinfo.ZoneInfo(TZ)) + dt.timedelta(hours=12)
+    return far.strftime("%H:%M"), (far + dt.timedelta(minutes=1)).strftime("%H:%M")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]
+
+
+def start_notifier(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The real notifier process, as deployed: `python -m services.cli run notifier --migrate`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", "notifier", "--migrate"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit("notifier exited:\n" + tail(log))
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{base}/health/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise SystemExit("notifier not ready after 60 s:\n" + tail(log))
+
+
+async def baseline(url: str, server: SmsServer, numbers: list[str]) -> tuple[float, list[float]]:
+    """N raw POSTs of the notifier's form, one after another over one keep-alive client."""
+    server.reset(0)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        start = time.perf_counter()
+        for phone in numbers:
+            t0 = time.perf_counter()
+            form = {"api_id": API_ID, "to": phone.lstrip("+"), "msg": "Перезвоним до 12:15", "json": "1"}
+            answer = await client.post(f"{url}/sms/send", data=form)
+            answer.raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+    return len(numbers) / elapsed, latencies
+
+
+async def through_notifier(nats_url: str, server: SmsServer, numbers: list[str]) -> tuple[float, list[float]]:
+    """Publish one callback.requested per phone; time first publish -> the server's N-th phone."""
+    server.reset(len(numbers))
+    bus = await bus_mod.connect(nats_url, "bench")
+    published: dict[str, float] = {}
+    now = dt.datetime.now(dt.UTC)
+    try:
+        start = time.perf_counter()
+        for phone in numbers:
+            event = CallbackRequested(
+                callback_id=uuid.uuid4(),
+                site_key="bench",
+                state="requested",
+                phone=phone,
+                visitor_tz=TZ,
+                lang="ru",
+                promised_earliest=now + dt.timedelta(minutes=5),
+                promised_latest=now + dt.timedelta(minutes=30),
+                promise_kind="asap",
+            )
+            published[phone.lstrip("+")] = time.perf_counter()
+            await bus.publish(event.SUBJECT, encode_event(event), str(event.event_id))
+        try:
+            await asyncio.wait_for(server.got_all.wait(), DEADLINE_S)
+        except TimeoutError:
+            raise SystemExit(
+                f"only {len(server.arrivals)}/{len(numbers)} messages reached the provider"
+            ) from None
+        elapsed = max(server.arrivals.values()) - start
+    finally:
+        await bus.close()
+    latencies = [server.arrivals[p] - t for p, t in published.items()]
+    return len(numbers) / elapsed, latencies
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    cpu = f"{os.cpu_count()} CPU ({model or platform.machine()})"
+    return f"{platform.system()} {platform.release()}, {cpu}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def table(n: int, raw: tuple[float, list[float]], full: tuple[float, list[float]]) -> str:
+    ratio = full[0] / raw[0]
+
+    def row(name: str, figures: tuple[float, list[float]]) -> str:
+        rate, latencies = figures
+        return (
+            f"| {name} | {rate:.1f} | {pct(latencies, 0.5) * 1000:.1f} | {pct(latencies, 0.99) * 1000:.1f} |"
+        )
+
+    verdict = "met" if ratio >= GOAL else "NOT met"
+    rows = [
+        "| path | messages/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+        row("raw httpx POST -> provider (baseline)", raw),
+        row("event on JetStream -> notifier -> provider", full),
+        "",
+        f"N = {n}; ratio notifier/raw = {ratio:.3f}x (goal >= {GOAL}x: {verdict}).",
+        "Latency: baseline per POST round trip; notifier from each event's publish to its provider request.",
+    ]
+    return "\n".join(rows)
+
+
+async def main(n: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="abonent-bench-") as tmp:
+        work = Path(tmp)
+        postgres = EmbeddedPostgres(work / "postgres").start()
+        nats = EmbeddedNats(work / "nats").start()
+        server = SmsServer()
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        provider = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            port = free_port()
+            quiet_start, quiet_end = quiet_window_far_from_now()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ABONENT_")}
+            env.update(
+                {
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+                    "ABONENT_DATABASE_URL": postgres.url,
+                    "ABONENT_NATS_URL": nats.url,
+                    "ABONENT_DATA_KEYS": f"k1:{crypto.new_key()}",
+                    "ABONENT_DATA_KEY_ID": "k1",
+                    "ABONENT_INDEX_KEY": crypto.new_key(),
+                    "ABONENT_NOTIFIER_PORT": str(port),
+                    "ABONENT_LOG_LEVEL": "WARNING",
+                    "ABONENT_LOG_FORMAT": "text",
+                    # Routes list a messenger first, so one must be configured; nobody bound a chat, so
+                    # every message goes straight to SMS (Telegram's API URL points at our server anyway).
+                    "ABONENT_NOTIFY_CHANNELS": "sms_ru,telegram",
+                    "ABONENT_TELEGRAM_API_URL": provider,
+                    "ABONENT_TELEGRAM_BOT_TOKEN": "bench:token",
+                    "ABONENT_TELEGRAM_WEBHOOK_SECRET": secrets.token_urlsafe(16),
+                    "ABONENT_SMS_RU_URL": provider,
+                    "ABONENT_SMS_RU_API_ID": API_ID,
+                    "ABONENT_SMS_RECEIPT_SECRET": secrets.token_urlsafe(16),
+                    "ABONENT_NOTIFY_QUIET_START": quiet_start,
+                    "ABONENT_NOTIFY_QUIET_END": quiet_end,
+                    "ABONENT_NOTIFY_SMS_DAILY_BUDGET": "1000000",
+                }
+            )
+            log = work / "notifier.log"
+            proc = start_notifier(env, log)
+            await wait_ready(f"http://127.0.0.1:{port}", proc, log)
+            numbers = phones(n)
+            raw = await baseline(provider, server, numbers)
+            full = await through_notifier(nats.url, server, numbers)
+            if server.requests != n:
+                print(
+                    f"warning: the provider got {server.requests} requests for {n} messages", file=sys.stderr
+                )
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    await asyncio.to_thread(proc.wait, 20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            listener.close()
+            nats.stop()
+            postgres.stop()
+    result = table(n, raw, full)
+    print(result)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not REPORT.exists():
+        REPORT.write_text(
+            "# Benchmarks\n\nEvery run of `./dev bench`, newest last; each figure sits beside a baseline"
+            " measured in the same run.\n"
+        )
+    with REPORT.open("a") as report:
+        heading = f"## Notifier: event -> SMS provider ({stamp}, commit {commit()})"
+        report.write(f"\n{heading}\n\nMachine: {machine()}.\n\n{result}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)))
