@@ -1,0 +1,405 @@
+"""Planning: an event becomes messages; release, supersede and fallback decide their channel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from services.common import db, outbox, scheduler
+from services.common.consumers import TransientError
+from services.common.events import CallbackEvent, CallbackRequested, Event, NotifyFailed, VerificationEvent
+from services.common.scheduler import Job
+from services.notifier import store
+from services.notifier.domain.timing import decide_timing, local_day_bounds, within_sms_budget
+from services.notifier.engine.core import (
+    CONTACT_WAIT,
+    FALLBACK_JOB,
+    FINAL_STATES,
+    MESSAGES,
+    RELEASE_JOB,
+    Choice,
+    NotifierCore,
+    fmt_utc,
+    log,
+    short_link,
+)
+from services.notifier.routing import Route, template_context
+
+
+class Planning(NotifierCore):
+    """Steps 1, 2 and 4 of the engine's package docstring: plan, release, fall back."""
+
+    # --- 1. plan ------------------------------------------------------------------------------------
+
+    async def on_event(self, conn: db.Connection, event: Event) -> None:
+        """The consumer handler (inside its inbox transaction): plan every message this event asks for."""
+        now = self.clock.now()
+        for route in self.router.routes_for(event):
+            await self._plan(conn, event, route, now)
+
+    async def _audience(
+        self, conn: db.Connection, event: Event, route: Route, now: dt.datetime
+    ) -> tuple[store.RecipientRow, str, str, dict[str, Any]] | None:
+        """(recipient, tenant, thread key, extra template values), or None to drop the event."""
+        if route.audience == "subscriber":
+            assert isinstance(event, VerificationEvent)
+            # Routing checked that this event type carries an msisdn (audience 'subscriber').
+            msisdn: str = getattr(event, "msisdn")  # noqa: B009
+            lang: str = getattr(event, "lang", "ru")
+            recipient = await self.recipient(conn, msisdn, lang, getattr(event, "tz", ""))
+            return recipient, "verification", f"verification:{event.case_id}", {}
+        assert isinstance(event, CallbackEvent)
+        if isinstance(event, CallbackRequested):
+            recipient = await self.recipient(conn, event.phone, event.lang, event.visitor_tz)
+            await store.save_callback_contact(
+                conn,
+                event.callback_id,
+                recipient.id,
+                site_key=event.site_key,
+                lang=event.lang,
+                page_url=event.page_url,
+            )
+        contact = await store.callback_contact(conn, event.callback_id)
+        if contact is None:
+            phone = getattr(event, "phone", "")
+            if not phone:
+                if now - event.occurred_at < CONTACT_WAIT:
+                    raise TransientError("this callback's phone is not known yet (its callback.requested)")
+                log.warning(
+                    "callback event without a known phone dropped", extra={"type": type(event).__name__}
+                )
+                return None
+            recipient = await self.recipient(conn, phone, getattr(event, "lang", "ru"), "")
+            await store.save_callback_contact(
+                conn,
+                event.callback_id,
+                recipient.id,
+                site_key=event.site_key,
+                lang=getattr(event, "lang", "ru"),
+                page_url="",
+            )
+            page_url = ""
+        else:
+            found = await store.get_recipient(conn, contact["recipient_id"])
+            assert found is not None  # callback_contacts references recipients
+            recipient, page_url = found, contact["page_url"]
+        return (
+            recipient,
+            event.site_key,
+            f"callback:{event.callback_id}",
+            {"rebook_url": short_link(page_url)},
+        )
+
+    async def _plan(self, conn: db.Connection, event: Event, route: Route, now: dt.datetime) -> None:
+        found = await self._audience(conn, event, route, now)
+        if found is None:
+            return
+        recipient, tenant, thread_key, extra = found
+        rendered = self.router.render(
+            route.template,
+            recipient.lang if route.audience == "subscriber" else getattr(event, "lang", recipient.lang),
+            template_context(event, self.display_tz(recipient), extra),
+        )
+        message_id = uuid.uuid4()
+        deadline = route.deadline_of(event)
+        expires_at = route.expires_at(event)
+        inserted = await store.insert_message(
+            conn,
+            id=message_id,
+            event_id=event.event_id,
+            event_type=str(type(event).__struct_config__.tag),
+            occurred_at=event.occurred_at,
+            recipient_id=recipient.id,
+            tenant=tenant,
+            purpose=route.purpose,
+            category=route.category,
+            thread_key=thread_key,
+            template=rendered.template,
+            template_version=rendered.version,
+            template_id=rendered.template_id,
+            lang=rendered.lang,
+            body=rendered.text,
+            urgent=route.urgent,
+            legally_required=route.legally_required,
+            edit_in_place=route.edit_in_place,
+            channel_order=list(route.channels),
+            state="queued",
+            send_at=now,
+            expires_at=expires_at,
+            deadline=deadline,
+            timing_rule="now",
+        )
+        if not inserted:
+            MESSAGES.labels("", "duplicate").inc()
+            return
+        zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
+        await store.add_timeline(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
+        newest = await store.newest_in_thread(conn, thread_key, message_id)
+        if newest is not None and newest > event.occurred_at:
+            # Delivery is unordered: an older state that arrives late must not replace a newer one.
+            await store.set_message_state(conn, message_id, "superseded")
+            await store.add_timeline(
+                conn, message_id, now, "superseded", detail="a later state is already known"
+            )
+            MESSAGES.labels("", "superseded").inc()
+            return
+        await self._supersede_older(
+            conn, thread_key, message_id, occurred_at=event.occurred_at, purpose=route.purpose, now=now
+        )
+        if not route.legally_required and await store.opted_out(conn, recipient.id, route.category):
+            await store.set_message_state(conn, message_id, "skipped")
+            await store.add_timeline(
+                conn, message_id, now, "skipped", detail=f"opted out of {route.category}"
+            )
+            MESSAGES.labels("", "skipped").inc()
+            return
+        timing = decide_timing(
+            now=now,
+            ready_at=now,
+            quiet=self.quiet_hours(recipient),
+            urgent=route.urgent,
+            legally_required=route.legally_required,
+            deadline=deadline,
+            expires_at=expires_at,
+        )
+        message = await store.get_message(conn, message_id)
+        assert message is not None
+        if timing.at is None:
+            await self.give_up(conn, message, now, "expired", timing.rule)
+            return
+        await store.set_message_state(conn, message_id, "queued", send_at=timing.at, timing_rule=timing.rule)
+        if timing.at <= now:
+            if timing.rule == "deadline_override":
+                await store.add_timeline(
+                    conn,
+                    message_id,
+                    now,
+                    "quiet hours overridden",
+                    detail="legally required before its deadline",
+                )
+            await self.release(conn, message_id, now)
+            return
+        await store.set_message_state(conn, message_id, "deferred")
+        await store.add_timeline(
+            conn,
+            message_id,
+            now,
+            f"deferred until {fmt_utc(timing.at)}",
+            detail=f"{timing.rule}; {zone_note}",
+        )
+        await scheduler.schedule(conn, RELEASE_JOB, str(message_id), timing.at)
+        MESSAGES.labels("", "deferred").inc()
+
+    async def _supersede_older(
+        self,
+        conn: db.Connection,
+        thread_key: str,
+        newer: uuid.UUID,
+        *,
+        occurred_at: dt.datetime,
+        purpose: str,
+        now: dt.datetime,
+    ) -> None:
+        for old in await store.supersede_older(conn, thread_key, newer, occurred_at):
+            await scheduler.cancel(conn, RELEASE_JOB, str(old))
+            await store.add_timeline(conn, old, now, "superseded", detail=f"by {purpose}")
+            MESSAGES.labels("", "superseded").inc()
+        older = await store.older_in_thread(conn, thread_key, newer, occurred_at)
+        if not older:
+            return
+        await store.cancel_ready_attempts(conn, older)
+        for old in older:
+            if await scheduler.cancel(conn, FALLBACK_JOB, str(old)):
+                await store.add_timeline(
+                    conn, old, now, "fallback cancelled", detail=f"superseded by {purpose}"
+                )
+
+    async def give_up(
+        self, conn: db.Connection, message: store.MessageRow, now: dt.datetime, state: str, reason: str
+    ) -> None:
+        await store.set_message_state(conn, message.id, state)
+        await store.add_timeline(conn, message.id, now, state, detail=reason)
+        await outbox.append(
+            conn,
+            NotifyFailed(
+                message_id=message.id,
+                recipient_id=message.recipient_id,
+                cause_event_id=message.event_id,
+                purpose=message.purpose,
+                reason=f"{state}: {reason}",
+            ),
+        )
+        MESSAGES.labels("", state).inc()
+
+    # --- 2. release ---------------------------------------------------------------------------------
+
+    async def release(self, conn: db.Connection, message_id: uuid.UUID, now: dt.datetime) -> None:
+        """Turn a due message into a ready attempt on its first usable channel."""
+        message = await store.get_message(conn, message_id, lock=True)
+        if message is None or message.state not in store.PENDING_STATES:
+            return
+        if message.expires_at is not None and now >= message.expires_at:
+            await self.give_up(conn, message, now, "expired", "past its TTL before it could be sent")
+            return
+        recipient = await store.lock_recipient(conn, message.recipient_id)
+        assert recipient is not None
+        reasons: list[str] = []
+        choice = await self._choose(conn, message, recipient, message.channel_order, now=now, reasons=reasons)
+        if choice is None:
+            await self.give_up(conn, message, now, "failed", "; ".join(reasons) or "no channel")
+            return
+        await self._start_attempt(conn, message, choice, now, fallback=False)
+
+    async def _choose(
+        self,
+        conn: db.Connection,
+        message: store.MessageRow,
+        recipient: store.RecipientRow,
+        slots: Sequence[str],
+        *,
+        now: dt.datetime,
+        reasons: list[str],
+    ) -> Choice | None:
+        for slot in slots:
+            if slot == "messenger":
+                bound = await store.bindings_of(conn, recipient.id)
+                usable = [(name, chat) for name, chat in bound.items() if name in self.registry.messengers]
+                if not usable:
+                    reasons.append("no messenger bound")
+                    continue
+                name, chat = usable[0]
+                edit_of = ""
+                if message.edit_in_place:
+                    edit_of = (
+                        await store.editable_in_thread(conn, message.thread_key, message.id, name, chat) or ""
+                    )
+                return Choice(name, "messenger", chat, edit_of)
+            if slot == "sms":
+                if self.registry.sms is None:
+                    reasons.append("no SMS channel")
+                    continue
+                if recipient.phone_invalid_at is not None:
+                    reasons.append("the number was rejected as invalid")
+                    continue
+                start, end = local_day_bounds(now, self.display_tz(recipient))
+                used = await store.non_critical_sms_between(conn, recipient.id, start, end)
+                if not within_sms_budget(
+                    non_critical_sms_today=used,
+                    budget=self.settings.notify_sms_daily_budget,
+                    critical=message.critical,
+                ):
+                    reasons.append(f"SMS fatigue budget spent ({used} today)")
+                    MESSAGES.labels(self.registry.sms.name, "fatigue").inc()
+                    continue
+                return Choice(self.registry.sms.name, "sms", "")
+        return None
+
+    async def _start_attempt(
+        self,
+        conn: db.Connection,
+        message: store.MessageRow,
+        choice: Choice,
+        now: dt.datetime,
+        *,
+        fallback: bool,
+    ) -> bool:
+        attempt_id = await store.insert_attempt(
+            conn,
+            message_id=message.id,
+            channel=choice.channel,
+            kind=choice.kind,
+            address=choice.address,
+            not_before=now,
+            edit_of=choice.edit_of,
+            is_fallback=fallback,
+        )
+        if attempt_id is None:
+            return False
+        if message.state in store.PENDING_STATES:
+            await store.set_message_state(conn, message.id, "sending")
+        what = ("fallback to " if fallback else "sending via ") + choice.channel
+        detail = f"edit in place of {choice.edit_of}" if choice.edit_of else ""
+        await store.add_timeline(conn, message.id, now, what, channel=choice.channel, detail=detail)
+        return True
+
+    async def release_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
+        await self.release(conn, uuid.UUID(job.key), job.now)
+        return None
+
+    # --- 4. fallback --------------------------------------------------------------------------------
+
+    async def _arm_fallback(self, conn: db.Connection, message: store.MessageRow, now: dt.datetime) -> None:
+        order = message.channel_order
+        if "messenger" in order and "sms" in order[order.index("messenger") + 1 :]:
+            due = now + self.settings.fallback_after
+            await scheduler.schedule(conn, FALLBACK_JOB, str(message.id), due)
+            await store.add_timeline(
+                conn, message.id, now, f"SMS fallback unless delivered by {fmt_utc(due)}"
+            )
+
+    async def fallback_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
+        """No receipt within N minutes of a messenger send: SMS, if still timely and allowed."""
+        now = job.now
+        message = await store.get_message(conn, uuid.UUID(job.key), lock=True)
+        if message is None or message.state in FINAL_STATES:
+            return None
+        attempts = await store.attempts_of(conn, message.id)
+        if any(a.state == "delivered" for a in attempts) or any(a.kind == "sms" for a in attempts):
+            return None
+        recipient = await store.lock_recipient(conn, message.recipient_id)
+        assert recipient is not None
+        timing = decide_timing(
+            now=now,
+            ready_at=now,
+            quiet=self.quiet_hours(recipient),
+            urgent=message.urgent,
+            legally_required=message.legally_required,
+            deadline=message.deadline,
+            expires_at=message.expires_at,
+        )
+        if timing.at is None:
+            await store.add_timeline(conn, message.id, now, "no fallback", detail=timing.rule)
+            return None
+        if timing.at > now:
+            await store.add_timeline(
+                conn, message.id, now, f"fallback deferred until {fmt_utc(timing.at)}", detail=timing.rule
+            )
+            return timing.at
+        reasons: list[str] = []
+        choice = await self._choose(conn, message, recipient, ["sms"], now=now, reasons=reasons)
+        if choice is None:
+            await store.add_timeline(conn, message.id, now, "no fallback", detail="; ".join(reasons))
+            return None
+        await self._start_attempt(conn, message, choice, now, fallback=True)
+        MESSAGES.labels(choice.channel, "fallback").inc()
+        return None
+
+    async def _after_channel_failed(
+        self,
+        conn: db.Connection,
+        message: store.MessageRow,
+        attempt: store.AttemptRow,
+        now: dt.datetime,
+        reason: str,
+    ) -> None:
+        order = message.channel_order
+        rest = (
+            order[order.index("messenger") + 1 :]
+            if attempt.kind == "messenger" and "messenger" in order
+            else []
+        )
+        if message.state in ("superseded", "expired", "delivered"):
+            return
+        if rest:
+            await scheduler.cancel(conn, FALLBACK_JOB, str(message.id))
+            recipient = await store.lock_recipient(conn, message.recipient_id)
+            assert recipient is not None
+            reasons: list[str] = []
+            choice = await self._choose(conn, message, recipient, rest, now=now, reasons=reasons)
+            if choice is not None and await self._start_attempt(conn, message, choice, now, fallback=True):
+                MESSAGES.labels(choice.channel, "fallback").inc()
+                return
+            reason = "; ".join([reason, *reasons])
+        await self.give_up(conn, message, now, "failed", reason)
