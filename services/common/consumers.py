@@ -114,6 +114,12 @@ class ConsumerSpec:
     handles: Sequence[type[Event]] | None = None
     # How long one idle fetch waits for messages (finite: nats-py fetch must time out to see stops).
     fetch_timeout_s: float = 1.0
+    # Apply up to this many messages of a fetched batch at once. Delivery is unordered anyway, but a
+    # handler may still want one key's events one after another (one recipient, one call): messages
+    # with the same `partition_key` run in fetch order, different keys side by side. Without a key,
+    # concurrency stays 1 (a handler must opt in).
+    concurrency: int = 1
+    partition_key: Callable[[AnyEvent], str] | None = None
     handled_tags: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -371,6 +377,37 @@ async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
         event_id_var.reset(token)
 
 
+def _partition_of(spec: ConsumerSpec, msg: Msg) -> str:
+    """The message's key for `spec.partition_key`; one that can't be decoded gets its own key (it is
+    rejected by apply_message, alone)."""
+    assert spec.partition_key is not None
+    try:
+        return spec.partition_key(decode_event(msg.data))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return f"undecodable:{id(msg)}"
+
+
+async def apply_batch(pool: db.Pool, spec: ConsumerSpec, msgs: Sequence[Msg]) -> None:
+    """Apply a fetched batch: one after another, or by partition key up to `spec.concurrency` at once."""
+    if spec.concurrency <= 1 or spec.partition_key is None or len(msgs) <= 1:
+        for msg in msgs:
+            await apply_message(pool, spec, msg)
+        return
+    partitions: dict[str, list[Msg]] = {}
+    for msg in msgs:
+        partitions.setdefault(_partition_of(spec, msg), []).append(msg)
+    slots = asyncio.Semaphore(spec.concurrency)
+
+    async def apply_in_order(partition: list[Msg]) -> None:
+        async with slots:
+            for msg in partition:
+                await apply_message(pool, spec, msg)
+
+    # apply_message settles every message itself (ack, nak or dead letter); nothing escapes but
+    # cancellation, which must reach every partition.
+    await asyncio.gather(*(apply_in_order(p) for p in partitions.values()))
+
+
 async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
     """Fetch up to `batch` messages; an idle wait returns [] (it is not an error).
 
@@ -443,8 +480,7 @@ class ConsumerRunner:
                     self._sub = await self._subscribe()
                 msgs = await fetch_batch(self._sub, self.spec.batch, self.spec.fetch_timeout_s)
                 failures = 0
-                for msg in msgs:
-                    await apply_message(self.pool, self.spec, msg)
+                await apply_batch(self.pool, self.spec, msgs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

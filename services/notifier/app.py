@@ -15,7 +15,7 @@ from services.common import db
 from services.common.clock import Clock
 from services.common.consumers import CATALOGUE, ConsumerSpec, TransientError
 from services.common.crypto import DataProtector
-from services.common.events import Event
+from services.common.events import AnyEvent, Event
 from services.common.rotation import EncryptedColumn
 from services.common.scheduler import JobHandler, Recurring
 from services.common.settings import Settings, get_settings
@@ -48,6 +48,15 @@ ENCRYPTED_COLUMNS = (
 
 def _events_of(router: Router, stream_prefix: str) -> list[type[Event]]:
     return [CATALOGUE[tag] for tag in router.event_tags if tag.startswith(stream_prefix)]
+
+
+def _subject_of(event: AnyEvent) -> str:
+    """Whom an event is about: its callback or verification case (else itself)."""
+    for name in ("callback_id", "case_id"):
+        value = getattr(event, name, None)
+        if value is not None:
+            return f"{name}:{value}"
+    return f"event:{event.event_id}"
 
 
 def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | None = None) -> ServiceSpec:
@@ -138,6 +147,10 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
                         subjects=[f"{prefix}>"],
                         handler=handle,
                         handles=handles,
+                        # One callback's or one case's events one after another (supersede and edit
+                        # compare them); different people's side by side.
+                        concurrency=4,
+                        partition_key=_subject_of,
                     )
                 )
         return specs

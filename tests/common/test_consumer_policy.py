@@ -267,3 +267,44 @@ async def test_an_existing_durable_loses_its_delivery_cap(settings: Settings, bu
     )
     await consumers.ensure_consumer(bus, spec)
     assert (await bus.js.consumer_info(stream, "capped")).config.max_deliver == -1
+
+
+async def test_partitioned_consumers_apply_side_by_side_but_one_key_in_order(
+    settings: Settings, bus: busmod.Bus
+) -> None:
+    conn = await plumbing_schema(settings.database_url, SCHEMA)
+    pool = await dbmod.create_pool(settings.database_url, SCHEMA)
+    seen: dict[str, list[int]] = {}
+    running = [0, 0]  # now, most at once
+
+    async def slow_handler(_conn: dbmod.Connection, event: AnyEvent) -> None:
+        assert isinstance(event, CallbackRequested)
+        running[0] += 1
+        running[1] = max(running)
+        await asyncio.sleep(0.05)
+        seen.setdefault(event.site_key, []).append(int(event.page_url))
+        running[0] -= 1
+
+    spec = consumers.ConsumerSpec(
+        name="partitioned",
+        stream="CALLBACK",
+        subjects=["callback.>"],
+        handler=slow_handler,
+        handles=[CallbackRequested],
+        concurrency=3,
+        partition_key=lambda event: getattr(event, "site_key", ""),
+    )
+    # Published before the consumer starts, so they arrive in one fetch.
+    for number in range(6):
+        for key in ("a", "b", "c"):
+            await publish(bus, msgspec.structs.replace(requested(), site_key=key, page_url=str(number)))
+    runner = consumers.ConsumerRunner(pool, bus, spec)
+    await runner.start()
+    try:
+        await until(lambda: drained(bus, "CALLBACK", "partitioned"))
+        assert seen == {key: list(range(6)) for key in ("a", "b", "c")}, "each key in publish order"
+        assert running[1] > 1, "different keys were applied side by side"
+    finally:
+        await runner.stop()
+        await pool.close()
+        await conn.close()
