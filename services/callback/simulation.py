@@ -346,7 +346,9 @@ def simulate_week(
         if now >= warmup_days * 86400.0:
             measured.append(visitor)
 
-    for day in range(total_days):
+    # Night arrivals of the last day are served the morning after, so that shift starts too: without it the
+    # agents kept the previous day's overdue breaks and all left together right after the first calls.
+    for day in range(total_days + 1):
         start = day * 86400.0
         push(start + opening * 3600.0, "shift")
     end_of_arrivals = total_days * 86400.0
@@ -370,7 +372,8 @@ def simulate_week(
             for agent in staff:
                 agent.off_until = now
                 agent.break_due = now + rng.uniform(*break_every_s)
-            at_work_s += agents * open_s
+            if now < end_of_arrivals:  # the last morning only drains the night: utilisation as before
+                at_work_s += agents * open_s
         elif kind == "end":
             agent = staff[index]
             assert agent.busy_since is not None
