@@ -28,10 +28,7 @@ from services.verification.schemas import (
     CaseView,
     LinkReissue,
 )
-from services.verification.usecases import (
-    BILLING,
-    BILLING_SUBSCRIBER,
-)
+from services.verification.usecases import BILLING, BILLING_SUBSCRIBER
 
 CASES_SCOPE = "verification:cases"
 ADMIN_SCOPE = "verification:admin"

@@ -13,9 +13,7 @@ from litestar.response import Redirect
 
 from services.verification import pages
 from services.verification.deps import Service
-from services.verification.usecases import (
-    VerificationService,
-)
+from services.verification.usecases import VerificationService
 
 BROWSER_COOKIE = "abonent_vf"
 STATIC = Path(__file__).parent / "static"
