@@ -1,0 +1,282 @@
+"""Back-office use cases: open, list, read, re-issue the link, cancel and extend a case."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+
+import msgspec
+
+from services.common import db, outbox
+from services.common.calendar import zone
+from services.common.domain_errors import Conflict, Invalid, NotFound
+from services.common.events import VerificationCaseCancelled, VerificationLinkIssued
+from services.common.phone import PhoneRejected, parse_phone
+from services.verification import store
+from services.verification.domain.compare import Holder
+from services.verification.domain.deadlines import deadline_for
+from services.verification.domain.links import link_id_text, link_url, make_token, new_link_id
+from services.verification.domain.policy import Policy
+from services.verification.domain.texts import spaced_mask
+from services.verification.schemas import ACTIVE_STATUSES, CaseDetail, CaseOpen, CaseView
+from services.verification.usecases.common import SYSTEM, CaseCore
+
+
+class CaseUseCases(CaseCore):
+    __slots__ = ()
+
+    def check_open(self, data: CaseOpen) -> str:
+        """Rules msgspec cannot state; the E.164 number. Raises Invalid naming the field."""
+        try:
+            msisdn = parse_phone(data.msisdn, ["RU"]).e164
+        except PhoneRejected as exc:
+            raise Invalid("invalid_msisdn", f"msisdn: {exc.message}", field="msisdn") from None
+        today = self.clock.now().date()
+        if data.birth_date > today:
+            raise Invalid("invalid_birth_date", "birth_date is in the future", field="birth_date")
+        if data.birth_date.year < 1900:
+            raise Invalid("invalid_birth_date", "birth_date is before 1900", field="birth_date")
+        if data.passport_issue_date > today:
+            raise Invalid(
+                "invalid_passport_issue_date",
+                "passport_issue_date is in the future",
+                field="passport_issue_date",
+            )
+        if data.passport_issue_date < data.birth_date:
+            raise Invalid(
+                "invalid_passport_issue_date",
+                "passport_issue_date is before birth_date",
+                field="passport_issue_date",
+            )
+        for name in ("last_name", "first_name", "middle_name"):
+            value: str = getattr(data, name)
+            if value and (not value.strip() or not all(c.isalpha() or c in " -'’." for c in value)):
+                raise Invalid("invalid_name", f"{name} may hold only letters, spaces and hyphens", field=name)
+        try:
+            zone(data.tz)
+        except ValueError:
+            raise Invalid("invalid_tz", f"tz: unknown time zone {data.tz!r}", field="tz") from None
+        return msisdn
+
+    async def open_case(
+        self, data: CaseOpen, actor: str, idempotency_key: str | None
+    ) -> tuple[CaseView, bool]:
+        """(the case, True if new). The number's active case is returned instead of a second one."""
+        msisdn = self.check_open(data)
+        now = self.clock.now()
+        policy = self.policies[data.reason]
+        deadline = deadline_for(policy, now, data.tz)
+        index = self.protector.blind_index(msisdn, store.MSISDN_INDEX)
+        request_hash = hashlib.sha256(msgspec.json.encode(data)).digest()
+        async with db.transaction(self.pool) as conn:
+            if idempotency_key:
+                remembered = await store.idempotent_case(conn, idempotency_key)
+                if remembered is not None:
+                    if remembered[0] != request_hash:
+                        raise Conflict(
+                            "idempotency_key_reused",
+                            "This Idempotency-Key was used with a different request",
+                            field="Idempotency-Key",
+                        )
+                    return await self._existing(conn, remembered[1], actor), False
+            active = await store.active_case_id(conn, index)
+            if active is None:
+                case_id = uuid.uuid4()
+                holder = Holder(
+                    last_name=data.last_name.strip(),
+                    first_name=data.first_name.strip(),
+                    middle_name=data.middle_name.strip(),
+                    birth_date=data.birth_date,
+                    passport_series=data.passport_series,
+                    passport_number=data.passport_number,
+                    passport_issue_date=data.passport_issue_date,
+                    passport_issuer_code=data.passport_issuer_code,
+                )
+                row = store.CaseRow(
+                    id=case_id,
+                    reason=data.reason,
+                    status="open",
+                    lang=data.lang,
+                    tz=data.tz,
+                    msisdn_enc=self.protector.encrypt(msisdn, store.MSISDN_CONTEXT, case_id),
+                    msisdn_index=index,
+                    msisdn_masked=spaced_mask(msisdn),
+                    holder_enc=self.protector.encrypt(
+                        msgspec.json.encode(holder).decode(), store.HOLDER_CONTEXT, case_id
+                    ),
+                    opened_by=actor,
+                    opened_at=now,
+                    deadline=deadline,
+                )
+                if await store.insert_case(conn, row):
+                    await self._issue(conn, row, msisdn, policy, now)
+                    if idempotency_key:
+                        await store.remember_idempotency_key(conn, idempotency_key, request_hash, case_id)
+                    return await self._view(conn, row), True
+                # A concurrent open of the same number won the unique index: return its case.
+                active = await store.active_case_id(conn, index)
+                if active is None:
+                    raise Conflict("case_busy", "The number's case changed meanwhile; retry", field="msisdn")
+            if idempotency_key:
+                await store.remember_idempotency_key(conn, idempotency_key, request_hash, active)
+            return await self._existing(conn, active, actor), False
+
+    async def _existing(self, conn: db.Connection, case_id: uuid.UUID, actor: str) -> CaseView:
+        row = await self._case_for_update(conn, case_id)
+        await store.add_timeline(conn, case_id, self.clock.now(), "open_repeated", actor)
+        return await self._view(conn, row)
+
+    async def _issue(
+        self, conn: db.Connection, row: store.CaseRow, msisdn: str, policy: Policy, now: dt.datetime
+    ) -> None:
+        raw_id = new_link_id()
+        link_id = link_id_text(raw_id)
+        await store.insert_link(conn, link_id, row.id, now)
+        link = link_url(self.link_base, make_token(raw_id, self.protector.sign))
+        await store.add_timeline(
+            conn,
+            row.id,
+            now,
+            "opened",
+            row.opened_by,
+            detail={
+                "reason": row.reason,
+                "deadline": row.deadline.isoformat(),
+                "policy": policy.legal_source,
+            },
+        )
+        await self._schedule(conn, row, policy, now)
+        await outbox.append(
+            conn,
+            VerificationLinkIssued(
+                case_id=row.id,
+                state="open",
+                msisdn=msisdn,
+                reason=row.reason,  # type: ignore[arg-type]
+                deadline=row.deadline,
+                link=link,
+                lang=row.lang,
+                tz=row.tz,
+                occurred_at=now,
+            ),
+        )
+        await store.add_timeline(conn, row.id, now, "link_issued", SYSTEM)
+
+    async def list_cases(
+        self,
+        actor: str,
+        why: str,
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        deadline_from: dt.datetime | None = None,
+        deadline_to: dt.datetime | None = None,
+        msisdn: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[CaseView]:
+        index = None
+        if msisdn is not None:
+            try:
+                e164 = parse_phone(msisdn, ["RU"]).e164
+            except PhoneRejected as exc:
+                raise Invalid("invalid_msisdn", f"msisdn: {exc.message}", field="msisdn") from None
+            index = self.protector.blind_index(e164, store.MSISDN_INDEX)
+        async with db.transaction(self.pool) as conn:
+            rows = await store.list_cases(
+                conn,
+                status=status,
+                reason=reason,
+                deadline_from=deadline_from,
+                deadline_to=deadline_to,
+                msisdn_index=index,
+                limit=limit,
+                offset=offset,
+            )
+            # Every case shown (masked) is a read: who listed it and why is in its timeline.
+            await store.add_timeline_many(
+                conn, [r.id for r in rows], self.clock.now(), "listed", actor, detail={"why": why}
+            )
+            return [await self._view(conn, r) for r in rows]
+
+    async def read_case(self, case_id: uuid.UUID, actor: str, why: str) -> CaseDetail:
+        async with db.transaction(self.pool) as conn:
+            row = await store.get_case(conn, case_id)
+            if row is None:
+                raise NotFound("case_not_found", f"No case {case_id}", field="case_id")
+            await store.add_timeline(conn, case_id, self.clock.now(), "read", actor, detail={"why": why})
+            return CaseDetail(case=await self._view(conn, row), timeline=await store.timeline(conn, case_id))
+
+    async def reissue_link(self, case_id: uuid.UUID, actor: str, reason: str) -> CaseView:
+        """A fresh link for an active case (e.g. the SMS never arrived); the previous one stops working.
+
+        `verification.link_issued` goes out again with the new link, so the notifier sends it."""
+        now = self.clock.now()
+        async with db.transaction(self.pool) as conn:
+            row = await self._case_for_update(conn, case_id)
+            if row.status not in ACTIVE_STATUSES:
+                raise Conflict("case_closed", f"The case is already {row.status}", field="case_id")
+            previous = await store.current_link(conn, case_id)
+            if previous is not None:
+                # Spent, not deleted: the old link then shows "already used", and a sign-in begun with
+                # it before now cannot decide the case when it comes back.
+                await store.spend_link(conn, previous.id, now)
+            raw_id = new_link_id()
+            await store.insert_link(conn, link_id_text(raw_id), case_id, now)
+            await outbox.append(
+                conn,
+                VerificationLinkIssued(
+                    case_id=case_id,
+                    state=row.status,
+                    msisdn=self._msisdn(row),
+                    reason=row.reason,  # type: ignore[arg-type]
+                    deadline=row.deadline,
+                    link=link_url(self.link_base, make_token(raw_id, self.protector.sign)),
+                    lang=row.lang,
+                    tz=row.tz,
+                    occurred_at=now,
+                ),
+            )
+            await store.add_timeline(conn, case_id, now, "link_reissued", actor, detail={"why": reason})
+            return await self._view(conn, row)
+
+    async def cancel(self, case_id: uuid.UUID, actor: str, reason: str) -> CaseView:
+        now = self.clock.now()
+        async with db.transaction(self.pool) as conn:
+            row = await self._case_for_update(conn, case_id)
+            if row.status not in ACTIVE_STATUSES:
+                raise Conflict("case_closed", f"The case is already {row.status}", field="case_id")
+            await self._close(conn, row, "cancelled", now)
+            await store.add_timeline(conn, case_id, now, "cancelled", actor, detail={"why": reason})
+            await outbox.append(
+                conn, VerificationCaseCancelled(case_id=case_id, state="cancelled", by=actor, occurred_at=now)
+            )
+            if row.status == "suspended":
+                # The suspension existed only because of this case.
+                await self._billing(conn, row, "restore", "case_cancelled", now)
+            return await self._view(conn, await self._case_for_update(conn, case_id))
+
+    async def extend(self, case_id: uuid.UUID, days: int, actor: str, reason: str) -> CaseView:
+        now = self.clock.now()
+        async with db.transaction(self.pool) as conn:
+            row = await self._case_for_update(conn, case_id)
+            if row.status not in ("open", "mismatch"):
+                raise Conflict(
+                    "case_not_extendable",
+                    f"Only an open case can be extended; this one is {row.status}",
+                    field="case_id",
+                )
+            old = row.deadline
+            row.deadline = old + dt.timedelta(days=days)
+            await store.set_deadline(conn, case_id, row.deadline)
+            await self._schedule(conn, row, self.policies[row.reason], now)  # type: ignore[index]
+            await store.add_timeline(
+                conn,
+                case_id,
+                now,
+                "extended",
+                actor,
+                detail={"why": reason, "from": old.isoformat(), "to": row.deadline.isoformat(), "days": days},
+            )
+            return await self._view(conn, row)
