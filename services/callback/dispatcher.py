@@ -149,6 +149,9 @@ class Dispatcher:
         Each request is reserved in its own transaction: a row that cannot be dispatched (bad data, a
         site that fails to load) is logged and left for a later pass, and never rolls back the others.
         """
+        if not self.adapter.can_dial():
+            # Reserving now would only turn each due request into a provider error and a back-off.
+            return 0
         now = self.clock()
         orders: list[CallOrder] = []
         seen: list[uuid.UUID] = []

@@ -412,3 +412,27 @@ async def test_a_mango_notice_that_cannot_be_stored_is_refused_so_mango_resends_
             await until(bus_connected, timeout=30)  # a clean shutdown drains a connected client
     finally:
         nats.stop()
+
+
+async def test_while_the_ari_event_stream_is_down_nobody_is_reserved_and_nothing_is_charged(
+    settings: Settings, db: asyncpg.Connection, fake: FakeAri
+) -> None:
+    fake.refuse_websockets = True
+    await migrate_service(settings, "callback")
+    async with AsyncTestClient(app=create_app(settings, ari_section(fake, "down"))) as client:
+        await put_site(client)
+        await register_agent(client, "olga", "PJSIP/101")
+        await sign_in(client, "olga")
+        assert (await ask(client, phone=VISITOR)).status_code == 201
+        # Several dispatcher passes (1 s apart) with the stream down: before, each due request became a
+        # refused dial, a provider error and a minute's back-off.
+        await asyncio.sleep(3)
+        assert await db.fetchval("select count(*) from callback.dial_attempts") == 0
+        assert await db.fetchval("select status from callback.callbacks") == "scheduled"
+        assert fake.rung == []
+        fake.refuse_websockets = False
+
+        async def agent_rung() -> bool:
+            return "PJSIP/101" in fake.rung
+
+        await until(agent_rung, timeout=60)

@@ -176,6 +176,10 @@ class AsteriskAriAdapter:
         """Whether the event WebSocket is up (place_call() refuses while it is down)."""
         return self._connected.is_set()
 
+    def can_dial(self) -> bool:
+        # Without the event stream a call's progress would be invisible: don't start one.
+        return self.connected
+
     async def wait_connected(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the event WebSocket (readiness checks); True once it is up."""
         with contextlib.suppress(TimeoutError):

@@ -177,6 +177,11 @@ class TelephonyAdapter(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def can_dial(self) -> bool:
+        """False while a dial would surely be refused (ARI's event stream is down): the dispatcher then
+        reserves nobody and charges no request, instead of failing each dial as a provider error."""
+        ...
+
     async def place_call(self, order: CallOrder) -> str:
         """Start dialling; return the provider's call id. The same attempt_id never rings twice.
 

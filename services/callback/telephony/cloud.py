@@ -370,6 +370,9 @@ class MangoOfficeAdapter:
 
     # --- TelephonyAdapter -----------------------------------------------------------------------------
 
+    def can_dial(self) -> bool:
+        return True
+
     async def place_call(self, order: CallOrder) -> str:
         if self._closed:
             raise TelephonyError("Mango adapter is closed", retryable=False)

@@ -158,6 +158,9 @@ class SimulatedPbx:
 
     # --- TelephonyAdapter -----------------------------------------------------------------------------
 
+    def can_dial(self) -> bool:
+        return True
+
     async def place_call(self, order: CallOrder) -> str:
         if self._closed:
             raise TelephonyError("simulated PBX is closed", retryable=False)
