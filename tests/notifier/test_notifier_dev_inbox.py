@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 from fakes.asgi import serve_asgi
+from support.chromium import CHROMIUM_ARGS, require_chromium
 from support.harness import REPO
 from support.notifier import PHONE, T0, Harness, requested
 from support.polling import until
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = REPO / "test-artifacts" / "notifier"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    for candidate in (os.environ.get("ABONENT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    reason = "DEV INBOX BROWSER TEST NOT RUN: no headless Chromium at /usr/bin/chromium"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 async def test_dev_inbox_shows_the_phone_and_sends_receipts_and_binds(harness: Harness) -> None:
     from playwright.async_api import async_playwright
 
-    executable = chromium()
+    executable = require_chromium("DEV INBOX BROWSER TEST")
     h = harness
     await h.publish(requested(uuid.uuid4(), lang="en"))
     await h.message("callback_promise", "sent")

@@ -22,8 +22,9 @@ import httpx
 import msgspec
 import pytest
 from playwright.sync_api import Browser, Page
+from support.chromium import CHROMIUM_ARGS, require_chromium
 from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn
-from support.served import CHROMIUM_ARGS, chromium_path, served_in_thread
+from support.served import served_in_thread
 
 from services.common.clock import ManualClock
 from services.common.embedded import free_port
@@ -179,12 +180,7 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One Chromium per module (the sync API holds this thread's event loop while it is open)."""
-    executable = chromium_path()
-    if executable is None:
-        reason = "VERIFICATION BROWSER TESTS NOT RUN: no headless Chromium at /usr/bin/chromium"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    executable = require_chromium("VERIFICATION BROWSER TESTS")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

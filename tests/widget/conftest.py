@@ -3,8 +3,6 @@ database and NATS namespace), and a "customer site" on another port serving host
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -16,43 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
+from support.chromium import CHROMIUM_ARGS, require_chromium
 from support.harness import REPO, make_settings, settings_env, spawn
 from widget_support import HostSite, Stack
 
 from services.common.embedded import free_port
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = REPO / "test-artifacts" / "widget"
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("ABONENT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
-    path = chromium_path()
-    if path is None:
-        reason = (
-            "WIDGET BROWSER TESTS NOT RUN: headless Chromium not found at /usr/bin/chromium "
-            "(install it with `apt-get install -y chromium`, or point ABONENT_CHROMIUM at a binary)"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason=reason)
-    return path
+    return require_chromium("WIDGET BROWSER TESTS")
 
 
 @pytest.fixture(scope="module")
