@@ -368,11 +368,13 @@ def test_dev_postgres_is_one_instance_without_backups() -> None:
 
 
 def _secret_names(node: Any) -> Iterator[str]:
-    """Names of the Secrets an object reads: envFrom, env valueFrom, and CRD credential references."""
+    """Names of the Secrets an object reads: envFrom, env valueFrom, volumes and CRD credential references."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in ("secretRef", "secretKeyRef") or (key in ("accessKeyId", "secretAccessKey")):
                 yield value["name"]
+            elif key == "secret" and isinstance(value, dict) and "secretName" in value:
+                yield value["secretName"]
             else:
                 yield from _secret_names(value)
     elif isinstance(node, list):
