@@ -467,3 +467,36 @@ def test_alerts_use_metrics_the_services_expose() -> None:
     assert used <= exposed, f"not exposed by any service: {sorted(used - exposed)}"
     names = {rule["alert"] for rule in alerts}
     assert {"AbonentOutboxLag", "AbonentDeadLetters", "AbonentSmsFallbackRateHigh"} <= names
+
+
+def _route_paths(service: str) -> set[str]:
+    """The paths a service serves, from its spec (the notifier's with every webhook-bearing channel on)."""
+    from services.cli.service import service_spec
+    from services.notifier.app import make_spec
+    from services.notifier.settings import NotifierSettings
+
+    if service == "notifier":
+        spec = make_spec(
+            NotifierSettings(
+                notify_channels="sms_ru,smsc,telegram,max",
+                sms_ru_api_id="x",
+                smsc_password="x",
+                sms_receipt_secret="x",
+                telegram_bot_token="x",
+                telegram_webhook_secret="x",
+                max_bot_token="x",
+                max_webhook_secret="x",
+            )
+        )
+    else:
+        spec = service_spec(service)  # type: ignore[arg-type]  # a ServiceName literal
+    return {path for handler in spec.route_handlers for path in getattr(handler, "paths", ())}
+
+
+def test_every_public_ingress_path_reaches_real_routes() -> None:
+    (ingress,) = _by_kind(rendered("production"), "Ingress").values()
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            service = path["backend"]["service"]["name"]
+            served = _route_paths(service)
+            assert any(route.startswith(path["path"]) for route in served), (service, path["path"])
