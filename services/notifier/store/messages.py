@@ -32,6 +32,14 @@ async def get_message(conn: db.Connection, message_id: uuid.UUID, *, lock: bool 
     return row
 
 
+async def lock_messages(conn: db.Connection, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, MessageRow]:
+    """Several messages at once, locked in id order (two batches never wait on each other in a circle)."""
+    rows = await conn.fetch(
+        "select * from messages where id = any($1::uuid[]) order by id for update", message_ids
+    )
+    return {r["id"]: as_row(MessageRow, r) for r in rows}
+
+
 async def set_message_state(conn: db.Connection, message_id: uuid.UUID, state: str, **extra: Any) -> None:
     sets = ["state = $2", "updated_at = now()"]
     args: list[Any] = [message_id, state]

@@ -55,6 +55,13 @@ async def get_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> Recipie
     return row
 
 
+async def get_recipients(
+    conn: db.Connection, recipient_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, RecipientRow]:
+    rows = await conn.fetch("select * from recipients where id = any($1::uuid[])", recipient_ids)
+    return {r["id"]: as_row(RecipientRow, r) for r in rows}
+
+
 async def lock_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> RecipientRow | None:
     """Serialises the daily SMS budget: two messages to one person cannot both take the last SMS."""
     row: RecipientRow | None = as_row(
