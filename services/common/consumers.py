@@ -367,12 +367,14 @@ async def _triage(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> AnyEvent | Non
         return None
 
 
-async def _ack_applied(spec: ConsumerSpec, msg: Msg, first_time: bool) -> None:
-    """Count and ack a message whose effect (or earlier inbox row) is committed."""
+async def _ack_applied(spec: ConsumerSpec, msg: Msg, first_time: bool, *, confirm: bool = True) -> None:
+    """Count and ack a message whose effect (or earlier inbox row) is committed. `confirm`: wait for the
+    server's confirmation (ack_sync); else the ack is only sent (a lost one brings a redelivery that the
+    inbox turns into a bare ack)."""
     (EVENTS_HANDLED if first_time else EVENTS_DUPLICATE).labels(spec.name).inc()
     failpoint(f"consumer.{spec.name}.before_ack")
     try:
-        await msg.ack_sync()
+        await (msg.ack_sync() if confirm else msg.ack())
     except Exception as exc:
         # Applied and committed: the redelivery finds the inbox row and is only acked.
         log.warning("ack failed after commit", extra={"consumer": spec.name, "error": repr(exc)})
@@ -470,8 +472,10 @@ async def apply_in_one_transaction(pool: db.Pool, spec: ConsumerSpec, msgs: Sequ
                 await _after_failure(pool, spec, item.msg, item.event, item.error)
         finally:
             event_id_var.reset(token)
-    # Side by side: each ack waits for the server's confirmation, and none depends on another.
-    await asyncio.gather(*(_ack_applied(spec, item.msg, item.first_time) for item in applied))
+    # Sent without waiting for each confirmation (a round trip per message): the inbox makes a lost ack
+    # harmless, and the next fetch on the same connection goes out after these acks.
+    for item in applied:
+        await _ack_applied(spec, item.msg, item.first_time, confirm=False)
 
 
 def _partition_of(spec: ConsumerSpec, msg: Msg) -> str:

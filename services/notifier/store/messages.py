@@ -14,16 +14,20 @@ from services.notifier.store.rows import PENDING_STATES, AttemptRow, MessageRow,
 # --- messages -------------------------------------------------------------------------------------------
 
 
-async def insert_message(conn: db.Connection, **values: Any) -> bool:
-    """False when (event_id, recipient_id, purpose) is already there: the same notice never twice."""
+async def insert_message(conn: db.Connection, **values: Any) -> MessageRow | None:
+    """The new row; None when (event_id, recipient_id, purpose) is already there: the same notice never
+    twice."""
     columns = list(values)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    inserted = await conn.fetchval(
-        f"insert into messages ({', '.join(columns)}) values ({placeholders})"
-        " on conflict (event_id, recipient_id, purpose) do nothing returning true",
-        *values.values(),
+    row: MessageRow | None = as_row(
+        MessageRow,
+        await conn.fetchrow(
+            f"insert into messages ({', '.join(columns)}) values ({placeholders})"
+            " on conflict (event_id, recipient_id, purpose) do nothing returning *",
+            *values.values(),
+        ),
     )
-    return bool(inserted)
+    return row
 
 
 async def get_message(conn: db.Connection, message_id: uuid.UUID, *, lock: bool = False) -> MessageRow | None:
@@ -51,13 +55,14 @@ async def set_message_state(conn: db.Connection, message_id: uuid.UUID, state: s
     await conn.execute(f"update messages set {', '.join(sets)} where id = $1", *args)
 
 
-async def newest_in_thread(conn: db.Connection, thread_key: str, other_than: uuid.UUID) -> dt.datetime | None:
-    value: dt.datetime | None = await conn.fetchval(
-        "select max(occurred_at) from messages where thread_key = $1 and id <> $2 and state <> 'superseded'",
+async def thread_of(conn: db.Connection, thread_key: str, other_than: uuid.UUID) -> list[asyncpg.Record]:
+    """The thread's other messages (id, occurred_at, state): one read for supersede's questions."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "select id, occurred_at, state from messages where thread_key = $1 and id <> $2",
         thread_key,
         other_than,
     )
-    return value
+    return rows
 
 
 async def supersede_older(
@@ -72,18 +77,6 @@ async def supersede_older(
         newer,
         occurred_at,
         list(PENDING_STATES),
-    )
-    return [r["id"] for r in rows]
-
-
-async def older_in_thread(
-    conn: db.Connection, thread_key: str, newer: uuid.UUID, occurred_at: dt.datetime
-) -> list[uuid.UUID]:
-    rows = await conn.fetch(
-        "select id from messages where thread_key = $1 and id <> $2 and occurred_at <= $3",
-        thread_key,
-        newer,
-        occurred_at,
     )
     return [r["id"] for r in rows]
 

@@ -221,16 +221,18 @@ async def save_callback_contact(
     site_key: str,
     lang: str,
     page_url: str,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """False when the callback already had a contact (kept as it was)."""
+    inserted = await conn.fetchval(
         "insert into callback_contacts (callback_id, recipient_id, site_key, lang, page_url)"
-        " values ($1, $2, $3, $4, $5) on conflict (callback_id) do nothing",
+        " values ($1, $2, $3, $4, $5) on conflict (callback_id) do nothing returning true",
         callback_id,
         recipient_id,
         site_key,
         lang,
         page_url,
     )
+    return bool(inserted)
 
 
 async def callback_contact(conn: db.Connection, callback_id: uuid.UUID) -> asyncpg.Record | None:
