@@ -214,6 +214,7 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
         on_shutdown=[finish],
         jobs=jobs,
         recurring=[Recurring(SWEEP_JOB, dt.timedelta(seconds=15))],
+        retention=settings.retention_rules(),
         links=[("dev inbox", "/dev/inbox")] if context.sandbox else [],
         settings_section=NotifierSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
