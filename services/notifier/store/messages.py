@@ -317,13 +317,30 @@ async def timeline_of(conn: db.Connection, message_id: uuid.UUID) -> list[Timeli
 
 
 async def messages_of(
-    conn: db.Connection, recipient_id: uuid.UUID | None, limit: int, before: dt.datetime | None = None
+    conn: db.Connection,
+    recipient_id: uuid.UUID | None,
+    limit: int,
+    before: dt.datetime | None = None,
+    *,
+    tenant: str | None = None,
 ) -> list[MessageRow]:
+    """Newest first; `tenant` (a site key, or 'verification') keeps only that owner's messages."""
     rows = await conn.fetch(
         "select * from messages where ($1::uuid is null or recipient_id = $1)"
-        " and ($3::timestamptz is null or created_at < $3) order by created_at desc, id limit $2",
+        " and ($3::timestamptz is null or created_at < $3) and ($4::text is null or tenant = $4)"
+        " order by created_at desc, id limit $2",
         recipient_id,
         limit,
         before,
+        tenant,
     )
     return [as_row(MessageRow, r) for r in rows]
+
+
+async def has_messages_of(conn: db.Connection, recipient_id: uuid.UUID, tenant: str) -> bool:
+    found: bool = await conn.fetchval(
+        "select exists (select 1 from messages where recipient_id = $1 and tenant = $2)",
+        recipient_id,
+        tenant,
+    )
+    return found
