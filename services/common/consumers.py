@@ -24,7 +24,8 @@ after each `ack_wait` until it is fixed; the consumer's redelivery count shows i
 
 A handler runs in one transaction with its inbox row (exactly-once effect); `ack_sync` follows the commit.
 With `ConsumerSpec.batch_transaction` a fetched batch shares that transaction (a savepoint per message,
-so the policy above still holds per message) and the acks follow its one commit.
+so the policy above still holds per message) and the acks follow its one commit, sent without waiting
+for each confirmation (the inbox turns a lost ack's redelivery into a bare ack).
 Dead letters are listed and replayed with `abonent dead-letters` (services/common/deadletters.py).
 """
 
