@@ -98,6 +98,47 @@ class SmsServer:
         return 200, {"status": "OK", "status_code": 100, "sms": {phone: entry}, "balance": 1000.0}
 
 
+def cpu_seconds(root: int, *, with_children: bool) -> float:
+    """User+system CPU of process `root` (and its direct children: PostgreSQL's backends), from /proc.
+
+    Throughput on a shared, loaded machine swings with the neighbours; CPU per message does much less,
+    so the report gives both. Linux only: elsewhere 0.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after the ")" closing the command name: state ppid ... utime(14) stime(15).
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            pid, ppid = int(entry.name), int(fields[1])
+            if pid == root or (with_children and ppid == root):
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds the notifier and PostgreSQL spent between `start` and `stop`."""
+
+    notifier_pid: int
+    postgres_pid: int
+    used: dict[str, float] = field(default_factory=dict)
+
+    def sample(self) -> dict[str, float]:
+        return {
+            "notifier": cpu_seconds(self.notifier_pid, with_children=False),
+            "postgres": cpu_seconds(self.postgres_pid, with_children=True),
+        }
+
+    def start(self) -> None:
+        self.used = self.sample()
+
+    def stop(self) -> None:
+        self.used = {k: v - self.used[k] for k, v in self.sample().items()}
+
+
 def phones(n: int) -> list[str]:
     # Distinct Moscow mobile numbers (MegaFon 925 range), valid for phonenumbers.
     return [f"+7925{i:07d}" for i in range(1, n + 1)]
@@ -159,13 +200,16 @@ async def baseline(url: str, server: SmsServer, numbers: list[str]) -> tuple[flo
     return len(numbers) / elapsed, latencies
 
 
-async def through_notifier(nats_url: str, server: SmsServer, numbers: list[str]) -> tuple[float, list[float]]:
+async def through_notifier(
+    nats_url: str, server: SmsServer, numbers: list[str], meter: CpuMeter
+) -> tuple[float, list[float]]:
     """Publish one callback.requested per phone; time first publish -> the server's N-th phone."""
     server.reset(len(numbers))
     bus = await bus_mod.connect(nats_url, "bench")
     published: dict[str, float] = {}
     now = dt.datetime.now(dt.UTC)
     try:
+        meter.start()
         start = time.perf_counter()
         for phone in numbers:
             event = CallbackRequested(
@@ -188,6 +232,7 @@ async def through_notifier(nats_url: str, server: SmsServer, numbers: list[str])
                 f"only {len(server.arrivals)}/{len(numbers)} messages reached the provider"
             ) from None
         elapsed = max(server.arrivals.values()) - start
+        meter.stop()
     finally:
         await bus.close()
     latencies = [server.arrivals[p] - t for p, t in published.items()]
@@ -203,6 +248,12 @@ def machine() -> str:
                 break
     cpu = f"{os.cpu_count()} CPU ({model or platform.machine()})"
     return f"{platform.system()} {platform.release()}, {cpu}, Python {platform.python_version()}"
+
+
+def load() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
 
 
 def commit() -> str:
@@ -221,7 +272,9 @@ def commit() -> str:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def table(n: int, raw: tuple[float, list[float]], full: tuple[float, list[float]]) -> str:
+def table(
+    n: int, raw: tuple[float, list[float]], full: tuple[float, list[float]], cpu: dict[str, float]
+) -> str:
     ratio = full[0] / raw[0]
 
     def row(name: str, figures: tuple[float, list[float]]) -> str:
@@ -239,6 +292,8 @@ def table(n: int, raw: tuple[float, list[float]], full: tuple[float, list[float]
         "",
         f"N = {n}; ratio notifier/raw = {ratio:.3f}x (goal >= {GOAL}x: {verdict}).",
         "Latency: baseline per POST round trip; notifier from each event's publish to its provider request.",
+        f"CPU per message while the notifier ran: notifier process {cpu['notifier'] / n * 1000:.2f} ms,"
+        f" PostgreSQL {cpu['postgres'] / n * 1000:.2f} ms; load average at the end {load()}.",
     ]
     return "\n".join(rows)
 
@@ -286,7 +341,9 @@ async def main(n: int) -> int:
             await wait_ready(f"http://127.0.0.1:{port}", proc, log)
             numbers = phones(n)
             raw = await baseline(provider, server, numbers)
-            full = await through_notifier(nats.url, server, numbers)
+            assert postgres.proc is not None
+            meter = CpuMeter(proc.pid, postgres.proc.pid)
+            full = await through_notifier(nats.url, server, numbers, meter)
             if server.requests != n:
                 print(
                     f"warning: the provider got {server.requests} requests for {n} messages", file=sys.stderr
@@ -301,7 +358,7 @@ async def main(n: int) -> int:
             listener.close()
             nats.stop()
             postgres.stop()
-    result = table(n, raw, full)
+    result = table(n, raw, full, meter.used)
     print(result)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if not REPORT.exists():

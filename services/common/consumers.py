@@ -23,6 +23,9 @@ used. The cost: a message that kills the process every time (no exception reache
 after each `ack_wait` until it is fixed; the consumer's redelivery count shows it.
 
 A handler runs in one transaction with its inbox row (exactly-once effect); `ack_sync` follows the commit.
+With `ConsumerSpec.batch_transaction` a fetched batch shares that transaction (a savepoint per message,
+so the policy above still holds per message) and the acks follow its one commit, sent without waiting
+for each confirmation (the inbox turns a lost ack's redelivery into a bare ack).
 Dead letters are listed and replayed with `abonent dead-letters` (services/common/deadletters.py).
 """
 
@@ -120,6 +123,13 @@ class ConsumerSpec:
     # concurrency stays 1 (a handler must opt in).
     concurrency: int = 1
     partition_key: Callable[[AnyEvent], str] | None = None
+    # Apply a fetched batch in one transaction per lane (each message in its own savepoint, so one that
+    # fails rolls back alone) and ack after that one commit, instead of one transaction per message. The
+    # guarantees are the same (inbox row and effect commit together; nothing is acked before its commit);
+    # what changes is that a lane holds its row locks until the whole lane commits, so a handler whose
+    # messages lock shared rows (not only their partition's) can deadlock with another lane - PostgreSQL
+    # aborts one, and its messages come back as a transient failure.
+    batch_transaction: bool = False
     handled_tags: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -333,13 +343,13 @@ async def _after_failure(
     await _nak(msg, delay)
 
 
-async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
-    """Route by tag, apply once (inbox), then ack; the policy is in this module's docstring."""
+async def _triage(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> AnyEvent | None:
+    """The event to apply, or None when the message was settled here (skipped, or rejected as poison)."""
     try:
         envelope = _envelope_decoder.decode(msg.data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         await _reject(pool, spec, msg, f"undecodable: {exc}", None)
-        return
+        return None
     if envelope.type not in spec.handled_tags:
         known = envelope.type in CATALOGUE
         EVENTS_SKIPPED.labels(spec.name, envelope.type if known else "unknown").inc()
@@ -350,11 +360,31 @@ async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
         # A lost ack only brings the message back to be skipped again.
         with contextlib.suppress(Exception):
             await msg.ack()
-        return
+        return None
     try:
-        event = decode_event(msg.data)
+        return decode_event(msg.data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         await _reject(pool, spec, msg, f"invalid {envelope.type}: {exc}", envelope.event_id)
+        return None
+
+
+async def _ack_applied(spec: ConsumerSpec, msg: Msg, first_time: bool, *, confirm: bool = True) -> None:
+    """Count and ack a message whose effect (or earlier inbox row) is committed. `confirm`: wait for the
+    server's confirmation (ack_sync); else the ack is only sent (a lost one brings a redelivery that the
+    inbox turns into a bare ack)."""
+    (EVENTS_HANDLED if first_time else EVENTS_DUPLICATE).labels(spec.name).inc()
+    failpoint(f"consumer.{spec.name}.before_ack")
+    try:
+        await (msg.ack_sync() if confirm else msg.ack())
+    except Exception as exc:
+        # Applied and committed: the redelivery finds the inbox row and is only acked.
+        log.warning("ack failed after commit", extra={"consumer": spec.name, "error": repr(exc)})
+
+
+async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
+    """Route by tag, apply once (inbox), then ack; the policy is in this module's docstring."""
+    event = await _triage(pool, spec, msg)
+    if event is None:
         return
     token = event_id_var.set(str(event.event_id))
     try:
@@ -366,15 +396,87 @@ async def apply_message(pool: db.Pool, spec: ConsumerSpec, msg: Msg) -> None:
         except Exception as exc:
             await _after_failure(pool, spec, msg, event, exc)
             return
-        (EVENTS_HANDLED if first_time else EVENTS_DUPLICATE).labels(spec.name).inc()
-        failpoint(f"consumer.{spec.name}.before_ack")
-        try:
-            await msg.ack_sync()
-        except Exception as exc:
-            # Applied and committed: the redelivery finds the inbox row and is only acked.
-            log.warning("ack failed after commit", extra={"consumer": spec.name, "error": repr(exc)})
+        await _ack_applied(spec, msg, first_time)
     finally:
         event_id_var.reset(token)
+
+
+@dataclass(slots=True)
+class _Applying:
+    msg: Msg
+    event: AnyEvent
+    first_time: bool = False
+    error: Exception | None = None
+
+
+async def _apply_in(conn: db.Connection, spec: ConsumerSpec, item: _Applying) -> None:
+    """One message of a batch transaction, in its own savepoint (a failure rolls back only its part)."""
+    token = event_id_var.set(str(item.event.event_id))
+    try:
+        async with conn.transaction():
+            item.first_time = bool(
+                await conn.fetchval(
+                    "insert into inbox (consumer, event_id) values ($1, $2)"
+                    " on conflict do nothing returning true",
+                    spec.name,
+                    item.event.event_id,
+                )
+            )
+            if not item.first_time:
+                return
+            await spec.handler(conn, item.event)
+            if item.msg.metadata.num_delivered > 1:
+                await conn.execute(
+                    "delete from consumer_failures where consumer = $1 and event_id = $2",
+                    spec.name,
+                    item.event.event_id,
+                )
+    except Exception as exc:
+        item.error = exc
+    finally:
+        event_id_var.reset(token)
+
+
+async def apply_in_one_transaction(pool: db.Pool, spec: ConsumerSpec, msgs: Sequence[Msg]) -> None:
+    """`ConsumerSpec.batch_transaction`: every message of `msgs` in one transaction, then the acks.
+
+    Poison and failures are settled after the commit, never while the transaction's connection is held
+    (dead letters and failure counts take their own).
+    """
+    batch: list[_Applying] = []
+    for msg in msgs:
+        event = await _triage(pool, spec, msg)
+        if event is not None:
+            batch.append(_Applying(msg, event))
+    if not batch:
+        return
+    try:
+        async with db.transaction(pool) as conn:
+            for item in batch:
+                await _apply_in(conn, spec, item)
+            failpoint(f"consumer.{spec.name}.before_commit")
+    except Exception as exc:
+        # Nothing of the batch is committed: what had applied fails with the transaction's error.
+        for item in batch:
+            if item.error is None:
+                item.error = exc
+    applied: list[_Applying] = []
+    for item in batch:
+        if item.error is None:
+            applied.append(item)
+            continue
+        token = event_id_var.set(str(item.event.event_id))
+        try:
+            if isinstance(item.error, PoisonMessage):
+                await _reject(pool, spec, item.msg, f"rejected: {item.error}", str(item.event.event_id))
+            else:
+                await _after_failure(pool, spec, item.msg, item.event, item.error)
+        finally:
+            event_id_var.reset(token)
+    # Sent without waiting for each confirmation (a round trip per message): the inbox makes a lost ack
+    # harmless, and the next fetch on the same connection goes out after these acks.
+    for item in applied:
+        await _ack_applied(spec, item.msg, item.first_time, confirm=False)
 
 
 def _partition_of(spec: ConsumerSpec, msg: Msg) -> str:
@@ -387,8 +489,28 @@ def _partition_of(spec: ConsumerSpec, msg: Msg) -> str:
         return f"undecodable:{id(msg)}"
 
 
+def _lanes(spec: ConsumerSpec, msgs: Sequence[Msg]) -> list[list[Msg]]:
+    """Up to `spec.concurrency` lanes; one partition key's messages share a lane, in fetch order."""
+    if spec.concurrency <= 1 or spec.partition_key is None or len(msgs) <= 1:
+        return [list(msgs)]
+    partitions: dict[str, list[Msg]] = {}
+    for msg in msgs:
+        partitions.setdefault(_partition_of(spec, msg), []).append(msg)
+    lanes: list[list[Msg]] = [[] for _ in range(min(spec.concurrency, len(partitions)))]
+    for index, partition in enumerate(partitions.values()):
+        lanes[index % len(lanes)].extend(partition)
+    return lanes
+
+
 async def apply_batch(pool: db.Pool, spec: ConsumerSpec, msgs: Sequence[Msg]) -> None:
-    """Apply a fetched batch: one after another, or by partition key up to `spec.concurrency` at once."""
+    """Apply a fetched batch: one after another, or by partition key up to `spec.concurrency` at once;
+    with `spec.batch_transaction`, each lane in one transaction."""
+    if not msgs:
+        return
+    if spec.batch_transaction:
+        # apply_in_one_transaction settles every message itself, like apply_message.
+        await asyncio.gather(*(apply_in_one_transaction(pool, spec, lane) for lane in _lanes(spec, msgs)))
+        return
     if spec.concurrency <= 1 or spec.partition_key is None or len(msgs) <= 1:
         for msg in msgs:
             await apply_message(pool, spec, msg)

@@ -38,6 +38,12 @@ class RetentionRule:
     # The shortest age that stays correct (e.g. how long a spent token could still be presented);
     # start-up refuses a setting below it.
     minimum: dt.timedelta = dt.timedelta(0)
+    # The age itself, when `setting` lives in a service's own settings section (then `setting` only names
+    # the variable in errors, and its value was read there). None: `setting` is a shared Settings field.
+    keep: dt.timedelta | None = None
+    # A dedupe window, like the inbox: rows must outlive the stream's messages (ABONENT_STREAM_MAX_AGE_DAYS),
+    # or a message redelivered or replayed after its row was pruned would be applied again.
+    outlive_stream: bool = False
 
     def __post_init__(self) -> None:
         # Identifiers cannot be bound as parameters; these come from code, and are checked to be plain.
@@ -59,17 +65,29 @@ PLUMBING_RULES: tuple[RetentionRule, ...] = (
 
 def keep_for(settings: Settings, rule: RetentionRule) -> dt.timedelta:
     """How long rows of the rule's table are kept, from its setting (validated)."""
-    names = {f.name for f in msgspec.structs.fields(Settings)}
-    unit = next((u for suffix, u in _UNITS.items() if rule.setting.endswith(suffix)), None)
-    if rule.setting not in names or unit is None:
-        raise ValueError(f"retention rule for {rule.table}: no _hours/_days setting {rule.setting!r}")
-    value = getattr(settings, rule.setting)
-    if not isinstance(value, int | float) or value <= 0:
-        raise SettingsError(f"{env_name(rule.setting)} must be positive, got {value}")
-    keep: dt.timedelta = unit * value
+    if rule.keep is not None:
+        keep = rule.keep
+        if keep <= dt.timedelta(0):
+            raise SettingsError(f"{env_name(rule.setting)} must be positive, got {keep}")
+    else:
+        names = {f.name for f in msgspec.structs.fields(Settings)}
+        unit = next((u for suffix, u in _UNITS.items() if rule.setting.endswith(suffix)), None)
+        if rule.setting not in names or unit is None:
+            raise ValueError(f"retention rule for {rule.table}: no _hours/_days setting {rule.setting!r}")
+        value = getattr(settings, rule.setting)
+        if not isinstance(value, int | float) or value <= 0:
+            raise SettingsError(f"{env_name(rule.setting)} must be positive, got {value}")
+        keep = unit * value
+    stream_age = dt.timedelta(days=settings.stream_max_age_days)
+    if rule.outlive_stream and keep <= stream_age:
+        raise SettingsError(
+            f"{env_name(rule.setting)} ({keep}) must keep {rule.table} longer than "
+            f"{env_name('stream_max_age_days')} ({settings.stream_max_age_days} days): a message "
+            "redelivered after its row was pruned would be applied twice"
+        )
     if keep < rule.minimum:
         raise SettingsError(
-            f"{env_name(rule.setting)} ({value}) must keep {rule.table} at least {rule.minimum}: "
+            f"{env_name(rule.setting)} ({keep}) must keep {rule.table} at least {rule.minimum}: "
             "rows pruned sooner could be accepted again"
         )
     return keep

@@ -131,11 +131,16 @@ async def message_views(conn: db.Connection, messages: list[store.MessageRow]) -
     return views
 
 
-async def recipient_view(conn: db.Connection, recipient_id: uuid.UUID, limit: int = 200) -> RecipientView:
+async def recipient_view(
+    conn: db.Connection, recipient_id: uuid.UUID, limit: int = 200, *, tenant: str | None = None
+) -> RecipientView:
+    """`tenant`: only that owner's messages (and cost); a recipient it never messaged is not found."""
     recipient = await store.get_recipient(conn, recipient_id)
-    if recipient is None:
+    if recipient is None or (
+        tenant is not None and not await store.has_messages_of(conn, recipient_id, tenant)
+    ):
         raise ApiError(404, "recipient_not_found", "No such recipient", "recipient_id")
-    messages = await message_views(conn, await store.messages_of(conn, recipient_id, limit))
+    messages = await message_views(conn, await store.messages_of(conn, recipient_id, limit, tenant=tenant))
     return RecipientView(
         id=recipient.id,
         phone=recipient.phone_masked,
@@ -153,6 +158,19 @@ async def recipient_view(conn: db.Connection, recipient_id: uuid.UUID, limit: in
 
 LimitQuery = Annotated[int, QueryParameter(ge=1, le=500, description="Newest first")]
 RecipientQuery = Annotated[uuid.UUID | None, QueryParameter(name="recipient_id", required=False)]
+# Whose messages: the callback site (its site key) or 'verification'. The notifier knows no organisations
+# (they live in the callback service) and its principals carry none, so this narrows a view; the scopes
+# decide who may read at all.
+TenantQuery = Annotated[
+    str | None,
+    QueryParameter(
+        name="tenant",
+        required=False,
+        min_length=1,
+        max_length=100,
+        description="Only this owner's messages: a callback site key, or 'verification'",
+    ),
+]
 
 
 @get(
@@ -162,10 +180,13 @@ RecipientQuery = Annotated[uuid.UUID | None, QueryParameter(name="recipient_id",
     summary="The message log: newest first, with attempts (segments, cost) and each message's timeline",
 )
 async def list_messages(
-    pool: PoolDependency, recipient_id: RecipientQuery = None, limit: LimitQuery = 50
+    pool: PoolDependency,
+    recipient_id: RecipientQuery = None,
+    tenant: TenantQuery = None,
+    limit: LimitQuery = 50,
 ) -> list[MessageView]:
     async with pool.acquire() as conn:
-        return await message_views(conn, await store.messages_of(conn, recipient_id, limit))
+        return await message_views(conn, await store.messages_of(conn, recipient_id, limit, tenant=tenant))
 
 
 @get(
@@ -174,13 +195,17 @@ async def list_messages(
     tags=["recipients"],
     summary="One recipient: zone and why, bindings, opt-outs, every message with its timeline and cost",
 )
-async def get_recipient(recipient_id: FromPath[uuid.UUID], pool: PoolDependency) -> RecipientView:
+async def get_recipient(
+    recipient_id: FromPath[uuid.UUID], pool: PoolDependency, tenant: TenantQuery = None
+) -> RecipientView:
     async with pool.acquire() as conn:
-        return await recipient_view(conn, recipient_id)
+        return await recipient_view(conn, recipient_id, tenant=tenant)
 
 
 class PhoneLookup(msgspec.Struct, kw_only=True):
     phone: str
+    # Only a recipient this owner messaged (a site key, or 'verification').
+    tenant: str | None = None
 
 
 class RecipientRef(msgspec.Struct, kw_only=True):
@@ -198,6 +223,8 @@ async def lookup_recipient(data: JSONBody[PhoneLookup], pool: PoolDependency, st
     notifier = notifier_context(state).require()
     async with pool.acquire() as conn:
         found = await store.recipient_by_hash(conn, notifier.phone_hash(data.phone.strip()))
+        if found is not None and data.tenant is not None:
+            found = found if await store.has_messages_of(conn, found.id, data.tenant) else None
     if found is None:
         raise ApiError(404, "recipient_not_found", "No messages were ever sent to this number", "phone")
     return RecipientRef(id=found.id)

@@ -8,7 +8,7 @@ from litestar import Response, get
 from litestar.params import FromPath
 
 from services.common.auth_guard import requires
-from services.notifier.api import recipient_view
+from services.notifier.api import TenantQuery, recipient_view
 from services.notifier.context import NOTIFIER_READ, PoolDependency, page
 
 
@@ -19,10 +19,12 @@ from services.notifier.context import NOTIFIER_READ, PoolDependency, page
     summary="A recipient's page: every message's timeline (queued, deferred, sent, delivered, ...) and cost",
     include_in_schema=False,
 )
-async def recipient_page(recipient_id: FromPath[uuid.UUID], pool: PoolDependency) -> Response[str]:
+async def recipient_page(
+    recipient_id: FromPath[uuid.UUID], pool: PoolDependency, tenant: TenantQuery = None
+) -> Response[str]:
     async with pool.acquire() as conn:
-        view = await recipient_view(conn, recipient_id)
-    return page("recipient.html", r=view)
+        view = await recipient_view(conn, recipient_id, tenant=tenant)
+    return page("recipient.html", r=view, tenant=tenant)
 
 
 # --- the dev inbox (sandbox channel only) -----------------------------------------------------------------

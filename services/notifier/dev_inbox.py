@@ -1,22 +1,37 @@
-"""The dev inbox: the sandbox channel's pretend phones, receipts, binding and stop (sandbox only)."""
+"""The dev inbox: the sandbox channel's pretend phones, receipts, binding and stop (sandbox only).
+
+Behind the same staff sign-in as the other back-office pages (`abonent up` prints the login): the page
+needs notifier:read, its buttons notifier:admin. A browser that is not signed in is sent to the sign-in
+page, which brings it back here.
+"""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect
 
 from services.common import db
+from services.common.auth_guard import authenticate, requires
+from services.common.auth_pages import SIGN_IN_PATH
 from services.common.errors import ApiError
 from services.notifier import store
 from services.notifier.channels.base import DeliveryReceipt, InboundUpdate
 from services.notifier.channels.sandbox import SANDBOX_CHAT, sandbox_chat_id
-from services.notifier.context import NotifierContext, PoolDependency, notifier_context, page
+from services.notifier.context import (
+    NOTIFIER_ADMIN,
+    NOTIFIER_READ,
+    NotifierContext,
+    PoolDependency,
+    notifier_context,
+    page,
+)
 
 
 def _sandbox_only(state: State) -> NotifierContext:
@@ -27,8 +42,19 @@ def _sandbox_only(state: State) -> NotifierContext:
 
 
 @get("/dev/inbox", tags=["dev"], include_in_schema=False)
-async def dev_inbox(pool: PoolDependency, state: State) -> Response[str]:
+async def dev_inbox(
+    request: Request[Any, Any, Any], pool: PoolDependency, state: State
+) -> Response[str] | Redirect:
     _sandbox_only(state)
+    try:
+        principal = await authenticate(request)
+    except ApiError as exc:
+        if exc.status_code != 401:
+            raise
+        # A person with a browser: the sign-in page, then back here (like `requires`, but a page).
+        return Redirect(f"{SIGN_IN_PATH}?{urllib.parse.urlencode({'next': '/dev/inbox'})}", status_code=303)
+    if NOTIFIER_READ not in principal.scopes:
+        raise ApiError(403, "insufficient_scope", f"This needs the scope {NOTIFIER_READ}")
     async with pool.acquire() as conn:
         rows = await store.sandbox_messages(conn)
     phones: dict[str, list[dict[str, Any]]] = {}
@@ -43,7 +69,7 @@ class ReceiptForm(msgspec.Struct, kw_only=True):
     status: Literal["delivered", "failed"]
 
 
-@post("/dev/inbox/receipts", tags=["dev"], include_in_schema=False)
+@post("/dev/inbox/receipts", tags=["dev"], include_in_schema=False, guards=[requires(NOTIFIER_ADMIN)])
 async def dev_receipt(
     data: Annotated[ReceiptForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     pool: PoolDependency,
@@ -71,7 +97,7 @@ class BindForm(msgspec.Struct, kw_only=True):
     phone: str
 
 
-@post("/dev/inbox/bind", tags=["dev"], include_in_schema=False)
+@post("/dev/inbox/bind", tags=["dev"], include_in_schema=False, guards=[requires(NOTIFIER_ADMIN)])
 async def dev_bind(
     data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     pool: PoolDependency,
@@ -94,7 +120,7 @@ async def dev_bind(
     return Redirect("/dev/inbox", status_code=303)
 
 
-@post("/dev/inbox/stop", tags=["dev"], include_in_schema=False)
+@post("/dev/inbox/stop", tags=["dev"], include_in_schema=False, guards=[requires(NOTIFIER_ADMIN)])
 async def dev_stop(
     data: Annotated[BindForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     pool: PoolDependency,

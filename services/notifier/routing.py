@@ -134,6 +134,8 @@ def load_router(
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - plain text for SMS and chats; never rendered into HTML unescaped
         keep_trailing_newline=False,
+        # Templates ship with the code: no stat() of the file on every render.
+        auto_reload=False,
     )
     for name, spec in table.templates.items():
         for lang in LANGS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from services.common.retention import RetentionRule
 from services.common.settings import SettingsError, env_name, get_section
 from services.notifier.channels.config import ChannelSettings
 
@@ -34,6 +35,20 @@ class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
     # Messenger bots' usernames for deep links (t.me/<bot>?start=..., max.ru/<bot>?start=...).
     notify_telegram_bot: str = "abonent_bot"
     notify_max_bot: str = "abonent_bot"
+    # Retention (services/common/retention.py), pruned hourly in bounded batches. Messages untouched this
+    # long go with their attempts and timeline; they are the dedupe key of "never twice", so start-up
+    # refuses an age not longer than ABONENT_STREAM_MAX_AGE_DAYS.
+    notify_retention_messages_days: int = 30
+    # Receipts whose send never got recorded (a sender that crashed in the window).
+    notify_retention_early_receipts_hours: int = 72
+    # Whom a callback's later events concern: needed while the callback lives.
+    notify_retention_contacts_days: int = 30
+    # Deep links opened whose contact never came (valid for an hour).
+    notify_retention_pending_binds_hours: int = 24
+    # Binds, unbinds and refused contacts, for support.
+    notify_retention_binding_log_days: int = 180
+    # What the sandbox's pretend phones received (dev only).
+    notify_retention_sandbox_days: int = 7
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,7 +64,8 @@ class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
         for name in ("notify_sms_daily_budget",):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("notify_max_tries", "notify_bind_token_hours"):
+        retention = [f for f in type(self).__struct_fields__ if f.startswith("notify_retention_")]
+        for name in ("notify_max_tries", "notify_bind_token_hours", *retention):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
 
@@ -64,6 +80,52 @@ class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
     @property
     def fallback_after(self) -> dt.timedelta:
         return dt.timedelta(minutes=self.notify_fallback_minutes)
+
+    def retention_rules(self) -> list[RetentionRule]:
+        """The notifier's own tables (attempts and timeline go with their message: on delete cascade).
+        Recipients, their opt-outs and bindings are people's choices and are not aged out."""
+        days, hours = dt.timedelta(days=1), dt.timedelta(hours=1)
+        return [
+            RetentionRule(
+                "messages",
+                "updated_at",
+                "notify_retention_messages_days",
+                keep=days * self.notify_retention_messages_days,
+                outlive_stream=True,
+            ),
+            RetentionRule(
+                "early_receipts",
+                "received_at",
+                "notify_retention_early_receipts_hours",
+                keep=hours * self.notify_retention_early_receipts_hours,
+            ),
+            RetentionRule(
+                "callback_contacts",
+                "created_at",
+                "notify_retention_contacts_days",
+                keep=days * self.notify_retention_contacts_days,
+            ),
+            RetentionRule(
+                "pending_binds",
+                "started_at",
+                "notify_retention_pending_binds_hours",
+                keep=hours * self.notify_retention_pending_binds_hours,
+                # Younger ones may still be completed by the shared contact (engine.BIND_CONTACT_WITHIN).
+                minimum=hours,
+            ),
+            RetentionRule(
+                "binding_log",
+                "at",
+                "notify_retention_binding_log_days",
+                keep=days * self.notify_retention_binding_log_days,
+            ),
+            RetentionRule(
+                "sandbox_messages",
+                "sent_at",
+                "notify_retention_sandbox_days",
+                keep=days * self.notify_retention_sandbox_days,
+            ),
+        ]
 
 
 def get_notifier_settings() -> NotifierSettings:

@@ -112,7 +112,7 @@ class Harness:
         )
 
     async def bind_sandbox_chat(self, phone: str) -> None:
-        response = await self.client.post("/dev/inbox/bind", data={"phone": phone})
+        response = await self.client.post("/dev/inbox/bind", data={"phone": phone}, headers=BEARER)
         assert response.status_code in (200, 303), response.text
         assert (
             await self.conn.fetchval("select count(*) from bindings where chat_id = $1", "chat:" + phone) == 1
@@ -120,7 +120,9 @@ class Harness:
 
     async def receipt(self, provider_message_id: str, status: str = "delivered") -> None:
         response = await self.client.post(
-            "/dev/inbox/receipts", data={"provider_message_id": provider_message_id, "status": status}
+            "/dev/inbox/receipts",
+            data={"provider_message_id": provider_message_id, "status": status},
+            headers=BEARER,
         )
         assert response.status_code in (200, 303), response.text
 

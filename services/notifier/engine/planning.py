@@ -53,7 +53,7 @@ class Planning(NotifierCore):
         assert isinstance(event, CallbackEvent)
         if isinstance(event, CallbackRequested):
             recipient = await self.recipient(conn, event.phone, event.lang, event.visitor_tz)
-            await store.save_callback_contact(
+            saved = await store.save_callback_contact(
                 conn,
                 event.callback_id,
                 recipient.id,
@@ -61,6 +61,9 @@ class Planning(NotifierCore):
                 lang=event.lang,
                 page_url=event.page_url,
             )
+            if saved:  # the contact is this event's own: no need to read it back
+                thread = f"callback:{event.callback_id}"
+                return recipient, event.site_key, thread, {"rebook_url": short_link(event.page_url)}
         contact = await store.callback_contact(conn, event.callback_id)
         if contact is None:
             phone = getattr(event, "phone", "")
@@ -105,7 +108,18 @@ class Planning(NotifierCore):
         message_id = uuid.uuid4()
         deadline = route.deadline_of(event)
         expires_at = route.expires_at(event)
-        inserted = await store.insert_message(
+        # Decided before the insert (it needs only the recipient and the route), so the row is written
+        # once with its time instead of inserted and then updated.
+        timing = decide_timing(
+            now=now,
+            ready_at=now,
+            quiet=self.quiet_hours(recipient),
+            urgent=route.urgent,
+            legally_required=route.legally_required,
+            deadline=deadline,
+            expires_at=expires_at,
+        )
+        message = await store.insert_message(
             conn,
             id=message_id,
             event_id=event.event_id,
@@ -126,17 +140,18 @@ class Planning(NotifierCore):
             edit_in_place=route.edit_in_place,
             channel_order=list(route.channels),
             state="queued",
-            send_at=now,
+            send_at=timing.at or now,
             expires_at=expires_at,
             deadline=deadline,
-            timing_rule="now",
+            timing_rule=timing.rule if timing.at is not None else "now",
         )
-        if not inserted:
+        if message is None:
             MESSAGES.labels("", "duplicate").inc()
             return
         zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
         await store.add_timeline(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
-        newest = await store.newest_in_thread(conn, thread_key, message_id)
+        thread = await store.thread_of(conn, thread_key, message_id)
+        newest = max((r["occurred_at"] for r in thread if r["state"] != "superseded"), default=None)
         if newest is not None and newest > event.occurred_at:
             # Delivery is unordered: an older state that arrives late must not replace a newer one.
             await store.set_message_state(conn, message_id, "superseded")
@@ -146,7 +161,13 @@ class Planning(NotifierCore):
             MESSAGES.labels("", "superseded").inc()
             return
         await self._supersede_older(
-            conn, thread_key, message_id, occurred_at=event.occurred_at, purpose=route.purpose, now=now
+            conn,
+            thread_key,
+            message_id,
+            occurred_at=event.occurred_at,
+            purpose=route.purpose,
+            now=now,
+            thread=thread,
         )
         if not route.legally_required and await store.opted_out(conn, recipient.id, route.category):
             await store.set_message_state(conn, message_id, "skipped")
@@ -155,21 +176,9 @@ class Planning(NotifierCore):
             )
             MESSAGES.labels("", "skipped").inc()
             return
-        timing = decide_timing(
-            now=now,
-            ready_at=now,
-            quiet=self.quiet_hours(recipient),
-            urgent=route.urgent,
-            legally_required=route.legally_required,
-            deadline=deadline,
-            expires_at=expires_at,
-        )
-        message = await store.get_message(conn, message_id)
-        assert message is not None
         if timing.at is None:
             await self.give_up(conn, message, now, "expired", timing.rule)
             return
-        await store.set_message_state(conn, message_id, "queued", send_at=timing.at, timing_rule=timing.rule)
         if timing.at <= now:
             if timing.rule == "deadline_override":
                 await store.add_timeline(
@@ -179,7 +188,8 @@ class Planning(NotifierCore):
                     "quiet hours overridden",
                     detail="legally required before its deadline",
                 )
-            await self.release(conn, message_id, now)
+            # Inserted by this very transaction: nobody else can see the row, so no locked re-read.
+            await self.release(conn, message_id, now, inserted=message)
             return
         await store.set_message_state(conn, message_id, "deferred")
         await store.add_timeline(
@@ -201,14 +211,19 @@ class Planning(NotifierCore):
         occurred_at: dt.datetime,
         purpose: str,
         now: dt.datetime,
+        thread: Sequence[Any],
     ) -> None:
-        for old in await store.supersede_older(conn, thread_key, newer, occurred_at):
-            await scheduler.cancel(conn, RELEASE_JOB, str(old))
-            await store.add_timeline(conn, old, now, "superseded", detail=f"by {purpose}")
-            MESSAGES.labels("", "superseded").inc()
-        older = await store.older_in_thread(conn, thread_key, newer, occurred_at)
+        """`thread`: the thread's other messages as read in this transaction (store.thread_of)."""
+        older = [r["id"] for r in thread if r["occurred_at"] <= occurred_at]
         if not older:
             return
+        # States only move on from pending (a thread's new messages come through this consumer's lane),
+        # so none pending in the read means none to supersede now.
+        if any(r["state"] in store.PENDING_STATES for r in thread if r["occurred_at"] <= occurred_at):
+            for old in await store.supersede_older(conn, thread_key, newer, occurred_at):
+                await scheduler.cancel(conn, RELEASE_JOB, str(old))
+                await store.add_timeline(conn, old, now, "superseded", detail=f"by {purpose}")
+                MESSAGES.labels("", "superseded").inc()
         await store.cancel_ready_attempts(conn, older)
         for old in older:
             if await scheduler.cancel(conn, FALLBACK_JOB, str(old)):
@@ -235,9 +250,17 @@ class Planning(NotifierCore):
 
     # --- 2. release ---------------------------------------------------------------------------------
 
-    async def release(self, conn: db.Connection, message_id: uuid.UUID, now: dt.datetime) -> None:
-        """Turn a due message into a ready attempt on its first usable channel."""
-        message = await store.get_message(conn, message_id, lock=True)
+    async def release(
+        self,
+        conn: db.Connection,
+        message_id: uuid.UUID,
+        now: dt.datetime,
+        *,
+        inserted: store.MessageRow | None = None,
+    ) -> None:
+        """Turn a due message into a ready attempt on its first usable channel. `inserted`: the row as
+        this transaction inserted it (invisible to everyone else, so not read again)."""
+        message = inserted if inserted is not None else await store.get_message(conn, message_id, lock=True)
         if message is None or message.state not in store.PENDING_STATES:
             return
         if message.expires_at is not None and now >= message.expires_at:

@@ -221,7 +221,11 @@ class Sender:
             await self._wakeup.wait()
 
     async def run_once(self) -> int:
-        """Claim due attempts, call their providers concurrently, record each outcome; return how many."""
+        """Claim due attempts, call their providers concurrently, record the outcomes; return how many.
+
+        Two transactions per batch, not per attempt: the claim (with every message and recipient it
+        needs read in one query each) and the record of all outcomes (a savepoint per attempt, so one
+        that cannot be recorded leaves the others' records standing)."""
         notifier = self.notifier
         now = notifier.clock.now()
         token = uuid.uuid4()
@@ -231,9 +235,13 @@ class Sender:
             claimed = await store.claim_ready(
                 conn, now=now, lease_until=lease_until, token=token, limit=self.batch
             )
+            if not claimed:
+                return 0
+            messages = await store.lock_messages(conn, [a.message_id for a in claimed])
+            sms_to = [messages[a.message_id].recipient_id for a in claimed if a.kind == "sms"]
+            recipients = await store.get_recipients(conn, sms_to) if sms_to else {}
             for attempt in claimed:
-                message = await store.get_message(conn, attempt.message_id, lock=True)
-                assert message is not None
+                message = messages[attempt.message_id]
                 if message.state == "superseded":
                     await store.set_attempt_state(conn, attempt.id, "cancelled", "superseded")
                     continue
@@ -246,18 +254,20 @@ class Sender:
                     continue
                 address = attempt.address
                 if attempt.kind == "sms":
-                    recipient = await store.get_recipient(conn, message.recipient_id)
-                    assert recipient is not None
-                    address = notifier.phone_of(recipient)
+                    address = notifier.phone_of(recipients[message.recipient_id])
                 work.append((attempt, message, address))
-        await asyncio.gather(
-            *(self._call(attempt, message, address, token) for attempt, message, address in work)
+        outcomes = await asyncio.gather(
+            *(self._call(attempt, message, address) for attempt, message, address in work)
         )
+        # The window: the providers have (or may have) the messages; nothing is committed yet. A crash
+        # here leaves the attempts in flight until the sweeper calls them unknown (package docstring).
+        failpoint("notifier.send.after_provider")
+        await self._record(token, outcomes)
         return len(claimed)
 
     async def _call(
-        self, attempt: store.AttemptRow, message: store.MessageRow, address: str, token: uuid.UUID
-    ) -> None:
+        self, attempt: store.AttemptRow, message: store.MessageRow, address: str
+    ) -> tuple[store.AttemptRow, SendResult | ChannelError]:
         notifier = self.notifier
         channel = notifier.registry.by_name.get(attempt.channel)
         outbound = OutboundMessage(
@@ -268,34 +278,45 @@ class Sender:
             text=message.body,
             template_id=message.template_id,
         )
-        result: SendResult | None = None
-        error = ChannelError("no outcome", transient=True)
         try:
             if channel is None:
                 raise ChannelError(f"channel {attempt.channel} is not configured", transient=False)
             if attempt.edit_of:
-                result = await channel.edit(attempt.edit_of, outbound)
-            else:
-                result = await channel.send(outbound)
+                return attempt, await channel.edit(attempt.edit_of, outbound)
+            return attempt, await channel.send(outbound)
         except ChannelError as exc:
-            error = exc
+            return attempt, exc
         except Exception as exc:
             # An adapter that broke its contract (garbage answer, bug): retried a bounded number of times.
-            error = TransientChannelError(f"{type(exc).__name__}: {exc}")
-        # The window: the provider has (or may have) the message; nothing is committed yet. A crash here
-        # leaves the attempt in flight until the sweeper calls it unknown (see the package docstring).
-        failpoint("notifier.send.after_provider")
+            return attempt, TransientChannelError(f"{type(exc).__name__}: {exc}")
+
+    async def _record(
+        self, token: uuid.UUID, outcomes: list[tuple[store.AttemptRow, SendResult | ChannelError]]
+    ) -> None:
+        if not outcomes:
+            return
+        notifier = self.notifier
         now = notifier.clock.now()
+        counted: list[tuple[str, str]] = []
         try:
             async with db.transaction(self.pool) as conn:
-                if result is not None:
-                    await notifier.record_sent(conn, attempt, token, result, now)
-                    outcome = "sent"
-                else:
-                    outcome = await notifier.record_failure(conn, attempt, token, error, now)
+                for attempt, outcome in outcomes:
+                    try:
+                        async with conn.transaction():
+                            if isinstance(outcome, ChannelError):
+                                what = await notifier.record_failure(conn, attempt, token, outcome, now)
+                            else:
+                                await notifier.record_sent(conn, attempt, token, outcome, now)
+                                what = "sent"
+                    except Exception:
+                        log.exception(
+                            "could not record a send outcome; the lease decides",
+                            extra={"attempt": str(attempt.id)},
+                        )
+                        continue
+                    counted.append((attempt.channel, what))
         except Exception:
-            log.exception(
-                "could not record a send outcome; the lease decides", extra={"attempt": str(attempt.id)}
-            )
+            log.exception("could not record send outcomes; the leases decide", extra={"n": len(outcomes)})
             return
-        MESSAGES.labels(attempt.channel, outcome).inc()
+        for channel, what in counted:
+            MESSAGES.labels(channel, what).inc()

@@ -14,22 +14,34 @@ from services.notifier.store.rows import PENDING_STATES, AttemptRow, MessageRow,
 # --- messages -------------------------------------------------------------------------------------------
 
 
-async def insert_message(conn: db.Connection, **values: Any) -> bool:
-    """False when (event_id, recipient_id, purpose) is already there: the same notice never twice."""
+async def insert_message(conn: db.Connection, **values: Any) -> MessageRow | None:
+    """The new row; None when (event_id, recipient_id, purpose) is already there: the same notice never
+    twice."""
     columns = list(values)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    inserted = await conn.fetchval(
-        f"insert into messages ({', '.join(columns)}) values ({placeholders})"
-        " on conflict (event_id, recipient_id, purpose) do nothing returning true",
-        *values.values(),
+    row: MessageRow | None = as_row(
+        MessageRow,
+        await conn.fetchrow(
+            f"insert into messages ({', '.join(columns)}) values ({placeholders})"
+            " on conflict (event_id, recipient_id, purpose) do nothing returning *",
+            *values.values(),
+        ),
     )
-    return bool(inserted)
+    return row
 
 
 async def get_message(conn: db.Connection, message_id: uuid.UUID, *, lock: bool = False) -> MessageRow | None:
     sql = "select * from messages where id = $1" + (" for update" if lock else "")
     row: MessageRow | None = as_row(MessageRow, await conn.fetchrow(sql, message_id))
     return row
+
+
+async def lock_messages(conn: db.Connection, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, MessageRow]:
+    """Several messages at once, locked in id order (two batches never wait on each other in a circle)."""
+    rows = await conn.fetch(
+        "select * from messages where id = any($1::uuid[]) order by id for update", message_ids
+    )
+    return {r["id"]: as_row(MessageRow, r) for r in rows}
 
 
 async def set_message_state(conn: db.Connection, message_id: uuid.UUID, state: str, **extra: Any) -> None:
@@ -43,13 +55,14 @@ async def set_message_state(conn: db.Connection, message_id: uuid.UUID, state: s
     await conn.execute(f"update messages set {', '.join(sets)} where id = $1", *args)
 
 
-async def newest_in_thread(conn: db.Connection, thread_key: str, other_than: uuid.UUID) -> dt.datetime | None:
-    value: dt.datetime | None = await conn.fetchval(
-        "select max(occurred_at) from messages where thread_key = $1 and id <> $2 and state <> 'superseded'",
+async def thread_of(conn: db.Connection, thread_key: str, other_than: uuid.UUID) -> list[asyncpg.Record]:
+    """The thread's other messages (id, occurred_at, state): one read for supersede's questions."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "select id, occurred_at, state from messages where thread_key = $1 and id <> $2",
         thread_key,
         other_than,
     )
-    return value
+    return rows
 
 
 async def supersede_older(
@@ -64,18 +77,6 @@ async def supersede_older(
         newer,
         occurred_at,
         list(PENDING_STATES),
-    )
-    return [r["id"] for r in rows]
-
-
-async def older_in_thread(
-    conn: db.Connection, thread_key: str, newer: uuid.UUID, occurred_at: dt.datetime
-) -> list[uuid.UUID]:
-    rows = await conn.fetch(
-        "select id from messages where thread_key = $1 and id <> $2 and occurred_at <= $3",
-        thread_key,
-        newer,
-        occurred_at,
     )
     return [r["id"] for r in rows]
 
@@ -316,13 +317,30 @@ async def timeline_of(conn: db.Connection, message_id: uuid.UUID) -> list[Timeli
 
 
 async def messages_of(
-    conn: db.Connection, recipient_id: uuid.UUID | None, limit: int, before: dt.datetime | None = None
+    conn: db.Connection,
+    recipient_id: uuid.UUID | None,
+    limit: int,
+    before: dt.datetime | None = None,
+    *,
+    tenant: str | None = None,
 ) -> list[MessageRow]:
+    """Newest first; `tenant` (a site key, or 'verification') keeps only that owner's messages."""
     rows = await conn.fetch(
         "select * from messages where ($1::uuid is null or recipient_id = $1)"
-        " and ($3::timestamptz is null or created_at < $3) order by created_at desc, id limit $2",
+        " and ($3::timestamptz is null or created_at < $3) and ($4::text is null or tenant = $4)"
+        " order by created_at desc, id limit $2",
         recipient_id,
         limit,
         before,
+        tenant,
     )
     return [as_row(MessageRow, r) for r in rows]
+
+
+async def has_messages_of(conn: db.Connection, recipient_id: uuid.UUID, tenant: str) -> bool:
+    found: bool = await conn.fetchval(
+        "select exists (select 1 from messages where recipient_id = $1 and tenant = $2)",
+        recipient_id,
+        tenant,
+    )
+    return found

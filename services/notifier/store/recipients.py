@@ -55,6 +55,13 @@ async def get_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> Recipie
     return row
 
 
+async def get_recipients(
+    conn: db.Connection, recipient_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, RecipientRow]:
+    rows = await conn.fetch("select * from recipients where id = any($1::uuid[])", recipient_ids)
+    return {r["id"]: as_row(RecipientRow, r) for r in rows}
+
+
 async def lock_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> RecipientRow | None:
     """Serialises the daily SMS budget: two messages to one person cannot both take the last SMS."""
     row: RecipientRow | None = as_row(
@@ -214,16 +221,18 @@ async def save_callback_contact(
     site_key: str,
     lang: str,
     page_url: str,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """False when the callback already had a contact (kept as it was)."""
+    inserted = await conn.fetchval(
         "insert into callback_contacts (callback_id, recipient_id, site_key, lang, page_url)"
-        " values ($1, $2, $3, $4, $5) on conflict (callback_id) do nothing",
+        " values ($1, $2, $3, $4, $5) on conflict (callback_id) do nothing returning true",
         callback_id,
         recipient_id,
         site_key,
         lang,
         page_url,
     )
+    return bool(inserted)
 
 
 async def callback_contact(conn: db.Connection, callback_id: uuid.UUID) -> asyncpg.Record | None:
