@@ -32,7 +32,9 @@ def machine() -> str:
                 model = line.partition(":")[2].strip()
                 break
     cpu = f"{os.cpu_count()} CPU ({model or platform.machine()})"
-    return f"{platform.system()} {platform.release()}, {cpu}, Python {platform.python_version()}"
+    # Other work on the machine skews absolutes (ratios less): say how busy it was.
+    load = "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.system()} {platform.release()}, {cpu}, Python {platform.python_version()}, {load}"
 
 
 def commit() -> str:
