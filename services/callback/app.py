@@ -511,6 +511,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             adapter,
             placing_lease_s=own.placing_lease_s,
             sink=call_events,
+            database_url=runtime.settings.database_url,
         )
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)

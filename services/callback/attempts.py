@@ -182,6 +182,10 @@ class AttemptTracker:
         be free). Order-independent: a duplicate or an event overtaken by a later one is a no-op, and
         ENDED carries its bridge, so an ENDED applied before its BRIDGED still completes a conversation."""
         attempt_id = uuid.UUID(event.attempt_id)
+        # Any event of the call proves the provider took the order: recorded here too, because a fast
+        # provider's events commit before the dialer's 'placed' mark (and a dialer that dies after the
+        # originate never writes that mark at all).
+        await attempt_store.record_placement(conn, attempt_id, event.at, event.provider_call_id)
         if event.kind in PROGRESS_STEPS:
             await self._progress(conn, attempt_id, PROGRESS_STEPS[event.kind])
             return False
@@ -205,11 +209,8 @@ class AttemptTracker:
             attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
             if attempt is None:
                 return
+            await attempt_store.record_placement(conn, attempt_id, self.clock(), provider_call_id)
             changes: dict[str, object] = {"placing_until": None}  # the lease has done its job
-            if attempt.placed_at is None:
-                changes["placed_at"] = self.clock()
-            if attempt.provider_call_id is None:
-                changes["provider_call_id"] = provider_call_id
             if can_move(attempt.state, AttemptState.PLACED):
                 changes["state"] = AttemptState.PLACED
             await attempt_store.update_attempt(conn, attempt_id, **changes)

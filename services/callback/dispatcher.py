@@ -15,6 +15,13 @@ Safety argument (nothing lost, nothing twice):
   like any placed call), otherwise it is closed as `unknown`, which frees the agent and re-times the
   request without charging the visitor. One attempt can therefore ring a phone at most once.
 - What happens to the call afterwards is the attempt tracker's (attempts.py).
+
+Latency: a pass starts at the commit that creates work, in every replica: PostgreSQL NOTIFYs
+`abonent_dispatch_<schema>` when a request becomes due now or an agent becomes reservable (migration
+0016), heard on a dedicated connection; the local wake() covers this replica without the round trip. All
+replicas may wake at once: SKIP LOCKED and the placing lease keep it one dial per attempt. Each order is
+placed as soon as it is reserved. Recovery and the talk-time sweep are safety nets and run at most once per
+poll interval, not on every wake-up.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from services.common import db
 from services.common.crypto import DataProtector
 from services.common.events import CallbackDialing
 from services.common.failpoints import failpoint
-from services.common.wakeup import worker_id
+from services.common.wakeup import NotifyWakeup, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,11 @@ class Dispatcher:
         poll_interval_s: float = 1.0,
         placing_lease_s: float = PLACING_LEASE_S,
         sink: CallEventSink | None = None,
+        database_url: str | None = None,
+        schema: str = "callback",
     ) -> None:
+        """`database_url` lets it LISTEN for new work in `schema` on its own connection; without one it
+        wakes only on wake() and the poll (tests of the dialer alone)."""
         self.pool = pool
         self.protector = protector
         self.sites = sites
@@ -89,7 +100,9 @@ class Dispatcher:
             pool, protector, sites, adapter, clock=clock, agent_freed=self.wake, sink=sink
         )
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._wakeup = NotifyWakeup(database_url or "", f"abonent_dispatch_{schema}", poll_interval_s)
+        self._listens = database_url is not None
+        self._last_sweep: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -105,31 +118,40 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._wakeup.set()
         await self._drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._wakeup.stop(None, 0, "")  # closes the listening connection
         await self.adapter.aclose()
 
     def wake(self) -> None:
         """A request became due or an agent became ready: dispatch now rather than at the next tick."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def _dispatch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            if self._listens:
+                await self._wakeup.listen()  # (re)connects the listener; a no-op while it is up
+            # Cleared before the pass, never after: a wake-up that comes during the pass (a request
+            # committed meanwhile) starts the next pass at once instead of waiting for the poll.
+            self._wakeup.clear()
             try:
-                await self.recover()
-                await self.attempts.sweep_overdue()
+                if self._last_sweep is None or loop.time() - self._last_sweep >= self.poll_interval_s:
+                    self._last_sweep = loop.time()
+                    await self.recover()
+                    await self.attempts.sweep_overdue()
                 while not self._stop.is_set() and await self.dispatch_once():
                     pass
             except Exception:
                 log.exception("dispatch pass failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            if self._stop.is_set():
+                return
+            await self._wakeup.wait()
 
     async def _drain(self) -> None:
         """Stop taking new work but let the running dispatch pass finish placing what it reserved.
@@ -153,29 +175,6 @@ class Dispatcher:
             # Reserving now would only turn each due request into a provider error and a back-off.
             return 0
         now = self.clock()
-        orders: list[CallOrder] = []
-        seen: list[uuid.UUID] = []
-        for _ in range(limit):
-            row_id: uuid.UUID | None = None
-            try:
-                async with db.transaction(self.pool) as conn:
-                    rows = await callback_store.due_callbacks(conn, now, 1, exclude=seen)
-                    if not rows:
-                        break
-                    row_id = rows[0].id
-                    seen.append(row_id)
-                    order = await self._dispatch_row(conn, rows[0], now)
-            except Exception:
-                if row_id is None:
-                    raise  # not a row's fault (the database is away): the pass fails as a whole
-                log.exception(
-                    "due request not dispatched; retried on a later pass", extra={"callback": row_id}
-                )
-                continue
-            if order is not None:
-                orders.append(order)
-        if orders:
-            failpoint("dialer.after_reserve")
         bound = asyncio.Semaphore(PLACE_CONCURRENCY)
 
         async def place_bounded(order: CallOrder) -> None:
@@ -186,8 +185,34 @@ class Dispatcher:
                     # Its lease runs out and recovery closes it; the other orders go on.
                     log.exception("placing an order failed", extra={"attempt": order.attempt_id})
 
-        await asyncio.gather(*(place_bounded(order) for order in orders))
-        return len(orders)
+        # Each order goes to the provider as soon as it is reserved, while the next row is reserved.
+        placing: list[asyncio.Task[None]] = []
+        seen: list[uuid.UUID] = []
+        try:
+            for _ in range(limit):
+                row_id: uuid.UUID | None = None
+                try:
+                    async with db.transaction(self.pool) as conn:
+                        rows = await callback_store.due_callbacks(conn, now, 1, exclude=seen)
+                        if not rows:
+                            break
+                        row_id = rows[0].id
+                        seen.append(row_id)
+                        order = await self._dispatch_row(conn, rows[0], now)
+                except Exception:
+                    if row_id is None:
+                        raise  # not a row's fault (the database is away): the pass fails as a whole
+                    log.exception(
+                        "due request not dispatched; retried on a later pass", extra={"callback": row_id}
+                    )
+                    continue
+                if order is not None:
+                    failpoint("dialer.after_reserve")
+                    placing.append(asyncio.create_task(place_bounded(order)))
+        finally:
+            # Orders already reserved are placed even when reserving the next one failed.
+            await asyncio.gather(*placing)
+        return len(placing)
 
     async def _dispatch_row(
         self, conn: db.Connection, row: callback_store.CallbackRow, now: dt.datetime

@@ -12,9 +12,9 @@ bridges.json, events.json):
   commas) on answer, StasisEnd, ChannelDestroyed with Q.850 cause/cause_txt, PlaybackStarted/Finished,
   ChannelEnteredBridge. Events go only to sockets connected at that moment: nothing is replayed.
 
-How each dialled endpoint behaves is scripted with EndpointScript; faults (status codes, slow answers)
-are injected per request with fail_next() / delay_next(); drop_websockets() and refuse_websockets
-simulate an Asterisk restart.
+How each dialled endpoint behaves is scripted with EndpointScript; faults (status codes, slow answers,
+answers held back) are injected per request with fail_next() / delay_next() / answer_later();
+drop_websockets() and refuse_websockets simulate an Asterisk restart.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class _Fault:
     status: int | None
     delay_s: float
     times: int
+    release: asyncio.Event | None = None  # carried out at once, but answered only once this is set
 
 
 @dataclass(eq=False)
@@ -187,6 +188,11 @@ class FakeAri:
     def delay_next(self, method: str, path_prefix: str, seconds: float, *, times: int = 1) -> None:
         """The next `times` matching requests are carried out, but only after `seconds`."""
         self._faults.append(_Fault(method, path_prefix, None, seconds, times))
+
+    def answer_later(self, method: str, path_prefix: str, release: asyncio.Event, *, times: int = 1) -> None:
+        """The next `times` matching requests are carried out at once (a channel rings and its events go
+        out), but their HTTP answer waits until `release` is set: a fast PBX whose events overtake it."""
+        self._faults.append(_Fault(method, path_prefix, None, 0.0, times, release))
 
     async def drop_websockets(self) -> None:
         """Close every event WebSocket, as an Asterisk restart does, and wait until they are gone."""
@@ -260,6 +266,8 @@ class FakeAri:
                 status, payload = reply.status, {"message": reply.message}
         self.requests.append(RecordedRequest(method, path, query, status))
         self._touch()
+        if fault is not None and fault.release is not None:
+            await fault.release.wait()
         await send_response(send, status, json.dumps(payload).encode() if payload is not None else b"")
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:

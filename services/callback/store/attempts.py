@@ -146,6 +146,22 @@ async def update_attempt(conn: Connection, attempt_id: uuid.UUID, **changes: Any
     await conn.execute(f"update dial_attempts set {assignments} where id = $1", attempt_id, *changes.values())
 
 
+async def record_placement(
+    conn: Connection, attempt_id: uuid.UUID, placed_at: dt.datetime, provider_call_id: str | None
+) -> None:
+    """Fill in when and under which provider id the attempt was placed, where not yet known: from the
+    dialer's 'placed' mark or from the first provider event, whichever commits first (a fast provider's
+    events overtake the originate's answer). Never overwrites, so the earliest record stands."""
+    await conn.execute(
+        "update dial_attempts set placed_at = coalesce(placed_at, $2),"
+        " provider_call_id = coalesce(provider_call_id, $3)"
+        " where id = $1 and (placed_at is null or (provider_call_id is null and $3::text is not null))",
+        attempt_id,
+        placed_at,
+        provider_call_id,
+    )
+
+
 async def silent_attempts(conn: Connection, silent_before: dt.datetime) -> list[AttemptRow]:
     """Placed attempts still ringing far too long: their call was lost with its process."""
     records = await conn.fetch(

@@ -1,0 +1,240 @@
+"""Dialing without waiting: the dispatcher wakes on the commit that creates work, in every replica, and
+an attempt's placement is recorded even when the provider's events overtake the originate's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import pytest
+from fakes.fake_ari import EndpointScript, serve_fake_ari
+from support.callback_api import site_body
+from support.harness import migrate_service
+from support.polling import until
+
+from services.callback.dispatcher import Dispatcher
+from services.callback.schemas import CallbackCreate, SiteSettings
+from services.callback.store import agents as agent_store
+from services.callback.store import sites as site_store
+from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
+from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
+from services.callback.usecases.intake import Intake
+from services.callback.usecases.sites import SiteDirectory
+from services.common import db as dbmod
+from services.common.crypto import DataProtector, hash_password
+from services.common.settings import Settings
+
+# Far longer than any test here waits: a dispatch seen within it was woken by a NOTIFY, not by the poll.
+SLOW_POLL_S = 600.0
+
+
+@dataclass
+class World:
+    settings: Settings
+    pool: dbmod.Pool
+    protector: DataProtector
+    intake: Intake
+    requests: int = 0
+
+    async def site(self, key: str) -> None:
+        async with self.pool.acquire() as conn:
+            await site_store.upsert_site(conn, key, msgspec.convert(site_body(), SiteSettings))
+
+    async def agent(self, login: str, endpoint: str, *, ready: bool = True) -> uuid.UUID:
+        agent = agent_store.AgentRow(
+            id=uuid.uuid4(),
+            login=login,
+            name=login,
+            password_hash=hash_password("x" * 8),
+            queues=["default"],
+            endpoint=endpoint,
+        )
+        async with self.pool.acquire() as conn:
+            await agent_store.upsert_agent(conn, agent)
+            if ready:
+                await agent_store.set_presence(conn, agent.id, "ready")
+        return agent.id
+
+    async def ask(self, site_key: str) -> uuid.UUID:
+        """An ASAP request as the widget makes it, through the intake alone (nobody calls wake())."""
+        self.requests += 1
+        offer = await self.intake.offer(site_key, "Europe/Moscow", "en", None)
+        body = CallbackCreate(
+            phone=f"+7913{self.requests:07d}",
+            visitor_tz="Europe/Moscow",
+            form_token=offer.form_token,
+            consent=True,
+        )
+        _, created = await self.intake.create(
+            site_key, body, client_ip=f"10.2.0.{self.requests}", idempotency_key=None
+        )
+        return uuid.UUID(str(created.id))
+
+    def dialer(self, adapter: TelephonyAdapter, *, listen: bool) -> Dispatcher:
+        return Dispatcher(
+            self.pool,
+            self.protector,
+            SiteDirectory(self.pool),
+            adapter,
+            poll_interval_s=SLOW_POLL_S,
+            database_url=self.settings.database_url if listen else None,
+        )
+
+
+@pytest.fixture
+async def world(settings: Settings) -> AsyncIterator[World]:
+    await migrate_service(settings, "callback")
+    pool = await dbmod.create_pool(settings.database_url, "callback")
+    protector = DataProtector.from_settings(settings)
+    try:
+        yield World(settings, pool, protector, Intake(pool, protector, SiteDirectory(pool)))
+    finally:
+        await pool.close()
+
+
+async def status_of(db: asyncpg.Connection, callback_id: uuid.UUID) -> str:
+    return str(await db.fetchval("select status from callback.callbacks where id = $1", callback_id))
+
+
+async def listeners(db: asyncpg.Connection) -> int:
+    return int(
+        await db.fetchval(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and query ilike 'listen %abonent_dispatch_callback%'"
+        )
+    )
+
+
+async def test_every_replica_wakes_on_the_commit_and_each_request_is_dialed_once(
+    world: World, db: asyncpg.Connection
+) -> None:
+    await world.site("shop")
+    agents = [await world.agent(f"agent{i}", f"sim-{i}") for i in range(4)]
+    requests = [await world.ask("shop") for _ in range(4)]  # due now: agents are at work
+    async with world.pool.acquire() as conn:
+        for agent in agents:
+            await agent_store.set_presence(conn, agent, "break")  # ... but all on a break for now
+    # Two replicas whose poll never comes during the test: only a commit's NOTIFY can start a pass.
+    pbxs = [SimulatedPbx(SimConfig(manual=True), time_scale=0.01) for _ in range(2)]
+    dialers = [world.dialer(pbx, listen=True) for pbx in pbxs]
+    for dialer in dialers:
+        await dialer.start()
+    try:
+
+        async def both_listening() -> bool:
+            return await listeners(db) >= 2
+
+        await until(both_listening)
+        assert await db.fetchval("select count(*) from callback.dial_attempts") == 0
+        # The agents come back (straight in the table, as another replica's console would): that commit
+        # wakes both dispatchers, which race for the four requests.
+        async with world.pool.acquire() as conn:
+            for agent in agents:
+                await agent_store.set_presence(conn, agent, "ready")
+
+        async def all_dialing() -> bool:
+            statuses = await db.fetch("select status from callback.callbacks")
+            return all(r["status"] == "dialing" for r in statuses)
+
+        await until(all_dialing)
+        # And a request that arrives while agents are ready is dialed on its own commit too.
+        await world.agent("agent4", "sim-4")
+        late = await world.ask("shop")
+
+        async def late_dialing() -> bool:
+            return await status_of(db, late) == "dialing"
+
+        await until(late_dialing)
+    finally:
+        for dialer in dialers:
+            await dialer.stop()
+    per_request = await db.fetch(
+        "select callback_id, count(*) as n from callback.dial_attempts group by callback_id"
+    )
+    assert {r["callback_id"]: r["n"] for r in per_request} == dict.fromkeys([*requests, late], 1)
+    agents_used = await db.fetch("select agent_id from callback.dial_attempts")
+    assert len({r["agent_id"] for r in agents_used}) == 5, "no agent got two calls"
+
+
+async def test_without_a_listener_the_dispatcher_waits_for_its_poll(
+    world: World, db: asyncpg.Connection
+) -> None:
+    """The control for the test above: the same commits do not start a pass by themselves."""
+    await world.site("shop")
+    await world.agent("olga", "sim-1")
+    pbx = SimulatedPbx(SimConfig(manual=True), time_scale=0.01)
+    dialer = world.dialer(pbx, listen=False)
+    await dialer.start()
+    try:
+        await asyncio.sleep(0.3)  # its first pass (at start) has run and found nothing
+        created = await world.ask("shop")
+        await asyncio.sleep(1.0)
+        assert await status_of(db, created) == "scheduled"
+        dialer.wake()  # what the HTTP route does in its own replica
+
+        async def dialing() -> bool:
+            return await status_of(db, created) == "dialing"
+
+        await until(dialing)
+    finally:
+        await dialer.stop()
+
+
+async def test_placement_is_recorded_when_the_providers_events_overtake_the_originate_answer(
+    world: World, db: asyncpg.Connection
+) -> None:
+    await world.site("shop")
+    count = 4
+    for i in range(count):
+        await world.agent(f"agent{i}", f"PJSIP/10{i}")
+    requests = [await world.ask("shop") for _ in range(count)]
+    release = asyncio.Event()
+    async with serve_fake_ari() as fake:
+        for i in range(count):
+            fake.script(f"PJSIP/10{i}", EndpointScript(outcome="hold"))  # the agents' phones ring on
+        # Asterisk rings at once and reports it, but its answers to the originates are held back.
+        fake.answer_later("POST", "/channels", release, times=count)
+        adapter = AsteriskAriAdapter(
+            AriConfig(
+                base_url=fake.base_url,
+                username=fake.username,
+                password=fake.password,
+                connect_timeout_s=5.0,
+                reconnect_initial_s=0.02,
+                http_timeout_s=120.0,  # the answer is held as long as the test needs, never timed out
+            )
+        )
+        dialer = world.dialer(adapter, listen=False)
+        await dialer.start()
+        try:
+            dialer.wake()
+
+            async def all_ringing() -> list[asyncpg.Record] | None:
+                rows = await db.fetch("select state, placed_at, provider_call_id from callback.dial_attempts")
+                done = len(rows) == count and all(r["state"] == "agent_ringing" for r in rows)
+                return rows if done else None
+
+            ringing = await until(all_ringing, timeout=60)
+            # The dialer is still waiting for Asterisk's answers, yet the attempt log already knows.
+            assert not release.is_set()
+            assert all(r["placed_at"] is not None and r["provider_call_id"] for r in ringing), ringing
+            release.set()
+
+            async def marked() -> bool:
+                rows = await db.fetch("select placing_until from callback.dial_attempts")
+                return all(r["placing_until"] is None for r in rows)
+
+            await until(marked, timeout=60)
+        finally:
+            await dialer.stop()
+    attempts = await db.fetch(
+        "select callback_id, state, placed_at, started_at, provider_call_id from callback.dial_attempts"
+    )
+    assert sorted(r["callback_id"] for r in attempts) == sorted(requests)
+    for attempt in attempts:
+        assert attempt["placed_at"] >= attempt["started_at"]
+        assert attempt["provider_call_id"], attempt
