@@ -5,13 +5,11 @@
 -- only helps per address).
 create index callbacks_site_recent on callbacks (site_key, requested_at);
 
--- A queue's waiting requests by due time: the promise reads those due within its horizon.
+-- A queue's waiting requests by due time (the promise reads those due within its horizon). Queues are
+-- (organisation, name) since 0013, so this replaces 0009's (queue, due_at), which mixed organisations.
+drop index callbacks_queue_due_at;
 create index callbacks_queue_pending_due on callbacks (org_id, queue, due_at)
     where status in ('requested', 'scheduled');
-
--- The dispatcher takes scheduled requests earliest promise deadline first (then oldest): walking this
--- index in order touches waiting requests only, never the finished ones.
-create index callbacks_dispatch_order on callbacks (promised_latest, requested_at) where status = 'scheduled';
 
 -- Handle times are the latest ended attempts of one queue. An attempt now carries its request's
 -- organisation and queue (a request never changes queue), so "the last 200 of this queue" is one index
@@ -32,6 +30,8 @@ end $$;
 create trigger dial_attempts_fill_queue before insert on dial_attempts
     for each row execute function dial_attempts_fill_queue();
 
+-- Replaces 0009's (ended_at desc), which walked every queue's attempts to find one queue's.
+drop index dial_attempts_ended;
 create index dial_attempts_queue_handled on dial_attempts (org_id, queue, ended_at desc)
     where agent_id is not null and ended_at is not null;
 
