@@ -30,6 +30,21 @@ async def append(conn: db.Connection, *events: Event) -> None:
     )
 
 
+def as_columns(*events: Event) -> tuple[list[uuid.UUID], list[str], list[bytes]]:
+    """Events as three parallel arrays (ids, subjects, payloads) for `insert_from_columns`."""
+    return [e.event_id for e in events], [e.SUBJECT for e in events], [encode_event(e) for e in events]
+
+
+def insert_from_columns(ids: str, subjects: str, payloads: str) -> str:
+    """The outbox insert of `as_columns` arrays bound at the caller's placeholders (e.g. "$7"), for a caller
+    that writes its change and its events in one statement (a data-modifying CTE) instead of two round
+    trips; the caller may append a `where` (e.g. only if its own insert happened). Rows keep array order."""
+    return (
+        "insert into outbox (id, subject, payload) select e.id, e.subject, e.payload"
+        f" from unnest({ids}::uuid[], {subjects}::text[], {payloads}::bytea[]) as e (id, subject, payload)"
+    )
+
+
 async def claim_batch(conn: db.Connection, relay_id: str, limit: int, lease_s: float) -> list[asyncpg.Record]:
     """Lease up to `limit` unpublished rows nobody holds (or whose holder's lease ran out), oldest first.
 

@@ -10,6 +10,7 @@ from services.callback.domain.lifecycle import (
     EVENT_FOR_STATE,
     CallbackState,
     IllegalTransition,
+    born,
     is_terminal,
     retime,
     transition,
@@ -99,3 +100,11 @@ def test_retime_keeps_a_waiting_state_and_nothing_else() -> None:
     for state in set(CallbackState) - {S.SCHEDULED}:
         with pytest.raises(IllegalTransition):
             retime(state)
+
+
+def test_a_request_is_born_requested_and_may_move_on_at_once_only_into_waiting() -> None:
+    assert born(S.REQUESTED) == (S.REQUESTED,)
+    assert born(S.SCHEDULED) == (S.REQUESTED, S.SCHEDULED), "each state passed through is announced"
+    for target in set(S) - {S.REQUESTED, S.SCHEDULED}:
+        with pytest.raises(IllegalTransition):
+            born(target)

@@ -6,11 +6,13 @@ import enum
 from collections.abc import Mapping
 
 __all__ = [
+    "BORN_INTO",
     "EVENT_FOR_STATE",
     "RETIMABLE",
     "TRANSITIONS",
     "CallbackState",
     "IllegalTransition",
+    "born",
     "is_terminal",
     "retime",
     "transition",
@@ -48,6 +50,11 @@ TRANSITIONS: Mapping[CallbackState, frozenset[CallbackState]] = {
 # scheduled: the state does not change, and only a waiting request may be re-timed.
 RETIMABLE: frozenset[CallbackState] = frozenset({_S.SCHEDULED})
 
+# A new request is born requested and may move on at once, in the transaction that creates it: its row is
+# written once, in the state it ends up in (no insert-then-update), and each state passed through is still
+# announced (callback.requested, then callback.<state>). Only waiting states may be skipped into this way.
+BORN_INTO: frozenset[CallbackState] = frozenset({_S.REQUESTED, _S.SCHEDULED})
+
 # Event published when a request enters the state (callback.requested when it is created).
 EVENT_FOR_STATE: Mapping[CallbackState, str] = {state: f"callback.{state.value}" for state in CallbackState}
 
@@ -77,3 +84,13 @@ def retime(current: CallbackState) -> CallbackState:
     if current not in RETIMABLE:
         raise IllegalTransition(current, current)
     return current
+
+
+def born(target: CallbackState) -> tuple[CallbackState, ...]:
+    """The states a new request passes through to be born in `target` (requested first), each one an event;
+    IllegalTransition unless requested -> `target` is an allowed first step into a waiting state."""
+    if target is _S.REQUESTED:
+        return (_S.REQUESTED,)
+    if target not in BORN_INTO:
+        raise IllegalTransition(_S.REQUESTED, target)
+    return (_S.REQUESTED, transition(_S.REQUESTED, target))

@@ -20,30 +20,6 @@ class AliasRow(msgspec.Struct, kw_only=True):
     withdrawn_at: dt.datetime | None
 
 
-async def add_alias(
-    conn: Connection,
-    alias: AliasRow,
-    *,
-    site_key: str,
-    token_hash: bytes,
-    client_ip_hash: bytes,
-    now: dt.datetime,
-) -> None:
-    await conn.execute(
-        "insert into callback_aliases"
-        " (id, callback_id, site_key, token_hash, client_ip_hash, visitor_tz, lang, created_at)"
-        " values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        alias.id,
-        alias.callback_id,
-        site_key,
-        token_hash,
-        client_ip_hash,
-        alias.visitor_tz,
-        alias.lang,
-        now,
-    )
-
-
 async def alias_by_token(conn: Connection, alias_id: uuid.UUID, token_hash: bytes) -> AliasRow | None:
     record = await conn.fetchrow(
         "select id, callback_id, visitor_tz, lang, withdrawn_at from callback_aliases"

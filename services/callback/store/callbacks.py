@@ -51,7 +51,8 @@ class CallbackRow(msgspec.Struct, kw_only=True):
     promise_checked_at: dt.datetime | None = None  # last re-promise look (0010_promise_repromise)
 
 
-_CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
+CALLBACK_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(CallbackRow))
+_CALLBACK_COLUMNS = CALLBACK_COLUMNS
 
 
 def _row(record: Any) -> CallbackRow:
@@ -67,31 +68,6 @@ async def pending_for_phone(conn: Connection, site_key: str, phone_hash: bytes) 
         list(PENDING_STATES),
     )
     return None if record is None else _row(record)
-
-
-async def insert_callback(conn: Connection, row: CallbackRow, *, client_ip_hash: bytes | None) -> None:
-    values = msgspec.structs.asdict(row)
-    columns = list(values)
-    await conn.execute(
-        f"insert into callbacks ({', '.join(columns)}, client_ip_hash, consented_at)"
-        f" values ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}, ${len(columns) + 1},"
-        f" case when ${len(columns) + 2}::text is null then null else now() end)",
-        *values.values(),
-        client_ip_hash,
-        row.consent_version,
-    )
-
-
-async def mark_merged(conn: Connection, callback_id: uuid.UUID) -> None:
-    await conn.execute(
-        "update callbacks set merged_count = merged_count + 1, updated_at = now() where id = $1", callback_id
-    )
-
-
-async def add_token(conn: Connection, callback_id: uuid.UUID, token_hash: bytes) -> None:
-    await conn.execute(
-        "insert into callback_tokens (token_hash, callback_id) values ($1, $2)", token_hash, callback_id
-    )
 
 
 async def callback_by_token(

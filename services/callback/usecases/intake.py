@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from services.callback.domain.calendar import CalleeWindow, Slot
 from services.callback.domain.guard import check_form_token, issue_form_token, proof_of_work_ok
-from services.callback.domain.lifecycle import CallbackState
+from services.callback.domain.lifecycle import CallbackState, born
 from services.callback.domain.phone import (
     PhoneRejected,
     calling_code,
@@ -35,10 +35,10 @@ from services.callback.schemas import (
 )
 from services.callback.store import aliases, budgets, idempotency
 from services.callback.store import callbacks as callback_store
+from services.callback.store import intake as intake_store
 from services.callback.usecases.common import (
     PHONE_CONTEXT,
     Clock,
-    advance_callback,
     chosen_slot,
     ensure_slot_free,
     parse_clock,
@@ -54,10 +54,10 @@ from services.callback.usecases.common import (
 )
 from services.callback.usecases.presence import AgentAvailability, PresenceAgents
 from services.callback.usecases.sites import SiteDirectory, callee_window
-from services.common import db, outbox
+from services.common import db
 from services.common.crypto import DataProtector, token_hash
 from services.common.domain_errors import Conflict, Forbidden, Invalid, TooMany
-from services.common.events import CallbackMerged, CallbackRequested, CallbackScheduled
+from services.common.events import CallbackMerged, CallbackRequested, CallbackScheduled, Event
 from services.common.phone import mask_phone
 
 CREATED = Counter("abonent_callback_requests_total", "Callback requests accepted", ["outcome"])
@@ -129,7 +129,10 @@ class Intake:
         self, site_key: str, body: CallbackCreate, *, client_ip: str, idempotency_key: str | None
     ) -> tuple[int, CallbackCreated]:
         """Accept a request (201 and a promise) or join a pending one for the same phone; the status code
-        is returned for the route because an idempotent replay answers with the original's."""
+        is returned for the route because an idempotent replay answers with the original's.
+
+        Round trips: BEGIN, the claim (locks, form token, Idempotency-Key), the checks (budgets, the
+        phone's pending request), the queue read for the promise (a new request only), one write, COMMIT."""
         site = await self.sites.require(site_key)
         settings = site.settings
         now = self.clock()
@@ -147,69 +150,81 @@ class Intake:
         callee = callee_window(settings, body.visitor_tz, parse_clock(body.not_before))
         slot = chosen_slot(body.slot_start, now, settings, callee)
         request_hash = hashlib.sha256(msgspec.json.encode(body)).digest()
+        # Each once per request: they are keyed hashes, not free.
+        phone_hash = self.protector.blind_index(phone, "phone")
+        ip_hash = self.protector.blind_index(client_ip, "ip")
+        claim = (
+            None
+            if idempotency_key is None
+            else intake_store.IdempotencyClaim(
+                id=uuid.uuid4(), site_key=site_key, key=idempotency_key, request_hash=request_hash
+            )
+        )
+        # One advisory lock remains, because the per-address budget needs it: "fewer than N requests from
+        # this address" is a count, which no unique constraint can say, and without it a burst of parallel
+        # POSTs from one address would all read the same count and all pass. Same-phone races need no lock
+        # (the one-pending-per-phone index makes the later one join), nor do Idempotency-Keys (their primary
+        # key makes a concurrent replay wait for the first, then replay it). A slot booking also takes its
+        # queue's lock: a slot's capacity is a count too.
+        locks = [budgets.lock_key(site_key, "ip", ip_hash.hex())]
+        if slot is not None:
+            locks.append(budgets.lock_key("slots", site.org_id, settings.queue))
 
         async with db.transaction(self.pool) as conn:
-            if idempotency_key:
-                replay = await self._replay(conn, site_key, idempotency_key, request_hash)
-                if replay is not None:
-                    return replay
-            phone_hash = self.protector.blind_index(phone, "phone")
-            await budgets.lock(conn, site_key, phone.encode().hex())
+            claimed = await intake_store.claim(
+                conn, lock_keys=locks, form_token_hash=token_hash(body.form_token), idempotency=claim
+            )
+            if claimed.stored is not None:
+                return self._replay(claimed.stored, request_hash)
             # A repeat for a pending phone is a request like any other: it spends its form and passes the
             # budgets before it may join, so joining can't be used to probe numbers for free.
-            if not await budgets.spend_form_token(conn, token_hash(body.form_token)):
+            if not claimed.form_fresh:
                 raise refuse(
                     Invalid, "form_token_spent", "This form was already sent; please reload it", "form_token"
                 )
-            await self._check_budgets(
-                conn,
-                site_key,
-                settings,
-                org_id=site.org_id,
-                phone_hash=phone_hash,
-                client_ip=client_ip,
-                now=now,
+            pending = await self._check_budgets(
+                conn, site_key, settings, org_id=site.org_id, phone_hash=phone_hash, ip_hash=ip_hash, now=now
             )
-            existing = await callback_store.pending_for_phone(conn, site_key, phone_hash)
-            if existing is not None:
-                status_code, created = await self._merge(conn, existing, body, client_ip=client_ip, now=now)
-            else:
-                status_code, created = await self._insert(
-                    conn,
-                    site_key,
-                    settings,
-                    body,
-                    org_id=site.org_id,
-                    phone=phone,
-                    phone_hash=phone_hash,
-                    callee=callee,
-                    slot=slot,
-                    client_ip=client_ip,
-                    now=now,
-                )
-            if idempotency_key:
-                await idempotency.put_idempotent(
-                    conn,
-                    site_key,
-                    idempotency_key,
-                    self._idempotent_answer(request_hash, status_code, created),
-                )
-        return status_code, created
+            # The pending request read may be overtaken by a concurrent one (a new request for the number
+            # commits first, or the pending one is dialed and finishes): each write says whether it
+            # happened, and the other way is taken with a fresh look.
+            for _ in range(3):
+                if pending is not None:
+                    done = await self._merge(conn, pending, body, ip_hash=ip_hash, now=now, claim=claim)
+                else:
+                    done = await self._insert(
+                        conn,
+                        site_key,
+                        settings,
+                        body,
+                        org_id=site.org_id,
+                        phone=phone,
+                        phone_hash=phone_hash,
+                        ip_hash=ip_hash,
+                        callee=callee,
+                        slot=slot,
+                        now=now,
+                        claim=claim,
+                    )
+                if done is not None:
+                    return done
+                pending = await callback_store.pending_for_phone(conn, site_key, phone_hash)
+        raise refuse(Conflict, "request_contended", "Please send the request again", "phone")
 
-    def _idempotent_answer(
-        self, request_hash: bytes, status_code: int, created: CallbackCreated
-    ) -> idempotency.IdempotentAnswer:
+    def _answer(
+        self, claim: intake_store.IdempotencyClaim | None, status_code: int, created: CallbackCreated
+    ) -> intake_store.Answer | None:
         """What a replay returns, with the status token encrypted: a database dump hands out no tokens."""
-        row_id = uuid.uuid4()
+        if claim is None:
+            return None
         response = msgspec.to_builtins(created)
         del response["status_token"]
-        return idempotency.IdempotentAnswer(
-            id=row_id,
-            request_hash=request_hash,
+        return intake_store.Answer(
+            id=claim.id,
             status_code=status_code,
             response=response,
             status_token_enc=self.protector.encrypt(
-                created.status_token, idempotency.IDEMPOTENT_TOKEN_CONTEXT, row_id
+                created.status_token, idempotency.IDEMPOTENT_TOKEN_CONTEXT, claim.id
             ),
         )
 
@@ -232,13 +247,9 @@ class Intake:
                 Forbidden, "pow_required", "The browser check did not complete; please retry", "pow_nonce"
             )
 
-    async def _replay(
-        self, conn: db.Connection, site_key: str, key: str, request_hash: bytes
-    ) -> tuple[int, CallbackCreated] | None:
-        await budgets.lock(conn, site_key, "idempotency", key)
-        stored = await idempotency.get_idempotent(conn, site_key, key)
-        if stored is None:
-            return None
+    def _replay(
+        self, stored: idempotency.IdempotentAnswer, request_hash: bytes
+    ) -> tuple[int, CallbackCreated]:
         if stored.request_hash != request_hash:
             raise Conflict("idempotency_conflict", "This Idempotency-Key was used for a different request")
         response = dict(stored.response)
@@ -256,30 +267,41 @@ class Intake:
         *,
         org_id: str,
         phone_hash: bytes,
-        client_ip: str,
+        ip_hash: bytes,
         now: dt.datetime,
-    ) -> None:
+    ) -> callback_store.CallbackRow | None:
+        """TooMany when a budget is spent; else the phone's pending request on the site, if any."""
         abuse = settings.abuse
-        ip_hash = self.protector.blind_index(client_ip, "ip")
-        await budgets.lock(conn, site_key, "ip", ip_hash.hex())
         window = dt.timedelta(minutes=10)
-        count, oldest = await budgets.recent_by_ip(conn, site_key, ip_hash, now - window)
-        if count >= abuse.per_ip_10min and oldest is not None:
-            retry = (oldest + window - now).total_seconds()
-            raise refuse(
-                TooMany, "rate_limited", "Too many requests from your network; try again later", None, retry
-            )
         day = dt.timedelta(days=1)
-        count, oldest = await budgets.recent_by_phone(conn, org_id, phone_hash, now - day)
-        if count >= abuse.per_phone_day and oldest is not None:
-            retry = (oldest + day - now).total_seconds()
-            raise refuse(TooMany, "rate_limited", "Too many requests for this number today", "phone", retry)
         local_midnight = now.astimezone(ZoneInfo(settings.timezone)).replace(
             hour=0, minute=0, second=0, microsecond=0
         )
-        if await budgets.count_site_since(conn, site_key, local_midnight) >= abuse.daily_cap:
+        found = await intake_store.checks(
+            conn,
+            site_key=site_key,
+            org_id=org_id,
+            ip_hash=ip_hash,
+            ip_since=now - window,
+            ip_cap=abuse.per_ip_10min,
+            phone_hash=phone_hash,
+            phone_since=now - day,
+            phone_cap=abuse.per_phone_day,
+            site_since=local_midnight,
+            site_cap=abuse.daily_cap,
+        )
+        if found.ip_count >= abuse.per_ip_10min and found.ip_oldest is not None:
+            retry = (found.ip_oldest + window - now).total_seconds()
+            raise refuse(
+                TooMany, "rate_limited", "Too many requests from your network; try again later", None, retry
+            )
+        if found.phone_count >= abuse.per_phone_day and found.phone_oldest is not None:
+            retry = (found.phone_oldest + day - now).total_seconds()
+            raise refuse(TooMany, "rate_limited", "Too many requests for this number today", "phone", retry)
+        if found.site_count >= abuse.daily_cap:
             retry = (local_midnight + day - now).total_seconds()
             raise refuse(TooMany, "rate_limited", "This site takes no more requests today", None, retry)
+        return found.pending
 
     async def _insert(
         self,
@@ -291,14 +313,14 @@ class Intake:
         org_id: str,
         phone: str,
         phone_hash: bytes,
+        ip_hash: bytes,
         callee: CalleeWindow,
         slot: Slot | None,
-        client_ip: str,
         now: dt.datetime,
-    ) -> tuple[int, CallbackCreated]:
-        if slot is not None:
-            # Bookings of one queue take turns, so two visitors cannot both take a slot's last place.
-            await budgets.lock(conn, "slots", org_id, settings.queue)
+        claim: intake_store.IdempotencyClaim | None,
+    ) -> tuple[int, CallbackCreated] | None:
+        """A new request, born scheduled; None (nothing written) when the phone got a pending request
+        from a concurrent one meanwhile."""
         snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=org_id)
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
@@ -311,6 +333,9 @@ class Intake:
                 "not_before",
             )
         callback_id = uuid.uuid4()
+        # Born requested and scheduled at once: the state machine says which states it passes through,
+        # and each is announced (callback.requested carries the phone for the notifier).
+        passed = born(CallbackState.SCHEDULED)
         row = callback_store.CallbackRow(
             id=callback_id,
             site_key=site_key,
@@ -323,7 +348,7 @@ class Intake:
             visitor_tz=body.visitor_tz,
             lang=body.lang,
             not_before=callee.not_before,
-            status=CallbackState.REQUESTED,
+            status=passed[-1],
             requested_at=now,
             due_at=now if promise.kind == "asap" else promise.earliest,
             promise_kind=promise.kind,
@@ -343,24 +368,7 @@ class Intake:
             merged_count=0,
             updated_at=now,
         )
-        await callback_store.insert_callback(
-            conn, row, client_ip_hash=self.protector.blind_index(client_ip, "ip")
-        )
-        await callback_store.record_promise(
-            conn,
-            callback_id,
-            given_at=now,
-            kind=promise.kind,
-            reason=promise.reason,
-            earliest=promise.earliest,
-            latest=promise.latest,
-            snapshot=msgspec.to_builtins(snapshot),
-        )
-        token = secrets.token_urlsafe(24)
-        await callback_store.add_token(conn, callback_id, token_hash(token))
-        # Requested is announced on insert; the move to scheduled is a lifecycle step like any other.
-        await outbox.append(
-            conn,
+        events: list[Event] = [
             CallbackRequested(
                 callback_id=callback_id,
                 site_key=site_key,
@@ -373,11 +381,6 @@ class Intake:
                 promise_kind=promise.kind,
                 page_url=body.page_url,
             ),
-        )
-        await advance_callback(
-            conn,
-            row,
-            CallbackState.SCHEDULED,
             CallbackScheduled(
                 callback_id=callback_id,
                 site_key=site_key,
@@ -387,17 +390,37 @@ class Intake:
                 promised_latest=promise.latest,
                 reason=promise.reason,
             ),
+        ]
+        token = secrets.token_urlsafe(24)
+        lang: Lang = body.lang
+        created = CallbackCreated(
+            id=callback_id,
+            status_token=token,
+            status=row.status,
+            promise=promise_view(promise, now, body.visitor_tz, lang),
         )
+        written = await intake_store.insert_request(
+            conn,
+            row,
+            client_ip_hash=ip_hash,
+            promise=intake_store.PromiseGiven(
+                given_at=now,
+                kind=promise.kind,
+                reason=promise.reason,
+                earliest=promise.earliest,
+                latest=promise.latest,
+                snapshot=msgspec.to_builtins(snapshot),
+            ),
+            token_hash=token_hash(token),
+            events=events,
+            answer=self._answer(claim, 201, created),
+        )
+        if not written:
+            return None
         CREATED.labels("new").inc()
         if promise.kind == "asap":
             PROMISE_SECONDS.observe((promise.latest - now).total_seconds())
-        lang: Lang = body.lang
-        return 201, CallbackCreated(
-            id=callback_id,
-            status_token=token,
-            status=CallbackState.SCHEDULED,
-            promise=promise_view(promise, now, body.visitor_tz, lang),
-        )
+        return 201, created
 
     async def _merge(
         self,
@@ -405,15 +428,16 @@ class Intake:
         existing: callback_store.CallbackRow,
         body: CallbackCreate,
         *,
-        client_ip: str,
+        ip_hash: bytes,
         now: dt.datetime,
-    ) -> tuple[int, CallbackCreated]:
+        claim: intake_store.IdempotencyClaim | None,
+    ) -> tuple[int, CallbackCreated] | None:
         """Same phone, same site, still pending: the number is called once, at the original's place and
         promise. The caller may be the same visitor again or a stranger who typed that number, so they get
         an alias: an id and token of their own that follow the call and can withdraw only the alias. The
         answer is shaped like a fresh acceptance (201, "scheduled", a new id): nothing tells the caller
-        that the number had a pending request, and nothing they get can cancel or move it."""
-        await callback_store.mark_merged(conn, existing.id)
+        that the number had a pending request, and nothing they get can cancel or move it. None (nothing
+        written) when the request stopped being pending since it was read."""
         token = secrets.token_urlsafe(24)
         alias = aliases.AliasRow(
             id=uuid.uuid4(),
@@ -422,24 +446,27 @@ class Intake:
             lang=body.lang,
             withdrawn_at=None,
         )
-        await aliases.add_alias(
-            conn,
-            alias,
-            site_key=existing.site_key,
-            token_hash=token_hash(token),
-            client_ip_hash=self.protector.blind_index(client_ip, "ip"),
-            now=now,
-        )
-        await outbox.append(
-            conn,
-            CallbackMerged(
-                callback_id=existing.id, site_key=existing.site_key, state=state_name(existing.status)
-            ),
-        )
-        CREATED.labels("merged").inc()
-        return 201, CallbackCreated(
+        created = CallbackCreated(
             id=alias.id,
             status_token=token,
             status=CallbackState.SCHEDULED,
             promise=promise_view(stored_promise(existing), now, body.visitor_tz, body.lang),
         )
+        joined = await intake_store.join_pending(
+            conn,
+            alias,
+            site_key=existing.site_key,
+            token_hash=token_hash(token),
+            client_ip_hash=ip_hash,
+            now=now,
+            events=[
+                CallbackMerged(
+                    callback_id=existing.id, site_key=existing.site_key, state=state_name(existing.status)
+                )
+            ],
+            answer=self._answer(claim, 201, created),
+        )
+        if not joined:
+            return None
+        CREATED.labels("merged").inc()
+        return 201, created
