@@ -30,13 +30,13 @@ from services.callback.schemas import (
     Offer,
     PowChallenge,
     SiteSettings,
-    SlotView,
     WidgetConfig,
 )
 from services.callback.store import aliases, budgets, idempotency
 from services.callback.store import callbacks as callback_store
 from services.callback.usecases.common import (
     PHONE_CONTEXT,
+    SLOT_MINUTES,
     Clock,
     advance_callback,
     chosen_slot,
@@ -44,15 +44,15 @@ from services.callback.usecases.common import (
     parse_clock,
     promise_for,
     promise_view,
-    queue_snapshot,
     refuse,
-    slot_label,
+    slot_ranges,
     slots_for,
     state_name,
     stored_promise,
     utc_now,
 )
 from services.callback.usecases.presence import AgentAvailability, PresenceAgents
+from services.callback.usecases.queues import QueueCache
 from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db, outbox
 from services.common.crypto import DataProtector, token_hash
@@ -78,12 +78,16 @@ class Intake:
         sites: SiteDirectory,
         agents: AgentAvailability | None = None,
         clock: Clock = utc_now,
+        *,
+        queues: QueueCache | None = None,
     ) -> None:
         self.pool = pool
         self.protector = protector
         self.sites = sites
         self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
+        # Each queue is read and its wait simulated once per state, for every offer and request of it.
+        self.queues = queues or QueueCache(self.agents, sites)
 
     async def widget_config(self, site_key: str, lang: Lang | None) -> WidgetConfig:
         site = await self.sites.require(site_key)
@@ -106,13 +110,13 @@ class Intake:
         )
 
     async def offer(self, site_key: str, tz: str, lang: Lang, not_before: str | None) -> Offer:
+        """The promise and slots a visitor would get now. The site and the queue come from their caches
+        (a pool connection is taken only on a miss), so the cost does not grow with the queue."""
         now = self.clock()
-        # One connection for the whole read: the widget's hottest path takes one pool slot, once.
-        async with self.pool.acquire() as conn:
-            site = await self.sites.require(site_key, conn)
-            settings = site.settings
-            callee = callee_window(settings, tz, parse_clock(not_before))
-            snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=site.org_id)
+        site = await self.sites.require(site_key)
+        settings = site.settings
+        callee = callee_window(settings, tz, parse_clock(not_before))
+        snapshot = await self.queues.snapshot(self.pool, settings, now, org_id=site.org_id)
         promise = promise_for(now, snapshot, settings, callee)
         slots = slots_for(now, snapshot, settings, callee)
         token = issue_form_token(self.protector.sign, site_key, now, secrets.token_hex(6))
@@ -120,7 +124,8 @@ class Intake:
         return Offer(
             open_now=promise is not None and promise.kind == "asap",
             promise=None if promise is None else promise_view(promise, now, tz, lang),
-            slots=[SlotView(start=s.start, end=s.end, label=slot_label(s, tz, lang)) for s in slots],
+            slot_minutes=SLOT_MINUTES,
+            slot_ranges=slot_ranges(slots, tz),
             form_token=token,
             pow=PowChallenge(bits=bits) if bits else None,
         )
@@ -194,6 +199,8 @@ class Intake:
                     idempotency_key,
                     self._idempotent_answer(request_hash, status_code, created),
                 )
+        # Committed: this queue's next offer or request here reads it again (other replicas hear the event).
+        self.queues.forget(site.org_id, [settings.queue])
         return status_code, created
 
     def _idempotent_answer(
@@ -299,7 +306,9 @@ class Intake:
         if slot is not None:
             # Bookings of one queue take turns, so two visitors cannot both take a slot's last place.
             await budgets.lock(conn, "slots", org_id, settings.queue)
-        snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=org_id)
+        # A slot's last place is decided under the queue's lock on what PostgreSQL says now; an ASAP promise
+        # shares the queue's latest read (at most a second old).
+        snapshot = await self.queues.snapshot(conn, settings, now, org_id=org_id, fresh=slot is not None)
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)
