@@ -525,7 +525,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         context.site_admin = site_admin
         agents = PresenceAgents()
         # One read of each queue state, shared by offers and requests; forgotten on any change we hear of.
-        queues = QueueCache(agents, sites)
+        queues = QueueCache(agents, sites, ttl_s=own_settings().queue_cache_ttl_s)
         intake = Intake(runtime.pool, protector, sites, agents=agents, queues=queues)
         requests = Requests(runtime.pool, sites, agents=agents, on_queue_changed=queues.forget)
         repromiser = Repromiser(runtime.worker_pool, sites, agents)
