@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -22,6 +24,7 @@ from services.callback.domain.phone import (
     normalize_phone,
     refusal_message,
 )
+from services.callback.domain.promise import QueueSnapshot
 from services.callback.schemas import (
     CallbackCreate,
     CallbackCreated,
@@ -68,6 +71,20 @@ PROMISE_SECONDS = Histogram(
 )
 
 
+# An offer made from the same queue read and site settings is reused this long (s): what it shows moves
+# with the queue (a new read makes a new offer) and with the clock only at slot boundaries.
+OFFER_REUSE_S = 1.0
+# Offers kept for reuse: one per site, zone, language and "not before" asked for lately.
+OFFERS_KEPT = 1024
+
+
+class _SeenOffer(msgspec.Struct, kw_only=True):
+    made_at: float  # monotonic
+    snapshot: QueueSnapshot
+    settings: SiteSettings
+    offer: Offer  # without a form token: each offer gets its own
+
+
 class Intake:
     """The widget's way in: configuration, offers and new requests for a site."""
 
@@ -88,6 +105,9 @@ class Intake:
         self.clock = clock
         # Each queue is read and its wait simulated once per state, for every offer and request of it.
         self.queues = queues or QueueCache(self.agents, sites)
+        # Offers as made from one queue read, per site, zone, language and "not before": the calendars
+        # behind the promise and the slots cost more than everything else an offer does.
+        self._offers: OrderedDict[tuple[str, str, str, str | None], _SeenOffer] = OrderedDict()
 
     async def widget_config(self, site_key: str, lang: Lang | None) -> WidgetConfig:
         site = await self.sites.require(site_key)
@@ -115,20 +135,39 @@ class Intake:
         now = self.clock()
         site = await self.sites.require(site_key)
         settings = site.settings
-        callee = callee_window(settings, tz, parse_clock(not_before))
         snapshot = await self.queues.snapshot(self.pool, settings, now, org_id=site.org_id)
-        promise = promise_for(now, snapshot, settings, callee)
-        slots = slots_for(now, snapshot, settings, callee)
+        key = (site_key, tz, lang, not_before)
+        seen = self._offers.get(key)
+        if (
+            seen is None
+            or seen.snapshot is not snapshot
+            or seen.settings is not settings
+            or time.monotonic() - seen.made_at >= OFFER_REUSE_S
+        ):
+            callee = callee_window(settings, tz, parse_clock(not_before))
+            promise = promise_for(now, snapshot, settings, callee)
+            slots = slots_for(now, snapshot, settings, callee)
+            bits = settings.abuse.proof_of_work_bits
+            seen = _SeenOffer(
+                made_at=time.monotonic(),
+                snapshot=snapshot,
+                settings=settings,
+                offer=Offer(
+                    open_now=promise is not None and promise.kind == "asap",
+                    promise=None if promise is None else promise_view(promise, now, tz, lang),
+                    slot_minutes=SLOT_MINUTES,
+                    slot_ranges=slot_ranges(slots, tz),
+                    form_token="",
+                    pow=PowChallenge(bits=bits) if bits else None,
+                ),
+            )
+            self._offers[key] = seen
+            if len(self._offers) > OFFERS_KEPT:
+                self._offers.popitem(last=False)
+        else:
+            self._offers.move_to_end(key)
         token = issue_form_token(self.protector.sign, site_key, now, secrets.token_hex(6))
-        bits = settings.abuse.proof_of_work_bits
-        return Offer(
-            open_now=promise is not None and promise.kind == "asap",
-            promise=None if promise is None else promise_view(promise, now, tz, lang),
-            slot_minutes=SLOT_MINUTES,
-            slot_ranges=slot_ranges(slots, tz),
-            form_token=token,
-            pow=PowChallenge(bits=bits) if bits else None,
-        )
+        return msgspec.structs.replace(seen.offer, form_token=token)
 
     async def create(
         self, site_key: str, body: CallbackCreate, *, client_ip: str, idempotency_key: str | None
