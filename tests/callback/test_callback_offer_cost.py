@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -134,3 +135,12 @@ async def test_always_open_offer_is_small_and_revalidated(client: Client) -> Non
     assert changed.status_code == 200
     assert changed.headers["etag"] != etag
     assert changed.json()["promise"]["text"] != body["promise"]["text"]
+
+
+async def test_concurrent_offers_of_a_cold_queue_share_one_read(client: Client) -> None:
+    await put_site(client)
+    cache = queue_cache(client)
+    before = cache.work.reads
+    answers = await asyncio.gather(*(client.get("/v1/sites/shop/offer") for _ in range(10)))
+    assert [answer.status_code for answer in answers] == [200] * 10
+    assert cache.work.reads - before == 1

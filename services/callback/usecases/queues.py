@@ -87,7 +87,8 @@ class QueueCache:
     spares re-reading it, so every replica is at most `ttl_s` behind. The snapshot's offsets are relative
     to when it was read: a reuse is up to `ttl_s` behind the clock, which moves no promise materially. The
     promise engine keeps the wait distribution of each snapshot, so offers and requests of a queue state
-    share one simulation too. Concurrent misses of one queue share one read."""
+    share one simulation too. Concurrent misses of one queue (by callers without a connection) share
+    one read."""
 
     def __init__(
         self,
@@ -120,22 +121,32 @@ class QueueCache:
         or the pool (a connection is then taken only on a miss). `fresh` reads through the connection
         whatever is cached: what must be exact under a lock (a slot's last place) reads this way."""
         key = (org_id, settings.queue)
+        # Only callers without a connection share a read: one holding a connection must never wait for
+        # another's pool acquire (a full pool of such waiters would stall until the acquire deadline).
+        shared = not fresh and isinstance(source, db.Pool)
         if not fresh:
             entry = self._entries.get(key)
             if entry is not None and self.monotonic() - entry.read_at < self.ttl_s:
                 return entry.snapshot
-            generation = self._generations.get(key, 0)
-            reading = self._reading.get(key)
-            if reading is not None and reading[0] == generation:
-                return await asyncio.shield(reading[1])
         generation = self._generations.get(key, 0)
+        reading = self._reading.get(key) if shared else None
+        if reading is not None and reading[0] == generation:
+            try:
+                return await asyncio.shield(reading[1])
+            except asyncio.CancelledError:
+                if not reading[1].cancelled():
+                    raise  # this caller was cancelled, not the read it joined
+                # The reader went away (its client left): read here instead.
         future: asyncio.Future[QueueSnapshot] = asyncio.get_running_loop().create_future()
-        if not fresh:
+        if shared:
             self._reading[key] = (generation, future)
         try:
             read_at = self.monotonic()
             snapshot = await self._read(source, settings, now, org_id)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here: joiners re-raise it, nobody else needs to
             raise
