@@ -135,7 +135,9 @@ class Intake:
         now = self.clock()
         site = await self.sites.require(site_key)
         settings = site.settings
-        snapshot = await self.queues.snapshot(self.pool, settings, now, org_id=site.org_id)
+        queue = await self.queues.snapshot(self.pool, settings, now, org_id=site.org_id)
+        # The offer is made as of the queue's read (at most a second ago): its offsets count from then.
+        snapshot, as_of = queue.snapshot, queue.as_of
         key = (site_key, tz, lang, not_before)
         seen = self._offers.get(key)
         if (
@@ -145,8 +147,8 @@ class Intake:
             or time.monotonic() - seen.made_at >= OFFER_REUSE_S
         ):
             callee = callee_window(settings, tz, parse_clock(not_before))
-            promise = promise_for(now, snapshot, settings, callee)
-            slots = slots_for(now, snapshot, settings, callee)
+            promise = promise_for(as_of, snapshot, settings, callee)
+            slots = slots_for(as_of, snapshot, settings, callee)
             bits = settings.abuse.proof_of_work_bits
             seen = _SeenOffer(
                 made_at=time.monotonic(),
@@ -154,7 +156,7 @@ class Intake:
                 settings=settings,
                 offer=Offer(
                     open_now=promise is not None and promise.kind == "asap",
-                    promise=None if promise is None else promise_view(promise, now, tz, lang),
+                    promise=None if promise is None else promise_view(promise, as_of, tz, lang),
                     slot_minutes=SLOT_MINUTES,
                     slot_ranges=slot_ranges(slots, tz),
                     form_token="",
@@ -345,9 +347,10 @@ class Intake:
         if slot is not None:
             # Bookings of one queue take turns, so two visitors cannot both take a slot's last place.
             await budgets.lock(conn, "slots", org_id, settings.queue)
-        # A slot's last place is decided under the queue's lock on what PostgreSQL says now; an ASAP promise
-        # shares the queue's latest read (at most a second old).
-        snapshot = await self.queues.snapshot(conn, settings, now, org_id=org_id, fresh=slot is not None)
+        # A request is promised from what PostgreSQL says now, in its own transaction (a slot's last place
+        # under the queue's lock); the read refreshes the queue's cached one, and the wait's simulation is
+        # shared with every offer and request that sees the same state.
+        snapshot = (await self.queues.snapshot(conn, settings, now, org_id=org_id, fresh=True)).snapshot
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)

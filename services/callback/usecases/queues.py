@@ -22,7 +22,7 @@ from services.callback.usecases.sites import SiteDirectory
 from services.common import db
 from services.common.events import CallbackEvent
 
-__all__ = ["QUEUE_TTL_S", "QueueCache", "QueueReads", "newcomer_snapshot"]
+__all__ = ["QUEUE_TTL_S", "QueueCache", "QueueReads", "QueueView", "newcomer_snapshot"]
 
 # A queue read is reused this long at most, however quiet the queue looks: presence expiring and calls
 # running on change nothing that announces itself, and another replica's change may arrive late.
@@ -75,17 +75,25 @@ async def newcomer_snapshot(
     return snapshot, figures.rows + 1
 
 
+class QueueView(msgspec.Struct, frozen=True, kw_only=True):
+    """A newcomer's snapshot and the instant its offsets count from: promises from it use that `now`."""
+
+    snapshot: QueueSnapshot
+    as_of: dt.datetime
+
+
 class _Entry(msgspec.Struct, kw_only=True):
     read_at: float  # monotonic
-    snapshot: QueueSnapshot
+    view: QueueView
 
 
 class QueueCache:
     """Each queue's newcomer snapshot, read from PostgreSQL at most once per `ttl_s` in this process and
     again as soon as the queue is known to have changed (`forget`: a request accepted, cancelled or moved
     here, presence changed here, or any replica's callback event). The truth stays in PostgreSQL; this only
-    spares re-reading it, so every replica is at most `ttl_s` behind. The snapshot's offsets are relative
-    to when it was read: a reuse is up to `ttl_s` behind the clock, which moves no promise materially. The
+    spares re-reading it, so every replica is at most `ttl_s` behind. The snapshot's offsets count from
+    when it was read (`as_of`): a promise made from it must use that instant as its `now`, or requests due
+    exactly at an opening would slip out of the line ahead. The
     promise engine keeps the wait distribution of each snapshot, so offers and requests of a queue state
     share one simulation too. Concurrent misses of one queue (by callers without a connection) share
     one read."""
@@ -106,7 +114,7 @@ class QueueCache:
         self._entries: dict[tuple[str, str], _Entry] = {}
         # Bumped by `forget`: a read begun before a change is neither stored nor joined after it.
         self._generations: dict[tuple[str, str], int] = {}
-        self._reading: dict[tuple[str, str], tuple[int, asyncio.Future[QueueSnapshot]]] = {}
+        self._reading: dict[tuple[str, str], tuple[int, asyncio.Future[QueueView]]] = {}
 
     async def snapshot(
         self,
@@ -116,7 +124,7 @@ class QueueCache:
         *,
         org_id: str,
         fresh: bool = False,
-    ) -> QueueSnapshot:
+    ) -> QueueView:
         """The queue's snapshot for a newcomer. `source` is the caller's connection (inside a transaction)
         or the pool (a connection is then taken only on a miss). `fresh` reads through the connection
         whatever is cached: what must be exact under a lock (a slot's last place) reads this way."""
@@ -127,7 +135,7 @@ class QueueCache:
         if not fresh:
             entry = self._entries.get(key)
             if entry is not None and self.monotonic() - entry.read_at < self.ttl_s:
-                return entry.snapshot
+                return entry.view
         generation = self._generations.get(key, 0)
         reading = self._reading.get(key) if shared else None
         if reading is not None and reading[0] == generation:
@@ -137,12 +145,12 @@ class QueueCache:
                 if not reading[1].cancelled():
                     raise  # this caller was cancelled, not the read it joined
                 # The reader went away (its client left): read here instead.
-        future: asyncio.Future[QueueSnapshot] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[QueueView] = asyncio.get_running_loop().create_future()
         if shared:
             self._reading[key] = (generation, future)
         try:
             read_at = self.monotonic()
-            snapshot = await self._read(source, settings, now, org_id)
+            view = QueueView(snapshot=await self._read(source, settings, now, org_id), as_of=now)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -151,10 +159,10 @@ class QueueCache:
             future.exception()  # retrieved here: joiners re-raise it, nobody else needs to
             raise
         else:
-            future.set_result(snapshot)
+            future.set_result(view)
             if self._generations.get(key, 0) == generation:
-                self._entries[key] = _Entry(read_at=read_at, snapshot=snapshot)
-            return snapshot
+                self._entries[key] = _Entry(read_at=read_at, view=view)
+            return view
         finally:
             if self._reading.get(key, (None, None))[1] is future:
                 del self._reading[key]
