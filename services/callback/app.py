@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections import OrderedDict
@@ -57,6 +58,7 @@ from services.callback.usecases.common import PHONE_CONTEXT, periodically
 from services.callback.usecases.intake import Intake
 from services.callback.usecases.orgs import Organisations
 from services.callback.usecases.presence import Presence, PresenceAgents
+from services.callback.usecases.queues import QueueCache
 from services.callback.usecases.repromise import Repromiser
 from services.callback.usecases.requests import Requests
 from services.callback.usecases.sites import SiteAdmin, SiteDirectory
@@ -124,8 +126,10 @@ OFFER_EXAMPLE = Example(
     value={
         "open_now": True,
         "promise": _PROMISE_EXAMPLE,
-        "slots": [
-            {"start": "2026-11-23T10:00:00Z", "end": "2026-11-23T10:30:00Z", "label": "Mon 23 Nov, 17:00"}
+        "slot_minutes": 30,
+        "slot_ranges": [
+            {"start": "2026-11-23T09:30:00Z", "end": "2026-11-23T15:00:00Z"},
+            {"start": "2026-11-24T02:00:00Z", "end": "2026-11-24T11:00:00Z"},
         ],
         "form_token": "<opaque>",
         "pow": None,
@@ -230,6 +234,23 @@ async def list_sites(site_admin: SiteAdminDependency, tenancy: TenancyDependency
 
 # --- widget API -----------------------------------------------------------------------------------------
 
+# Seconds a browser may reuse an offer without asking; the widget revalidates (ETag) instead.
+OFFER_MAX_AGE_S = 5
+
+
+def offer_etag(offer: Offer) -> str:
+    """A weak ETag over what the visitor sees (promise kind and text, slots, challenge). The exact promised
+    instants and the form token are left out: an offer that reads the same is the same offer a few
+    seconds later, and the client's earlier token stays good until it is spent."""
+    seen = (
+        offer.open_now,
+        None if offer.promise is None else (offer.promise.kind, offer.promise.text),
+        offer.slot_minutes,
+        offer.slot_ranges,
+        offer.pow,
+    )
+    return 'W/"' + hashlib.sha256(msgspec.json.encode(seen)).hexdigest()[:24] + '"'
+
 
 @get(
     "/v1/sites/{site_key:str}/config",
@@ -252,15 +273,22 @@ async def widget_config(
     responses={
         **CROSS_ORIGIN,
         200: ResponseSpec(Offer, examples=[OFFER_EXAMPLE], description="The offer"),
+        304: ResponseSpec(
+            None,
+            generate_examples=False,
+            description="Unchanged since the offer with this ETag (`If-None-Match`): reuse it, form token "
+            "included, while that token is unspent",
+        ),
         400: ResponseSpec(ErrorResponse, examples=[ERROR_EXAMPLE], description="Bad time zone"),
         429: ResponseSpec(ErrorResponse, description="Too many offers for this IP; see Retry-After"),
     },
-    # Each offer runs the promise simulation: the cheapest thing for a scraper to hammer.
+    # Cheap now (the queue's estimate is shared), but still the widget API's most scrapable route.
     opt={RATE_LIMITED: "offer"},
 )
 async def offer(
     site_key: FromPath[str],
     intake: IntakeDependency,
+    *,
     tz: Annotated[
         str, QueryParameter(name="tz", description="Visitor's IANA time zone", schema_extra=ZONE_ENUM)
     ] = "Europe/Moscow",
@@ -268,13 +296,22 @@ async def offer(
     not_before: Annotated[
         str | None, QueryParameter(name="not_before", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     ] = None,
-) -> Response[Offer]:
+    if_none_match: Annotated[
+        str | None, HeaderParameter(name="If-None-Match", required=False, max_length=200)
+    ] = None,
+) -> Response[Offer | None]:
+    """Cacheable for a few seconds per site, zone, language and "not before" (the URL), in the visitor's
+    browser only: the body carries a one-time form token, so shared caches must not hand it to others."""
     try:
         check_zone(tz, "tz")
     except ValueError as exc:
         raise ApiError(400, "invalid_timezone", str(exc).split(": ", 1)[1], "tz") from None
     result = await intake.offer(site_key, tz, lang, not_before)
-    return Response(result, headers={"Cache-Control": "no-store"})
+    etag = offer_etag(result)
+    headers = {"Cache-Control": f"private, max-age={OFFER_MAX_AGE_S}", "ETag": etag}
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(None, status_code=304, headers=headers)
+    return Response(result, headers=headers)
 
 
 @post(
@@ -487,14 +524,21 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         await site_admin.seal_plain_webhook_secrets()
         context.site_admin = site_admin
         agents = PresenceAgents()
-        intake = Intake(runtime.pool, protector, sites, agents=agents)
-        requests = Requests(runtime.pool, sites, agents=agents)
+        # One read of each queue state, shared by offers and requests; forgotten on any change we hear of.
+        queues = QueueCache(agents, sites, ttl_s=own_settings().queue_cache_ttl_s)
+        intake = Intake(runtime.pool, protector, sites, agents=agents, queues=queues)
+        requests = Requests(runtime.pool, sites, agents=agents, on_queue_changed=queues.forget)
         repromiser = Repromiser(runtime.worker_pool, sites, agents)
-        presence = Presence(runtime.pool, protector, sites, on_queues_changed=repromiser.notice_queues)
+
+        def queues_changed(org_id: str, names: list[str]) -> None:
+            queues.forget(org_id, names)
+            repromiser.notice_queues(org_id, names)
+
+        presence = Presence(runtime.pool, protector, sites, on_queues_changed=queues_changed)
         organisations = Organisations(runtime.pool)
         # Background work runs on the worker pool: a flood of widget requests cannot stop dialing.
-        background = Requests(runtime.worker_pool, sites, agents=agents)
-        feed = StatusFeed(runtime.bus, listeners=[repromiser.notice_event])
+        background = Requests(runtime.worker_pool, sites, agents=agents, on_queue_changed=queues.forget)
+        feed = StatusFeed(runtime.bus, listeners=[queues.notice_event, repromiser.notice_event])
         await feed.start()
         own = own_settings()
         adapter = build_adapter(own.telephony, own.telephony_config())

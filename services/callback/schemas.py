@@ -218,10 +218,11 @@ class PromiseView(msgspec.Struct, kw_only=True):
     text: str
 
 
-class SlotView(msgspec.Struct, kw_only=True):
+class SlotRange(msgspec.Struct, kw_only=True):
+    """Back-to-back bookable slots: every `slot_minutes` from `start` until `end` (the last one's end)."""
+
     start: dt.datetime
     end: dt.datetime
-    label: str
 
 
 class PowChallenge(msgspec.Struct, kw_only=True):
@@ -229,11 +230,13 @@ class PowChallenge(msgspec.Struct, kw_only=True):
 
 
 class Offer(msgspec.Struct, kw_only=True):
-    """What we would promise right now, plus slots for later, in the visitor's zone."""
+    """What we would promise right now, plus slots for later: the first few days with a free slot, as
+    ranges of back-to-back slots (the widget labels them on the visitor's clock)."""
 
     open_now: bool
     promise: PromiseView | None
-    slots: list[SlotView]
+    slot_minutes: int
+    slot_ranges: list[SlotRange]
     form_token: str
     pow: PowChallenge | None = None
 

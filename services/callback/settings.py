@@ -40,12 +40,19 @@ class CallbackSettings(SettingsSection, kw_only=True, frozen=True):
     # A call being placed is leased this long (s); an order still unconfirmed after it is settled by any
     # replica without ringing again. Well above the providers' own request timeouts.
     placing_lease_s: float = 30.0
+    # A queue read for promises (offers and requests) is reused this long (s) at most by a process; changes
+    # it hears of (its own requests and presence, any replica's callback events) drop it sooner. 0: never.
+    queue_cache_ttl_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sim_time_scale <= 0:
             raise SettingsError(f"{env_name('sim_time_scale')} must be > 0, got {self.sim_time_scale}")
         if self.placing_lease_s <= 0:
             raise SettingsError(f"{env_name('placing_lease_s')} must be > 0, got {self.placing_lease_s}")
+        if not 0 <= self.queue_cache_ttl_s <= 60:
+            raise SettingsError(
+                f"{env_name('queue_cache_ttl_s')} must be within [0, 60], got {self.queue_cache_ttl_s}"
+            )
         if self.offer_rate_limit_per_minute < 1:
             raise SettingsError(
                 f"{env_name('offer_rate_limit_per_minute')} must be >= 1,"

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
-from support.callback_api import ADMIN, ask, put_site, sign_in_agent, site_body
+from support.callback_api import ADMIN, ask, offered_slots, put_site, sign_in_agent, site_body
 from support.harness import running_service
 
 from services.common.settings import Settings
@@ -67,7 +67,7 @@ async def test_offer_promises_within_seconds_when_agents_are_free(client: Client
     assert promise["text"].startswith("We'll call you within")
     latest = dt.datetime.fromisoformat(promise["latest"])
     assert latest - dt.datetime.now(dt.UTC) < dt.timedelta(minutes=2), "hot leads: called within 1-2 minutes"
-    assert body["slots"], "visitors may also choose a later time"
+    assert offered_slots(body), "visitors may also choose a later time"
     assert_error(
         await client.get("/v1/sites/shop/offer", params={"tz": "Nowhere/City"}), 400, "invalid_timezone", "tz"
     )
@@ -306,7 +306,7 @@ async def test_cancel_and_reschedule(client: Client, db: asyncpg.Connection) -> 
     created = (await ask(client)).json()
     token = {"X-Status-Token": created["status_token"]}
     offer = (await client.get("/v1/sites/shop/offer")).json()
-    slot = offer["slots"][3]
+    slot = offered_slots(offer)[3]
     moved = await client.post(
         f"/v1/callbacks/{created['id']}/reschedule", json={"slot_start": slot["start"]}, headers=token
     )

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import httpx
 from litestar.testing import AsyncTestClient
-from support.callback_api import ask, put_site, sign_in_agent
+from support.callback_api import ask, offered_slots, put_site, sign_in_agent
 from support.harness import running_service
 
 from services.common.settings import Settings
@@ -49,7 +49,7 @@ async def test_nobody_at_work_gets_no_instant_promise_and_slots_agree(client: Cl
     # No schedule and nobody signed in: nothing is promised, no slot offered, a request is refused.
     await put_site(client, staffing=[])
     body = await offer(client)
-    assert (body["open_now"], body["promise"], body["slots"]) == (False, None, [])
+    assert (body["open_now"], body["promise"], body["slot_ranges"]) == (False, None, [])
     refused = await ask(client)
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["code"] == "no_callable_time"
@@ -64,8 +64,8 @@ async def test_nobody_at_work_gets_no_instant_promise_and_slots_agree(client: Cl
     assert body["promise"]["kind"] == "scheduled"
     assert when(body["promise"]["earliest"]) == midnight
     assert body["promise"]["text"] == "We'll call you tomorrow at 00:00 your time"
-    assert body["slots"]
-    assert all(when(slot["start"]) >= midnight for slot in body["slots"])
+    assert offered_slots(body)
+    assert all(when(slot["start"]) >= midnight for slot in offered_slots(body))
 
     # Someone signs in and is Ready: ASAP now, and today's slots come back.
     await sign_in_agent(client)
@@ -73,7 +73,7 @@ async def test_nobody_at_work_gets_no_instant_promise_and_slots_agree(client: Cl
     assert body["open_now"] is True
     assert body["promise"]["kind"] == "asap"
     if midnight - dt.datetime.now(dt.UTC) > dt.timedelta(hours=1):
-        assert when(body["slots"][0]["start"]) < midnight
+        assert when(offered_slots(body)[0]["start"]) < midnight
 
 
 async def test_off_hours_visitors_are_promised_in_turn(client: Client) -> None:
@@ -104,12 +104,12 @@ async def test_off_hours_visitors_are_promised_in_turn(client: Client) -> None:
 async def test_a_full_slot_is_not_offered_and_cannot_be_booked(client: Client) -> None:
     # One scheduled agent, default 180 s handle time: a 30-minute slot holds floor(1800 / 180 * 0.7) = 7.
     await put_site(client, staffing=ALL_DAY, abuse=GENEROUS)
-    first = (await offer(client))["slots"][0]
+    first = offered_slots(await offer(client))[0]
     for i in range(7):
         booked = await ask(client, phone=f"+7912345671{i}", slot_start=first["start"])
         assert booked.status_code == 201, booked.text
         assert booked.json()["promise"]["earliest"] == first["start"]
-    assert first["start"] not in [slot["start"] for slot in (await offer(client))["slots"]]
+    assert first["start"] not in [slot["start"] for slot in offered_slots(await offer(client))]
     full = await ask(client, phone="+79123456799", slot_start=first["start"])
     assert full.status_code == 409, full.text
     assert full.json()["error"] == {

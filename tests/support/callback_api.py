@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import httpx
@@ -71,3 +72,22 @@ async def sign_in_agent(
     if ready:
         state = await client.post("/agent/api/presence", json={"status": "ready"})
         assert state.json()["status"] == "ready"
+
+
+def offered_slots(offer: dict[str, Any]) -> list[dict[str, str]]:
+    """An offer's slots one by one ({start, end} as the API spells instants), as the widget expands its
+    ranges of back-to-back slots."""
+    step = dt.timedelta(minutes=offer["slot_minutes"])
+    slots = []
+    for slot_range in offer["slot_ranges"]:
+        start = dt.datetime.fromisoformat(slot_range["start"])
+        end = dt.datetime.fromisoformat(slot_range["end"])
+        while start + step <= end:
+            slots.append({"start": api_instant(start), "end": api_instant(start + step)})
+            start += step
+    return slots
+
+
+def api_instant(value: dt.datetime) -> str:
+    """An instant as the API writes it (msgspec: UTC with a Z)."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -137,7 +137,8 @@
 
   // ---- HTTP ----------------------------------------------------------------------------------------
   // Errors carry {status, code, field, retryAfter}; code 'offline' = the request never got an answer.
-  async function request(method, path, body, headers) {
+  // `cache` is fetch's cache mode: offers are revalidated by ETag ('no-cache'), or fetched anew ('reload').
+  async function request(method, path, body, headers, cache) {
     const fail = (status, code, field, retryAfter, text) => Object.assign(new Error(code), { status, code, field, retryAfter, text });
     if (navigator.onLine === false) throw fail(0, 'offline');
     let res;
@@ -148,6 +149,7 @@
         credentials: 'omit', // no cookies, first- or third-party
         headers: { ...(body ? { 'Content-Type': 'application/json' } : {}), ...headers },
         body: body ? JSON.stringify(body) : undefined,
+        cache: cache || 'default',
         signal: AbortSignal.timeout ? AbortSignal.timeout(15000) : undefined,
       });
     } catch (e) {
@@ -385,6 +387,19 @@
   let current = null; // {id, token}
   let view = null; // last status view from the server
 
+  // The offer's ranges of back-to-back slots, one by one: [{start, end}] as ISO instants.
+  function slotList(data) {
+    const step = (data.slot_minutes || 30) * 6e4;
+    const list = [];
+    for (const r of data.slot_ranges || []) {
+      const end = Date.parse(r.end);
+      for (let s = Date.parse(r.start); s + step <= end; s += step) {
+        list.push({ start: new Date(s).toISOString(), end: new Date(s + step).toISOString() });
+      }
+    }
+    return list;
+  }
+
   // "When should we call" block, used by the form and by reschedule after a missed call.
   function whenPicker(p, onChange) {
     const radio = (value, text, checked) => h('label', { class: 'opt' },
@@ -406,9 +421,9 @@
     return {
       el: h('div', {}, modes, slotField, nbField),
       fill(data) {
-        slots = (config.fields.slot_picker !== false && data && data.slots) || [];
+        slots = (config.fields.slot_picker !== false && data && slotList(data)) || [];
         const keep = select.value;
-        select.replaceChildren(...slots.map((s) => h('option', { value: s.start }, s.label || dayAt(s.start))));
+        select.replaceChildren(...slots.map((s) => h('option', { value: s.start }, dayAt(s.start))));
         if (slots.some((s) => s.start === keep)) select.value = keep;
         show(modes, slots.length > 0);
         if (!slots.length) asap.firstChild.checked = true;
@@ -567,10 +582,14 @@
     if (!offer || Date.now() - offer.at > 5 * 60e3) loadOffer().catch(() => {});
   }
   const offerPath = (nb) => `/v1/sites/${encodeURIComponent(siteKey)}/offer?tz=${encodeURIComponent(tz)}&lang=${lang}${nb ? `&not_before=${nb}` : ''}`;
+  // A browser may keep an offer a few seconds and revalidates it by ETag, which hands back the form token
+  // it came with: fine until that token is spent or refused, then the next offer is fetched anew.
+  let tokenUsed = false;
   async function loadOffer() {
     promiseText.textContent = t.loading;
     try {
-      const data = await request('GET', offerPath(formWhen.notBefore()));
+      const data = await request('GET', offerPath(formWhen.notBefore()), null, {}, tokenUsed ? 'reload' : 'no-cache');
+      tokenUsed = false;
       const bits = data.pow && data.pow.bits;
       offer = { data, at: Date.now(), pow: bits ? solvePow(data.form_token, bits) : Promise.resolve(null) };
       formWhen.fill(data);
@@ -590,7 +609,7 @@
     refreshTimer = setTimeout(async () => {
       if (!offer) return;
       try {
-        const data = await request('GET', offerPath(formWhen.notBefore()));
+        const data = await request('GET', offerPath(formWhen.notBefore()), null, {}, 'no-cache');
         offer.data = { ...offer.data, promise: data.promise, open_now: data.open_now };
         renderPromise();
       } catch (e) { promiseText.textContent = errorText(e); }
@@ -667,6 +686,7 @@
         }
       }
       offer = null; // the form token is spent
+      tokenUsed = true;
       lastBody = '';
       current = { id: res.id, token: res.status_token };
       store.set('sessionStorage', STORE_KEY, JSON.stringify(current));
@@ -688,7 +708,10 @@
       }
       // An outdated, spent or refused form token, or a slot that filled up meanwhile: a fresh offer (new
       // token, free slots) for the next press.
-      if (err.field === 'form_token' || err.field === 'pow_nonce' || err.code === 'slot_full') loadOffer().catch(() => {});
+      if (err.field === 'form_token' || err.field === 'pow_nonce' || err.code === 'slot_full') {
+        tokenUsed = true;
+        loadOffer().catch(() => {});
+      }
     } finally {
       busy = false;
       submitBtn.disabled = false;

@@ -33,12 +33,8 @@ def _extra_attempts(attempt_numbers: list[int]) -> float:
     return min((len(attempt_numbers) - firsts) / firsts, 4.0)
 
 
-async def queue_figures(
-    conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
-) -> QueueFigures:
-    """Everything a promise for one organisation's queue needs, read in one place (a queue is
-    (organisation, name))."""
-    # Agents of the queue held by a call (of any queue): each frees up after the rest of its call.
+async def _busy_elapsed(conn: Connection, org_id: str, queue: str, now: dt.datetime) -> tuple[float, ...]:
+    """Agents of the queue held by a call (of any queue): each frees up after the rest of its call."""
     busy = await conn.fetch(
         "select extract(epoch from ($2 - d.started_at))::float8 as elapsed"
         " from agents a join agent_presence p on p.agent_id = a.id"
@@ -47,6 +43,13 @@ async def queue_figures(
         now,
         org_id,
     )
+    return tuple(max(float(r["elapsed"]), 0.0) for r in busy)
+
+
+async def _handled(
+    conn: Connection, org_id: str, queue: str, history: int
+) -> tuple[tuple[float, ...], float]:
+    """Recent handle times of the queue and retries per first attempt among them."""
     # An agent is held by an attempt from its reservation to its end, whether the call connected or not:
     # that is the time the queue loses, so it is the sample (failed attempts included).
     handled = await conn.fetch(
@@ -59,6 +62,19 @@ async def queue_figures(
         history,
         org_id,
     )
+    return (
+        tuple(float(r["seconds"]) for r in handled),
+        _extra_attempts([int(r["attempt_no"]) for r in handled]),
+    )
+
+
+async def queue_figures(
+    conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
+) -> QueueFigures:
+    """Everything a promise for one organisation's queue needs, read in one place (a queue is
+    (organisation, name))."""
+    busy = await _busy_elapsed(conn, org_id, queue, now)
+    handle_times, extra_attempts = await _handled(conn, org_id, queue, history)
     pending = await conn.fetch(
         "select id, requested_at, due_at from callbacks where org_id = $3 and queue = $1"
         " and status in ('requested', 'scheduled') and due_at < $2 order by due_at",
@@ -67,10 +83,51 @@ async def queue_figures(
         org_id,
     )
     return QueueFigures(
-        busy_elapsed_s=tuple(max(float(r["elapsed"]), 0.0) for r in busy),
-        handle_times_s=tuple(float(r["seconds"]) for r in handled),
-        extra_attempts=_extra_attempts([int(r["attempt_no"]) for r in handled]),
+        busy_elapsed_s=busy,
+        handle_times_s=handle_times,
+        extra_attempts=extra_attempts,
         pending=tuple(msgspec.convert(dict(r), PendingRequest) for r in pending),
+    )
+
+
+class NewcomerFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue as a new visitor sees it (everyone pending is ahead once due), in a bounded number of rows:
+    requests due now only as a count, those due later (retries, slots, openings) as their due offsets."""
+
+    busy_elapsed_s: tuple[float, ...]
+    handle_times_s: tuple[float, ...]
+    extra_attempts: float
+    due_now: int
+    later_due_s: tuple[float, ...]  # seconds from `now` at which pending requests fall due, ascending
+    rows: int  # rows PostgreSQL returned for these figures
+
+
+async def newcomer_figures(
+    conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
+) -> NewcomerFigures:
+    """`queue_figures` as a newcomer needs them: the pending requests aggregated in PostgreSQL, so the rows
+    read do not grow with the backlog (requests due now are only counted)."""
+    busy = await _busy_elapsed(conn, org_id, queue, now)
+    handle_times, extra_attempts = await _handled(conn, org_id, queue, history)
+    pending = await conn.fetchrow(
+        "select count(*) filter (where due_at <= $2) as due_now,"
+        " coalesce(array_agg(extract(epoch from (due_at - $2))::float8 order by due_at)"
+        "   filter (where due_at > $2), '{}') as later"
+        " from callbacks where org_id = $4 and queue = $1"
+        " and status in ('requested', 'scheduled') and due_at < $3",
+        queue,
+        now,
+        horizon,
+        org_id,
+    )
+    assert pending is not None
+    return NewcomerFigures(
+        busy_elapsed_s=busy,
+        handle_times_s=handle_times,
+        extra_attempts=extra_attempts,
+        due_now=int(pending["due_now"]),
+        later_due_s=tuple(float(offset) for offset in pending["later"]),
+        rows=len(busy) + len(handle_times) + 1,
     )
 
 

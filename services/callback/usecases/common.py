@@ -24,7 +24,7 @@ from services.callback.domain.promise import (
     promise_callback_time,
     render_promise_text,
 )
-from services.callback.schemas import Lang, PromiseView, SiteSettings
+from services.callback.schemas import Lang, PromiseView, SiteSettings, SlotRange
 from services.callback.store import callbacks as callback_store
 from services.callback.store import stats
 from services.callback.usecases.sites import site_calendar, staffing_schedule
@@ -264,6 +264,31 @@ def chosen_slot(
     raise refuse(
         Invalid, "invalid_slot", "This time is no longer available; please choose another", "slot_start"
     )
+
+
+# The offer lists slots of this many of the visitor's days (the first ones with a free slot); a request
+# may still choose any offered slot of the week (`chosen_slot`).
+OFFER_SLOT_DAYS = 3
+SLOT_MINUTES = 30
+
+
+def slot_ranges(slots: list[Slot], tz: str, *, days: int = OFFER_SLOT_DAYS) -> list[SlotRange]:
+    """The slots of the first `days` local days (in `tz`) that have any, back-to-back ones collapsed into
+    one range: a 24/7 site's three days are one range instead of 144 slots."""
+    zone = ZoneInfo(tz)
+    ranges: list[SlotRange] = []
+    dates: set[dt.date] = set()
+    for slot in slots:
+        date = slot.start.astimezone(zone).date()
+        if date not in dates:
+            if len(dates) == days:
+                break
+            dates.add(date)
+        if ranges and ranges[-1].end == slot.start:
+            ranges[-1].end = slot.end
+        else:
+            ranges.append(SlotRange(start=slot.start, end=slot.end))
+    return ranges
 
 
 def slot_label(slot: Slot, tz: str, lang: Lang) -> str:

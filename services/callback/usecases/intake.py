@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -22,6 +24,7 @@ from services.callback.domain.phone import (
     normalize_phone,
     refusal_message,
 )
+from services.callback.domain.promise import QueueSnapshot
 from services.callback.schemas import (
     CallbackCreate,
     CallbackCreated,
@@ -30,7 +33,6 @@ from services.callback.schemas import (
     Offer,
     PowChallenge,
     SiteSettings,
-    SlotView,
     WidgetConfig,
 )
 from services.callback.store import aliases, budgets, idempotency
@@ -38,21 +40,22 @@ from services.callback.store import callbacks as callback_store
 from services.callback.store import intake as intake_store
 from services.callback.usecases.common import (
     PHONE_CONTEXT,
+    SLOT_MINUTES,
     Clock,
     chosen_slot,
     ensure_slot_free,
     parse_clock,
     promise_for,
     promise_view,
-    queue_snapshot,
     refuse,
-    slot_label,
+    slot_ranges,
     slots_for,
     state_name,
     stored_promise,
     utc_now,
 )
 from services.callback.usecases.presence import AgentAvailability, PresenceAgents
+from services.callback.usecases.queues import QueueCache
 from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db
 from services.common.crypto import DataProtector, token_hash
@@ -68,6 +71,20 @@ PROMISE_SECONDS = Histogram(
 )
 
 
+# An offer made from the same queue read and site settings is reused this long (s): what it shows moves
+# with the queue (a new read makes a new offer) and with the clock only at slot boundaries.
+OFFER_REUSE_S = 1.0
+# Offers kept for reuse: one per site, zone, language and "not before" asked for lately.
+OFFERS_KEPT = 1024
+
+
+class _SeenOffer(msgspec.Struct, kw_only=True):
+    made_at: float  # monotonic
+    snapshot: QueueSnapshot
+    settings: SiteSettings
+    offer: Offer  # without a form token: each offer gets its own
+
+
 class Intake:
     """The widget's way in: configuration, offers and new requests for a site."""
 
@@ -78,12 +95,19 @@ class Intake:
         sites: SiteDirectory,
         agents: AgentAvailability | None = None,
         clock: Clock = utc_now,
+        *,
+        queues: QueueCache | None = None,
     ) -> None:
         self.pool = pool
         self.protector = protector
         self.sites = sites
         self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
+        # Each queue is read and its wait simulated once per state, for every offer and request of it.
+        self.queues = queues or QueueCache(self.agents, sites)
+        # Offers as made from one queue read, per site, zone, language and "not before": the calendars
+        # behind the promise and the slots cost more than everything else an offer does.
+        self._offers: OrderedDict[tuple[str, str, str, str | None], _SeenOffer] = OrderedDict()
 
     async def widget_config(self, site_key: str, lang: Lang | None) -> WidgetConfig:
         site = await self.sites.require(site_key)
@@ -106,24 +130,46 @@ class Intake:
         )
 
     async def offer(self, site_key: str, tz: str, lang: Lang, not_before: str | None) -> Offer:
+        """The promise and slots a visitor would get now. The site and the queue come from their caches
+        (a pool connection is taken only on a miss), so the cost does not grow with the queue."""
         now = self.clock()
-        # One connection for the whole read: the widget's hottest path takes one pool slot, once.
-        async with self.pool.acquire() as conn:
-            site = await self.sites.require(site_key, conn)
-            settings = site.settings
+        site = await self.sites.require(site_key)
+        settings = site.settings
+        queue = await self.queues.snapshot(self.pool, settings, now, org_id=site.org_id)
+        # The offer is made as of the queue's read (at most a second ago): its offsets count from then.
+        snapshot, as_of = queue.snapshot, queue.as_of
+        key = (site_key, tz, lang, not_before)
+        seen = self._offers.get(key)
+        if (
+            seen is None
+            or seen.snapshot is not snapshot
+            or seen.settings is not settings
+            or time.monotonic() - seen.made_at >= OFFER_REUSE_S
+        ):
             callee = callee_window(settings, tz, parse_clock(not_before))
-            snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=site.org_id)
-        promise = promise_for(now, snapshot, settings, callee)
-        slots = slots_for(now, snapshot, settings, callee)
+            promise = promise_for(as_of, snapshot, settings, callee)
+            slots = slots_for(as_of, snapshot, settings, callee)
+            bits = settings.abuse.proof_of_work_bits
+            seen = _SeenOffer(
+                made_at=time.monotonic(),
+                snapshot=snapshot,
+                settings=settings,
+                offer=Offer(
+                    open_now=promise is not None and promise.kind == "asap",
+                    promise=None if promise is None else promise_view(promise, as_of, tz, lang),
+                    slot_minutes=SLOT_MINUTES,
+                    slot_ranges=slot_ranges(slots, tz),
+                    form_token="",
+                    pow=PowChallenge(bits=bits) if bits else None,
+                ),
+            )
+            self._offers[key] = seen
+            if len(self._offers) > OFFERS_KEPT:
+                self._offers.popitem(last=False)
+        else:
+            self._offers.move_to_end(key)
         token = issue_form_token(self.protector.sign, site_key, now, secrets.token_hex(6))
-        bits = settings.abuse.proof_of_work_bits
-        return Offer(
-            open_now=promise is not None and promise.kind == "asap",
-            promise=None if promise is None else promise_view(promise, now, tz, lang),
-            slots=[SlotView(start=s.start, end=s.end, label=slot_label(s, tz, lang)) for s in slots],
-            form_token=token,
-            pow=PowChallenge(bits=bits) if bits else None,
-        )
+        return msgspec.structs.replace(seen.offer, form_token=token)
 
     async def create(
         self, site_key: str, body: CallbackCreate, *, client_ip: str, idempotency_key: str | None
@@ -188,6 +234,7 @@ class Intake:
             # The pending request read may be overtaken by a concurrent one (a new request for the number
             # commits first, or the pending one is dialed and finishes): each write says whether it
             # happened, and the other way is taken with a fresh look.
+            done: tuple[int, CallbackCreated] | None = None
             for _ in range(3):
                 if pending is not None:
                     done = await self._merge(conn, pending, body, ip_hash=ip_hash, now=now, claim=claim)
@@ -207,9 +254,13 @@ class Intake:
                         claim=claim,
                     )
                 if done is not None:
-                    return done
+                    break
                 pending = await callback_store.pending_for_phone(conn, site_key, phone_hash)
-        raise refuse(Conflict, "request_contended", "Please send the request again", "phone")
+            if done is None:
+                raise refuse(Conflict, "request_contended", "Please send the request again", "phone")
+        # Committed: this queue's next offer or request here reads it again (other replicas hear the event).
+        self.queues.forget(site.org_id, [settings.queue])
+        return done
 
     def _answer(
         self, claim: intake_store.IdempotencyClaim | None, status_code: int, created: CallbackCreated
@@ -321,7 +372,10 @@ class Intake:
     ) -> tuple[int, CallbackCreated] | None:
         """A new request, born scheduled; None (nothing written) when the phone got a pending request
         from a concurrent one meanwhile."""
-        snapshot = await queue_snapshot(conn, self.agents, settings, now, org_id=org_id)
+        # A request is promised from what PostgreSQL says now, in its own transaction (a slot's last place
+        # under the queue's lock, taken in the claim); the read refreshes the queue's cached one, and the
+        # wait's simulation is shared with every offer and request that sees the same state.
+        snapshot = (await self.queues.snapshot(conn, settings, now, org_id=org_id, fresh=True)).snapshot
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)

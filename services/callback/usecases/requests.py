@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 
 import msgspec
 
@@ -47,11 +48,19 @@ class Requests:
         sites: SiteDirectory,
         agents: AgentAvailability | None = None,
         clock: Clock = utc_now,
+        *,
+        on_queue_changed: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.pool = pool
         self.sites = sites
         self.agents: AgentAvailability = agents or PresenceAgents()
         self.clock = clock
+        # Told once a request left or moved in its queue (committed): cached queue reads are stale.
+        self.on_queue_changed = on_queue_changed
+
+    def _queue_changed(self, row: callback_store.CallbackRow) -> None:
+        if self.on_queue_changed is not None:
+            self.on_queue_changed(row.org_id, [row.queue])
 
     def status_view(
         self, row: callback_store.CallbackRow, alias: aliases.AliasRow | None = None
@@ -132,6 +141,7 @@ class Requests:
             except IllegalTransition:
                 raise Conflict("already_finished", f"This request is already {row.status}") from None
             row = await self._locked(conn, row.id)
+        self._queue_changed(row)
         return self.status_view(row)
 
     async def _withdraw(
@@ -183,6 +193,7 @@ class Requests:
                 conn, row, promise, snapshot, now=now, reason="rescheduled", not_before=not_before
             )
             row = await self._locked(conn, row.id)
+        self._queue_changed(row)
         return self.status_view(row)
 
     async def expire_overdue(self) -> int:
