@@ -10,6 +10,7 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
+import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
 from support.esia_sandbox import Sandbox
@@ -17,9 +18,11 @@ from support.harness import TEST_DATA_KEYS, TEST_INDEX_KEY, make_settings
 from support.polling import until
 from support.verification import AUTH, MATCH_CASE
 
+from services.common import bus as busmod
 from services.common import db as dbmod
 from services.common.clock import ManualClock
 from services.common.crypto import DataProtector, new_key
+from services.common.events import CorpSimBound, decode_event
 from services.common.rotation import rotate_column
 from services.common.settings import Settings
 from services.verification.app import ENCRYPTED_COLUMNS
@@ -559,3 +562,26 @@ async def test_keys_rotate_over_corporate_personal_data_and_signing_keys(
     assert '"d"' in protector.decrypt(
         bytes(key["private_enc"]), "verification.signing_keys.private", key["kid"]
     )
+
+
+async def test_corpsim_events_reach_jetstream(client: AsyncTestClient[Any], bus: busmod.Bus) -> None:
+    company_id, client_id, secret = await onboard(client, SBER, [A_NUMBER])
+    a = bearer((await get_token(client, client_id, secret))["access_token"])
+    sim = (await client.post(f"/v1/corporate/sims/{A_NUMBER}/binding", json=METER, headers=a)).json()
+
+    async def published() -> Any:
+        try:
+            return await bus.js.get_last_msg(bus.ns.stream("CORPSIM"), bus.ns.subject("corpsim.bound"))
+        except nats.js.errors.NotFoundError:
+            return None
+
+    message = await until(published)
+    event = decode_event(message.data)
+    assert isinstance(event, CorpSimBound)
+    assert (str(event.company_id), event.state, event.binding, event.version) == (
+        company_id,
+        "pending_submission",
+        "device",
+        sim["version"],
+    )
+    assert event.msisdn_masked == "+7 916 ***-**-01"
