@@ -15,7 +15,8 @@ Rules (msgspec schema evolution):
   Consumers decide by `occurred_at` and `state`, never by arrival order; a tag a consumer does not know
   (a v2 beside v1) is skipped by it, not dead-lettered.
 - Personal data: only events a consumer must act on carry a phone number (callback.requested,
-  callback.failed and the verification notices, for the notifier). Logs mask it; CRM webhooks mask
+  callback.failed and the verification notices, for the notifier; corpsim.suspension_due and
+  corpsim.restored, for billing). Logs mask it; CRM webhooks mask
   it. The embedded dev NATS stores streams unencrypted: production must enable JetStream encryption at
   rest (server `jetstream.cipher`).
 """
@@ -267,6 +268,67 @@ class VerificationCaseCancelled(
     by: str = ""
 
 
+# --- corpsim ------------------------------------------------------------------------------------------
+# A company's corporate SIM (issue 13): who or what uses it and where its registration stands. One event
+# per kind of change: bound (a new or replaced binding), unbound, status_changed (every other move of the
+# state machine, from_state → state with the reason), and the deadline pair suspension_due / restored.
+# The number travels masked except where billing must act on it (suspension_due, restored); company
+# webhooks look the full number up by sim_id inside the verification service.
+
+CorpSimState = Literal[
+    "unregistered", "pending_employee_confirmation", "pending_submission", "submitted", "accepted", "rejected"
+]
+CorpSimBinding = Literal["employee", "device"]
+
+
+class CorpSimEvent(Event, frozen=True, kw_only=True):
+    """Every corpsim.* event names the SIM, its company, the state it is in and its row version."""
+
+    sim_id: uuid.UUID
+    company_id: uuid.UUID
+    state: CorpSimState
+    version: int
+    msisdn_masked: str
+
+
+class CorpSimBound(CorpSimEvent, frozen=True, kw_only=True, tag="corpsim.bound.v1"):
+    """The SIM was bound to an employee (who must now confirm) or a device (ready for submission)."""
+
+    SUBJECT = "corpsim.bound"
+    binding: CorpSimBinding
+    rebound: bool = False  # it replaced an earlier binding
+
+
+class CorpSimUnbound(CorpSimEvent, frozen=True, kw_only=True, tag="corpsim.unbound.v1"):
+    """The binding was removed: the SIM is unregistered again (and heads toward a deadline)."""
+
+    SUBJECT = "corpsim.unbound"
+    binding: CorpSimBinding
+
+
+class CorpSimStatusChanged(CorpSimEvent, frozen=True, kw_only=True, tag="corpsim.status_changed.v1"):
+    """employee confirmed, submitted, accepted, rejected(reason): any other move of the state machine."""
+
+    SUBJECT = "corpsim.status_changed"
+    from_state: CorpSimState
+    reason: str = ""
+
+
+class CorpSimSuspensionDue(CorpSimEvent, frozen=True, kw_only=True, tag="corpsim.suspension_due.v1"):
+    """The registration deadline passed with the SIM unregistered or rejected: billing suspends it."""
+
+    SUBJECT = "corpsim.suspension_due"
+    msisdn: str  # E.164: billing must act on the number
+    deadline: dt.datetime
+
+
+class CorpSimRestored(CorpSimEvent, frozen=True, kw_only=True, tag="corpsim.restored.v1"):
+    """A SIM suspended for its deadline was registered later: billing restores service."""
+
+    SUBJECT = "corpsim.restored"
+    msisdn: str
+
+
 # --- notifier -----------------------------------------------------------------------------------------
 # What happened to one message: for CRM, billing of SMS and dashboards. No phone, no text: the
 # recipient is the notifier's own id, the subject the event that caused the message.
@@ -334,6 +396,11 @@ AnyEvent = (
     | VerificationConsentDenied
     | VerificationAccountNotConfirmed
     | VerificationExpired
+    | CorpSimBound
+    | CorpSimUnbound
+    | CorpSimStatusChanged
+    | CorpSimSuspensionDue
+    | CorpSimRestored
     | NotifySent
     | NotifyDelivered
     | NotifyFailed
@@ -344,6 +411,7 @@ STREAMS: dict[str, list[str]] = {
     "SYSTEM": ["system.>"],
     "CALLBACK": ["callback.>"],
     "VERIFICATION": ["verification.>"],
+    "CORPSIM": ["corpsim.>"],
     "NOTIFIER": ["notifier.>", "notify.>"],
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from services.common.web import Runtime, ServiceSpec, build_app
 from services.common.webhook_sender import WebhookSender
 from services.verification import case_api, store, subscriber
 from services.verification.case_api import ADMIN_SCOPE, CASES_SCOPE
+from services.verification.corporate import api as corporate_api
+from services.verification.corporate import store as corporate_store
+from services.verification.corporate.oauth import CorporateAuth
+from services.verification.corporate.usecases import CorporateSims
 from services.verification.deps import service_of
 from services.verification.domain.policy import validate_policies
 from services.verification.identity.base import IdentityProvider
@@ -39,6 +44,21 @@ def _encrypted_columns() -> tuple[EncryptedColumn, ...]:
     return (
         EncryptedColumn(table="cases", id_column="id", column="msisdn_enc", context=store.MSISDN_CONTEXT),
         EncryptedColumn(table="cases", id_column="id", column="holder_enc", context=store.HOLDER_CONTEXT),
+        EncryptedColumn(
+            table="company_numbers",
+            id_column="id",
+            column="msisdn_enc",
+            context=corporate_store.MSISDN_CONTEXT,
+        ),
+        EncryptedColumn(
+            table="sims", id_column="id", column="employee_enc", context=corporate_store.EMPLOYEE_CONTEXT
+        ),
+        EncryptedColumn(
+            table="signing_keys",
+            id_column="kid",
+            column="private_enc",
+            context=corporate_store.SIGNING_KEY_CONTEXT,
+        ),
     )
 
 
@@ -74,6 +94,15 @@ def make_spec(
             provider=provider,
         )
         runtime.extras["verification"] = web
+        auth = CorporateAuth(
+            pool=runtime.pool,
+            protector=protector,
+            clock=the_clock,
+            issuer=public,
+            token_ttl_s=section.verification_corporate_token_ttl_s,
+            rotation=dt.timedelta(days=section.verification_corporate_key_rotation_days),
+        )
+        runtime.extras[corporate_api.EXTRA] = CorporateSims(pool=runtime.pool, cases=web, auth=auth)
         # Timers run on the worker pool: a flood of page views cannot delay a suspension.
         runtime.extras["verification_jobs"] = dataclasses.replace(web, pool=runtime.worker_pool)
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))
@@ -99,22 +128,27 @@ def make_spec(
         name="verification",
         title="Abonent verification",
         description="Subscribers confirm their passport data through an ESIA-style sign-in by a deadline; "
-        "back office opens and watches cases. Every 4xx has the shape "
+        "back office opens and watches cases. Companies register who uses their corporate SIMs "
+        "(OAuth 2.0 client credentials at /oauth/token). Every 4xx has the shape "
         '{"error": {"code", "message", "field"}}.',
-        route_handlers=[*case_api.ROUTES, *subscriber.ROUTES],
+        route_handlers=[*case_api.ROUTES, *subscriber.ROUTES, *corporate_api.ROUTES],
         migrations_dir=Path(__file__).parent / "migrations",
         on_startup=[start],
         on_shutdown=[finish],
         jobs=jobs,
         retention=[RetentionRule("idempotency_keys", "created_at", "retention_idempotency_keys_hours")],
-        dependencies={"service": Provide(service_of, sync_to_thread=False)},
+        dependencies={"service": Provide(service_of, sync_to_thread=False), **corporate_api.DEPENDENCIES},
         settings_section=VerificationSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
-        links=[("verification case API docs", "/schema/swagger#/cases")],
+        links=[
+            ("verification case API docs", "/schema/swagger#/cases"),
+            ("corporate SIM API docs", "/schema/swagger#/corporate-sims"),
+        ],
         dev_seed=seed_demo,
         scopes={
             CASES_SCOPE: "open, list and read subscriber verification cases",
             ADMIN_SCOPE: "cancel and extend cases; billing command deliveries",
+            **corporate_api.SCOPES,
         },
     )
 

@@ -1,0 +1,1 @@
+"""Pure corporate-SIM logic: company identifiers, device identifiers, the SIM state machine."""
