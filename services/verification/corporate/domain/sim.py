@@ -4,7 +4,8 @@ unregistered → pending_employee_confirmation (bind an employee; they confirm t
              | pending_submission (bind a device, or the employee confirmed)
 pending_submission → submitted (sent to the registry) → accepted | rejected(reason)
 Any bound SIM can be unbound (→ unregistered) or rebound (the new binding starts over); a rejected SIM is
-fixed by a rebind. An employee whose portal data differs from the binding rejects it (the company fixes it).
+fixed by a rebind. An employee whose portal data differs from the binding, or who does not confirm in time,
+rejects it (the company fixes the binding and rebinds).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ Action = Literal[
     "unbind",
     "employee_confirmed",
     "employee_mismatch",
+    "employee_expired",
     "submit",
     "accept",
     "reject",
@@ -81,7 +83,7 @@ def transition(
         if status not in BOUND_STATUSES:
             raise TransitionRefused("sim_not_bound", "the SIM is not bound", field="status")
         return SimTransition(status="unregistered", binding=None, reason="", event="unbound")
-    if action in ("employee_confirmed", "employee_mismatch"):
+    if action in ("employee_confirmed", "employee_mismatch", "employee_expired"):
         if status != "pending_employee_confirmation":
             raise TransitionRefused(
                 "sim_not_awaiting_employee", f"the SIM does not await an employee ({status})", field="status"
