@@ -9,9 +9,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 # Built-in rules, so a dev can see a rejection without the test controls (see `decide`).
 UNKNOWN_TAC_PREFIX = "00"  # IMEIs whose TAC starts with 00 are "not in the IMEI database"
@@ -67,16 +67,21 @@ def decide(state: RegistryState, record: dict[str, Any]) -> tuple[str, str]:
     return "accepted", ""
 
 
-async def _fault(state: RegistryState, step: str) -> Response[Any] | None:
+def _take_fault(state: RegistryState, step: str) -> Fault | None:
     for fault in state.faults:
         if fault.step == step and fault.times > 0:
             fault.times -= 1
-            if fault.delay_s:
-                await asyncio.sleep(fault.delay_s)
-            if fault.status:
-                return _error(fault.status, "injected", f"injected fault at {step}")
-            return None
+            return fault
     return None
+
+
+async def _late(fault: Fault | None) -> Response[Any] | None:
+    """A fault's effect after the request was handled: answer late (a client timeout) and/or with an error."""
+    if fault is None:
+        return None
+    if fault.delay_s:
+        await asyncio.sleep(fault.delay_s)
+    return _error(fault.status, "injected", f"injected fault at {fault.step}") if fault.status else None
 
 
 def _error(status: int, code: str, message: str) -> Response[Any]:
@@ -98,9 +103,9 @@ def _status(state: RegistryState, item: Received) -> dict[str, Any]:
 async def submit(request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]) -> Any:
     """Take a record; the same submission_id again is the same submission (never a second one)."""
     state = _state(request)
-    failed = await _fault(state, "submit")
-    if failed is not None:
-        return failed
+    fault = _take_fault(state, "submit")
+    if fault is not None and fault.status and not fault.delay_s:
+        return _error(fault.status, "injected", "injected fault at submit")  # refused before taking it
     try:
         submission_id = str(uuid.UUID(str(data.get("submission_id"))))
     except ValueError:
@@ -113,13 +118,14 @@ async def submit(request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
         state.submissions[submission_id] = item
     else:
         item.posts += 1
-    return _status(state, item)
+    # A delayed fault happens after the record was taken: the client cannot know whether it was.
+    return await _late(fault) or _status(state, item)
 
 
 @get("/submissions/{submission_id:str}")
-async def status(request: Request[Any, Any, Any], submission_id: str) -> Any:
+async def status(request: Request[Any, Any, Any], submission_id: FromPath[str]) -> Any:
     state = _state(request)
-    failed = await _fault(state, "status")
+    failed = await _late(_take_fault(state, "status"))
     if failed is not None:
         return failed
     item = state.submissions.get(submission_id)
@@ -165,6 +171,14 @@ async def preset_verdict(request: Request[Any, Any, Any], data: JSONBody[dict[st
     return {"msisdn": msisdn, "reason": reason}
 
 
+@put("/sandbox/delay")
+async def set_delay(request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]) -> dict[str, float]:
+    """Change how long records wait before they are decided ({"delay_s": 0} decides the waiting ones)."""
+    state = _state(request)
+    state.delay_s = float(data.get("delay_s", 0) or 0)
+    return {"delay_s": state.delay_s}
+
+
 @get("/sandbox/submissions")
 async def received(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     """Everything received, oldest first, with how many POSTs each submission id took."""
@@ -177,7 +191,7 @@ async def received(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 def create_registry_app(*, delay_s: float = 2.0) -> Litestar:
     """The sandbox; each record is decided `delay_s` seconds after it first arrives."""
     return Litestar(
-        route_handlers=[submit, status, ready, add_fault, clear_faults, preset_verdict, received],
+        route_handlers=[submit, status, ready, add_fault, clear_faults, preset_verdict, set_delay, received],
         state=State({"registry": RegistryState(delay_s=delay_s)}),
         openapi_config=None,
     )

@@ -1,0 +1,252 @@
+"""Registry submission against real PostgreSQL and the sandbox registry on a real port: submitted → accepted
+or rejected(reason) with the outbox event in the same transaction, leases, retries with backoff, and one
+submission per submission id however often it is resent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fakes.asgi import serve_asgi
+from support.corporate import make_company, make_sim
+from support.harness import migrate_service
+
+from services.common import db as dbmod
+from services.common.clock import ManualClock
+from services.common.crypto import DataProtector
+from services.common.events import decode_event
+from services.common.settings import Settings
+from services.verification.corporate import flow_store, store
+from services.verification.corporate.lifecycle import CorporateFlow
+from services.verification.corporate.registry.http import HttpRegistry
+from services.verification.corporate.registry.worker import RegistryWorker
+from services.verification.corporate.settings import CorporateFlowSettings
+from services.verification.sandbox_registry.app import create_registry_app
+
+NOW = dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)
+
+
+class Env:
+    def __init__(self, pool: dbmod.Pool, protector: DataProtector, url: str, http: httpx.AsyncClient) -> None:
+        self.pool = pool
+        self.protector = protector
+        self.url = url
+        self.http = http
+        self.clock = ManualClock(NOW)
+        self.settings = CorporateFlowSettings(
+            corpsim_registry_url=url,
+            corpsim_registry_timeout_s=0.5,
+            corpsim_registry_lease_s=30,
+            corpsim_registry_retry_base_s=5,
+            corpsim_registry_poll_s=30,
+        )
+        self.flow = CorporateFlow(protector=protector, tz="Europe/Moscow")
+
+    def worker(self) -> RegistryWorker:
+        return RegistryWorker(
+            pool=self.pool,
+            protector=self.protector,
+            registry=HttpRegistry(self.http, self.url, timeout_s=self.settings.corpsim_registry_timeout_s),
+            flow=self.flow,
+            settings=self.settings,
+            clock=self.clock,
+            operator_name="Abonent Mobile",
+            operator_ogrn="1027700000008",
+        )
+
+    async def sandbox(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.http.request(method, self.url + path, **kwargs)
+        assert response.status_code < 300, response.text
+        return response.json() if response.content else None
+
+    async def sim(self, company_id: uuid.UUID, sim_id: uuid.UUID) -> store.SimRow:
+        async with self.pool.acquire() as conn:
+            found = await store.get_sim(conn, company_id, sim_id)
+        assert found is not None
+        return found.sim
+
+    async def events(self, sim_id: uuid.UUID) -> list[Any]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("select payload from outbox order by created_at, id")
+        events = [decode_event(bytes(r["payload"])) for r in rows]
+        return [e for e in events if getattr(e, "sim_id", None) == sim_id]
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[Env]:
+    await migrate_service(settings, "verification")
+    pool = await dbmod.create_pool(settings.database_url, "verification", max_size=4)
+    protector = DataProtector.from_settings(settings)
+    try:
+        async with serve_asgi(create_registry_app(delay_s=3600)) as url, httpx.AsyncClient() as http:
+            yield Env(pool, protector, url, http)
+    finally:
+        await pool.close()
+
+
+async def test_device_sim_is_submitted_polled_and_accepted(env: Env) -> None:
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        sim = await make_sim(conn, env.protector, company, "+79161110001", now=NOW)
+    worker = env.worker()
+
+    assert await worker.run_once() == 1
+    assert (await env.sim(company, sim.id)).status == "submitted"
+    received = await env.sandbox("GET", "/sandbox/submissions")
+    assert len(received) == 1
+    record = received[0]["record"]
+    # Decree 844's device fields: the number, the owner, the operator, the equipment and its address.
+    assert record["msisdn"] == "+79161110001"
+    assert record["company_inn"] == "7707083893"
+    assert record["operator_ogrn"] == "1027700000008"
+    assert record["device"]["id"] == "490154203237518"
+    assert record["device"]["installation_address"].startswith("Москва")
+    assert record["employee"] is None
+
+    # Not decided yet: the next poll waits for its interval.
+    assert await worker.run_once() == 0
+    await env.sandbox("PUT", "/sandbox/delay", json={"delay_s": 0})
+    env.clock.advance(dt.timedelta(seconds=30))
+    assert await worker.run_once() == 1
+    row = await env.sim(company, sim.id)
+    assert row.status == "accepted"
+
+    events = await env.events(sim.id)
+    assert [(e.from_state, e.state) for e in events] == [
+        ("pending_submission", "submitted"),
+        ("submitted", "accepted"),
+    ]
+    async with env.pool.acquire() as conn:
+        [submission] = await flow_store.list_submissions(conn, company, sim.id)
+        timeline = await store.sim_timeline(conn, company, sim.id)
+    assert submission.state == "accepted"
+    assert submission.registry_ref
+    assert [t.actor for t in timeline if t.kind == "status_changed"] == ["registry", "registry"]
+    # Posted once, polled once: nothing was resubmitted.
+    assert (await env.sandbox("GET", "/sandbox/submissions"))[0]["posts"] == 1
+
+
+async def test_rejection_carries_the_registry_reason_and_a_deadline(env: Env) -> None:
+    await env.sandbox("PUT", "/sandbox/delay", json={"delay_s": 0})
+    await env.sandbox(
+        "POST", "/sandbox/verdicts", json={"msisdn": "+79161110003", "reason": "passport_mismatch"}
+    )
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        # An IMEI the sandbox registry does not know (TAC 00…): rejected as invalid.
+        device = await make_sim(conn, env.protector, company, "+79161110002", now=NOW, imei="001234567890128")
+        person = await make_sim(conn, env.protector, company, "+79161110003", now=NOW, binding="employee")
+
+    assert await env.worker().run_once() == 2
+    device_row = await env.sim(company, device.id)
+    person_row = await env.sim(company, person.id)
+    assert (device_row.status, device_row.status_reason) == ("rejected", "invalid_imei")
+    assert (person_row.status, person_row.status_reason) == ("rejected", "passport_mismatch")
+    # A rejected SIM gets the rejected policy's deadline at once (5 working days: Mon 30 Nov → Mon 7 Dec).
+    assert device_row.deadline == dt.datetime(2026, 12, 7, 21, 0, tzinfo=dt.UTC)
+    received = {r["record"]["msisdn"]: r["record"] for r in await env.sandbox("GET", "/sandbox/submissions")}
+    employee = received["+79161110003"]["employee"]
+    assert (employee["last_name"], employee["passport_number"]) == ("Иванов", "123456")
+    [event] = [e for e in await env.events(device.id) if e.state == "rejected"]
+    assert event.reason == "invalid_imei"
+
+
+async def test_transient_errors_are_retried_with_backoff_under_the_same_submission_id(env: Env) -> None:
+    await env.sandbox("PUT", "/sandbox/delay", json={"delay_s": 0})
+    await env.sandbox("POST", "/sandbox/faults", json={"step": "submit", "status": 503, "times": 2})
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        sim = await make_sim(conn, env.protector, company, "+79161110004", now=NOW)
+    worker = env.worker()
+
+    assert await worker.run_once() == 1  # 503
+    async with env.pool.acquire() as conn:
+        [first] = await flow_store.list_submissions(conn, company, sim.id)
+    assert (first.state, first.attempts) == ("queued", 1)
+    assert first.next_attempt_at == NOW + dt.timedelta(seconds=5)
+    assert first.lease_until is None and first.last_error == "HTTP 503"
+    assert await worker.run_once() == 0  # backing off
+
+    env.clock.advance(dt.timedelta(seconds=5))
+    assert await worker.run_once() == 1  # 503 again: the wait doubles
+    async with env.pool.acquire() as conn:
+        [second] = await flow_store.list_submissions(conn, company, sim.id)
+    assert second.attempts == 2
+    assert second.next_attempt_at == env.clock.now() + dt.timedelta(seconds=10)
+
+    env.clock.advance(dt.timedelta(seconds=10))
+    assert await worker.run_once() == 1
+    assert (await env.sim(company, sim.id)).status == "accepted"
+    async with env.pool.acquire() as conn:
+        [final] = await flow_store.list_submissions(conn, company, sim.id)
+    assert final.id == first.id and final.state == "accepted"
+
+
+async def test_a_timeout_resends_the_same_id_and_the_registry_keeps_one_submission(env: Env) -> None:
+    await env.sandbox("PUT", "/sandbox/delay", json={"delay_s": 0})
+    # The registry takes the record but answers after the client gave up: the outcome is unknown.
+    await env.sandbox("POST", "/sandbox/faults", json={"step": "submit", "status": 0, "delay_s": 2})
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        sim = await make_sim(conn, env.protector, company, "+79161110005", now=NOW)
+    worker = env.worker()
+
+    assert await worker.run_once() == 1
+    assert (await env.sim(company, sim.id)).status == "pending_submission"
+    async with env.pool.acquire() as conn:
+        [pending] = await flow_store.list_submissions(conn, company, sim.id)
+    assert pending.attempts == 1 and "Timeout" in (pending.last_error or "")
+
+    env.clock.advance(dt.timedelta(seconds=5))
+    assert await worker.run_once() == 1
+    assert (await env.sim(company, sim.id)).status == "accepted"
+    received = await env.sandbox("GET", "/sandbox/submissions")
+    assert len(received) == 1
+    assert received[0]["submission_id"] == str(pending.id)
+    assert received[0]["posts"] == 2
+
+
+async def test_a_lease_keeps_others_off_until_it_expires_and_the_late_holder_records_nothing(
+    env: Env,
+) -> None:
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        sim = await make_sim(conn, env.protector, company, "+79161110006", now=NOW)
+        await flow_store.queue_pending_submissions(conn, now=NOW, limit=10)
+        lease = dt.timedelta(seconds=30)
+        [first] = await flow_store.claim_submissions(conn, now=NOW, lease=lease, limit=10)
+        # In flight until NOW + 30 s: nobody else takes it, and queueing again makes no second one.
+        assert (
+            await flow_store.claim_submissions(
+                conn, now=NOW + dt.timedelta(seconds=29), lease=lease, limit=10
+            )
+            == []
+        )
+        assert await flow_store.queue_pending_submissions(conn, now=NOW, limit=10) == 0
+        later = NOW + dt.timedelta(seconds=31)
+        [second] = await flow_store.claim_submissions(conn, now=later, lease=lease, limit=10)
+        assert second.id == first.id and second.lease_token != first.lease_token
+        assert first.lease_token is not None
+        async with conn.transaction():
+            assert await flow_store.lock_submission(conn, first.id, first.lease_token) is None
+    assert (await env.sim(company, sim.id)).status == "pending_submission"
+
+
+async def test_a_rebind_meanwhile_abandons_the_submission(env: Env) -> None:
+    async with env.pool.acquire() as conn:
+        company = await make_company(conn)
+        sim = await make_sim(conn, env.protector, company, "+79161110007", now=NOW)
+        await flow_store.queue_pending_submissions(conn, now=NOW, limit=10)
+        # corpsim-api's rebind writes a new bound_at; the queued record describes the old binding.
+        await conn.execute(
+            "update sims set bound_at = $2 where id = $1", sim.id, NOW + dt.timedelta(seconds=1)
+        )
+    assert await env.worker().run_once() == 1
+    async with env.pool.acquire() as conn:
+        subs = await flow_store.list_submissions(conn, company, sim.id)
+    assert subs[0].state == "abandoned" and subs[0].reason == "binding_changed"
+    assert await env.sandbox("GET", "/sandbox/submissions") == []
