@@ -168,7 +168,8 @@ async def test_transient_errors_are_retried_with_backoff_under_the_same_submissi
         [first] = await flow_store.list_submissions(conn, company, sim.id)
     assert (first.state, first.attempts) == ("queued", 1)
     assert first.next_attempt_at == NOW + dt.timedelta(seconds=5)
-    assert first.lease_until is None and first.last_error == "HTTP 503"
+    assert first.lease_until is None
+    assert first.last_error == "HTTP 503"
     assert await worker.run_once() == 0  # backing off
 
     env.clock.advance(dt.timedelta(seconds=5))
@@ -183,7 +184,8 @@ async def test_transient_errors_are_retried_with_backoff_under_the_same_submissi
     assert (await env.sim(company, sim.id)).status == "accepted"
     async with env.pool.acquire() as conn:
         [final] = await flow_store.list_submissions(conn, company, sim.id)
-    assert final.id == first.id and final.state == "accepted"
+    assert final.id == first.id
+    assert final.state == "accepted"
 
 
 async def test_a_timeout_resends_the_same_id_and_the_registry_keeps_one_submission(env: Env) -> None:
@@ -199,7 +201,8 @@ async def test_a_timeout_resends_the_same_id_and_the_registry_keeps_one_submissi
     assert (await env.sim(company, sim.id)).status == "pending_submission"
     async with env.pool.acquire() as conn:
         [pending] = await flow_store.list_submissions(conn, company, sim.id)
-    assert pending.attempts == 1 and "Timeout" in (pending.last_error or "")
+    assert pending.attempts == 1
+    assert "Timeout" in (pending.last_error or "")
 
     env.clock.advance(dt.timedelta(seconds=5))
     assert await worker.run_once() == 1
@@ -229,7 +232,8 @@ async def test_a_lease_keeps_others_off_until_it_expires_and_the_late_holder_rec
         assert await flow_store.queue_pending_submissions(conn, now=NOW, limit=10) == 0
         later = NOW + dt.timedelta(seconds=31)
         [second] = await flow_store.claim_submissions(conn, now=later, lease=lease, limit=10)
-        assert second.id == first.id and second.lease_token != first.lease_token
+        assert second.id == first.id
+        assert second.lease_token != first.lease_token
         assert first.lease_token is not None
         async with conn.transaction():
             assert await flow_store.lock_submission(conn, first.id, first.lease_token) is None
@@ -248,5 +252,6 @@ async def test_a_rebind_meanwhile_abandons_the_submission(env: Env) -> None:
     assert await env.worker().run_once() == 1
     async with env.pool.acquire() as conn:
         subs = await flow_store.list_submissions(conn, company, sim.id)
-    assert subs[0].state == "abandoned" and subs[0].reason == "binding_changed"
+    assert subs[0].state == "abandoned"
+    assert subs[0].reason == "binding_changed"
     assert await env.sandbox("GET", "/sandbox/submissions") == []
