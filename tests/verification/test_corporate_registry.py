@@ -5,87 +5,21 @@ submission per submission id however often it is resent."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
 import pytest
-from fakes.asgi import serve_asgi
-from support.corporate import make_company, make_sim
-from support.harness import migrate_service
+from support.corporate import Env, corporate_env, make_company, make_sim
 
-from services.common import db as dbmod
-from services.common.clock import ManualClock
-from services.common.crypto import DataProtector
-from services.common.events import decode_event
 from services.common.settings import Settings
 from services.verification.corporate import flow_store, store
-from services.verification.corporate.lifecycle import CorporateFlow
-from services.verification.corporate.registry.http import HttpRegistry
-from services.verification.corporate.registry.worker import RegistryWorker
-from services.verification.corporate.settings import CorporateFlowSettings
-from services.verification.sandbox_registry.app import create_registry_app
 
 NOW = dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)
 
 
-class Env:
-    def __init__(self, pool: dbmod.Pool, protector: DataProtector, url: str, http: httpx.AsyncClient) -> None:
-        self.pool = pool
-        self.protector = protector
-        self.url = url
-        self.http = http
-        self.clock = ManualClock(NOW)
-        self.settings = CorporateFlowSettings(
-            corpsim_registry_url=url,
-            corpsim_registry_timeout_s=0.5,
-            corpsim_registry_lease_s=30,
-            corpsim_registry_retry_base_s=5,
-            corpsim_registry_poll_s=30,
-        )
-        self.flow = CorporateFlow(protector=protector, tz="Europe/Moscow")
-
-    def worker(self) -> RegistryWorker:
-        return RegistryWorker(
-            pool=self.pool,
-            protector=self.protector,
-            registry=HttpRegistry(self.http, self.url, timeout_s=self.settings.corpsim_registry_timeout_s),
-            flow=self.flow,
-            settings=self.settings,
-            clock=self.clock,
-            operator_name="Abonent Mobile",
-            operator_ogrn="1027700000008",
-        )
-
-    async def sandbox(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self.http.request(method, self.url + path, **kwargs)
-        assert response.status_code < 300, response.text
-        return response.json() if response.content else None
-
-    async def sim(self, company_id: uuid.UUID, sim_id: uuid.UUID) -> store.SimRow:
-        async with self.pool.acquire() as conn:
-            found = await store.get_sim(conn, company_id, sim_id)
-        assert found is not None
-        return found.sim
-
-    async def events(self, sim_id: uuid.UUID) -> list[Any]:
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch("select payload from outbox order by created_at, id")
-        events = [decode_event(bytes(r["payload"])) for r in rows]
-        return [e for e in events if getattr(e, "sim_id", None) == sim_id]
-
-
 @pytest.fixture
 async def env(settings: Settings) -> AsyncIterator[Env]:
-    await migrate_service(settings, "verification")
-    pool = await dbmod.create_pool(settings.database_url, "verification", max_size=4)
-    protector = DataProtector.from_settings(settings)
-    try:
-        async with serve_asgi(create_registry_app(delay_s=3600)) as url, httpx.AsyncClient() as http:
-            yield Env(pool, protector, url, http)
-    finally:
-        await pool.close()
+    async with corporate_env(settings, NOW) as env:
+        yield env
 
 
 async def test_device_sim_is_submitted_polled_and_accepted(env: Env) -> None:
