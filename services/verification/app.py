@@ -23,7 +23,9 @@ from services.common.web import Runtime, ServiceSpec, build_app
 from services.common.webhook_sender import WebhookSender
 from services.verification import case_api, store, subscriber
 from services.verification.case_api import ADMIN_SCOPE, CASES_SCOPE
+from services.verification.corporate import api as corporate_api
 from services.verification.corporate import back_office, flow_store
+from services.verification.corporate import store as corporate_store
 from services.verification.corporate.lifecycle import (
     CORPORATE,
     JOB_DEADLINE_SWEEP,
@@ -31,9 +33,11 @@ from services.verification.corporate.lifecycle import (
     JOB_SIM_REMINDER,
     CorporateFlow,
 )
+from services.verification.corporate.oauth import CorporateAuth
 from services.verification.corporate.registry.http import HttpRegistry
 from services.verification.corporate.registry.worker import RegistryWorker
 from services.verification.corporate.settings import CorporateFlowSettings, get_flow_settings
+from services.verification.corporate.usecases import CorporateSims
 from services.verification.deps import service_of
 from services.verification.domain.policy import validate_policies
 from services.verification.identity.base import IdentityProvider
@@ -60,6 +64,21 @@ def _encrypted_columns() -> tuple[EncryptedColumn, ...]:
             id_column="company_id",
             column="secret_enc",
             context=flow_store.WEBHOOK_SECRET_CONTEXT,
+        ),
+        EncryptedColumn(
+            table="company_numbers",
+            id_column="id",
+            column="msisdn_enc",
+            context=corporate_store.MSISDN_CONTEXT,
+        ),
+        EncryptedColumn(
+            table="sims", id_column="id", column="employee_enc", context=corporate_store.EMPLOYEE_CONTEXT
+        ),
+        EncryptedColumn(
+            table="signing_keys",
+            id_column="kid",
+            column="private_enc",
+            context=corporate_store.SIGNING_KEY_CONTEXT,
         ),
     )
 
@@ -107,6 +126,15 @@ def make_spec(
             provider=provider,
         )
         runtime.extras["verification"] = web
+        auth = CorporateAuth(
+            pool=runtime.pool,
+            protector=protector,
+            clock=the_clock,
+            issuer=public,
+            token_ttl_s=section.verification_corporate_token_ttl_s,
+            rotation=dt.timedelta(days=section.verification_corporate_key_rotation_days),
+        )
+        runtime.extras[corporate_api.EXTRA] = CorporateSims(pool=runtime.pool, cases=web, auth=auth)
         # Timers run on the worker pool: a flood of page views cannot delay a suspension.
         runtime.extras["verification_jobs"] = dataclasses.replace(web, pool=runtime.worker_pool)
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))
@@ -130,8 +158,7 @@ def make_spec(
                 settings=flow_section,
                 clock=the_clock,
                 operator_name=section.verification_operator_name,
-                # corpsim-api adds verification_operator_ogrn; until then no OGRN is sent.
-                operator_ogrn=str(getattr(section, "verification_operator_ogrn", "")),
+                operator_ogrn=section.verification_operator_ogrn,
             )
             await registry_worker.start()
             runtime.extras["registry_worker"] = registry_worker
@@ -175,9 +202,10 @@ def make_spec(
         name="verification",
         title="Abonent verification",
         description="Subscribers confirm their passport data through an ESIA-style sign-in by a deadline; "
-        "back office opens and watches cases. Every 4xx has the shape "
+        "back office opens and watches cases. Companies register who uses their corporate SIMs "
+        "(OAuth 2.0 client credentials at /oauth/token). Every 4xx has the shape "
         '{"error": {"code", "message", "field"}}.',
-        route_handlers=[*case_api.ROUTES, *subscriber.ROUTES, *back_office.ROUTES],
+        route_handlers=[*case_api.ROUTES, *subscriber.ROUTES, *corporate_api.ROUTES, *back_office.ROUTES],
         migrations_dir=Path(__file__).parent / "migrations",
         on_startup=[start],
         on_shutdown=[finish],
@@ -185,14 +213,18 @@ def make_spec(
         consumers=consumers,
         recurring=[Recurring(JOB_DEADLINE_SWEEP, every=dt.timedelta(seconds=60))],
         retention=[RetentionRule("idempotency_keys", "created_at", "retention_idempotency_keys_hours")],
-        dependencies={"service": Provide(service_of, sync_to_thread=False)},
+        dependencies={"service": Provide(service_of, sync_to_thread=False), **corporate_api.DEPENDENCIES},
         settings_section=VerificationSettings,
         encrypted_columns=ENCRYPTED_COLUMNS,
-        links=[("verification case API docs", "/schema/swagger#/cases")],
+        links=[
+            ("verification case API docs", "/schema/swagger#/cases"),
+            ("corporate SIM API docs", "/schema/swagger#/corporate-sims"),
+        ],
         dev_seed=seed_demo,
         scopes={
             CASES_SCOPE: "open, list and read subscriber verification cases",
             ADMIN_SCOPE: "cancel and extend cases; billing command deliveries",
+            **corporate_api.SCOPES,
         },
     )
 

@@ -32,6 +32,8 @@ REASONS: dict[Lang, dict[str, str]] = {
         "outdated_data": "Паспортные данные в вашем договоре устарели.",
         "used_by_other_person": "Похоже, номером пользуется не тот, на кого оформлен договор. По закону "
         "номер должен быть оформлен на того, кто им пользуется.",
+        "corporate_sim": "Ваша организация указала, что этим корпоративным номером пользуетесь вы. По закону "
+        "пользователь корпоративного номера подтверждает это через Госуслуги.",
     },
     "en": {
         "regulator_request": "The regulator (Roskomnadzor) asked us to check the data of this "
@@ -39,6 +41,8 @@ REASONS: dict[Lang, dict[str, str]] = {
         "outdated_data": "The passport data in your contract is out of date.",
         "used_by_other_person": "Someone other than the contract holder seems to use this number. The law "
         "requires a number to be registered to the person who uses it.",
+        "corporate_sim": "Your organisation says that you use this corporate number. The law asks the user "
+        "of a corporate number to confirm it through Gosuslugi.",
     },
 }
 FIELDS: dict[Lang, dict[str, str]] = {

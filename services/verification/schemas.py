@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from services.verification.domain.policy import CaseReason
+from services.verification.domain.policy import CaseReason, SubscriberReason
 
 CaseStatus = Literal["open", "mismatch", "suspended", "confirmed", "restored", "cancelled"]
 ACTIVE_STATUSES: tuple[CaseStatus, ...] = ("open", "mismatch", "suspended")
@@ -26,7 +26,7 @@ class CaseOpen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The contract holder's data from billing and why the case is opened."""
 
     msisdn: Annotated[str, msgspec.Meta(max_length=32, description="The subscriber's number, E.164")]
-    reason: CaseReason
+    reason: SubscriberReason
     last_name: Name
     first_name: Name
     middle_name: OptionalName = ""

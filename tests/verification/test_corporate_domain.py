@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import get_args
 
 import pytest
 
 from services.common.domain_errors import Invalid
+from services.common.events import CorpSimState
 from services.verification.corporate.domain.devices import (
     DEVICE_TYPES,
     check_device_type,
@@ -189,3 +191,12 @@ def test_refused(status: SimStatus, action: Action, code: str) -> None:
 def test_reject_needs_a_reason() -> None:
     with pytest.raises(ValueError, match="reason"):
         transition("submitted", "device", "reject")
+
+
+def test_employee_who_never_confirms_is_rejected() -> None:
+    outcome = transition("pending_employee_confirmation", "employee", "employee_expired")
+    assert (outcome.status, outcome.reason) == ("rejected", "employee_not_confirmed")
+
+
+def test_state_names_match_the_event_catalogue() -> None:
+    assert get_args(CorpSimState) == SIM_STATUSES

@@ -179,9 +179,9 @@ async def signing_keys(conn: db.Connection) -> list[SigningKeyRow]:
     return [_convert(r, SigningKeyRow) for r in records]
 
 
-async def retire_signing_keys(conn: db.Connection, except_kid: str, at: dt.datetime) -> None:
+async def retire_signing_key(conn: db.Connection, kid: str, at: dt.datetime) -> None:
     await conn.execute(
-        "update signing_keys set retired_at = $2 where kid <> $1 and retired_at is null", except_kid, at
+        "update signing_keys set retired_at = $2 where kid = $1 and retired_at is null", kid, at
     )
 
 

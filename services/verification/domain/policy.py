@@ -6,8 +6,16 @@ from typing import Literal
 
 import msgspec
 
-CaseReason = Literal["outdated_data", "used_by_other_person", "regulator_request"]
-REASONS: tuple[CaseReason, ...] = ("outdated_data", "used_by_other_person", "regulator_request")
+# Reasons the back office opens cases for; "corporate_sim" cases are opened only by the corporate SIM API
+# (an employee confirming that a company's number is theirs).
+SubscriberReason = Literal["outdated_data", "used_by_other_person", "regulator_request"]
+CaseReason = Literal["outdated_data", "used_by_other_person", "regulator_request", "corporate_sim"]
+REASONS: tuple[CaseReason, ...] = (
+    "outdated_data",
+    "used_by_other_person",
+    "regulator_request",
+    "corporate_sim",
+)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +52,14 @@ POLICIES: tuple[Policy, ...] = (
         reminder_days=(14, 7, 3, 1),
         legal_source="126-FZ «О связи» art. 44 (from 1 Jun 2018): operators verify subscriber data through "
         "ESIA and suspend unverified numbers; operator's own term",
+    ),
+    Policy(
+        reason="corporate_sim",
+        deadline_days=15,
+        reminder_days=(7, 3, 1),
+        legal_source="533-FZ of 30.12.2020 and Decree 844 of 31.05.2021: the corporate SIM's user confirms "
+        "the company's data in their own Gosuslugi account; operator's own term. Suspension follows the "
+        "SIM's own registration deadline, not this case's",
     ),
 )
 

@@ -17,7 +17,7 @@ from services.verification import store
 from services.verification.domain.compare import Holder
 from services.verification.domain.deadlines import deadline_for
 from services.verification.domain.links import link_id_text, link_url, make_token, new_link_id
-from services.verification.domain.policy import Policy
+from services.verification.domain.policy import CaseReason, Policy
 from services.verification.domain.texts import spaced_mask
 from services.verification.schemas import ACTIVE_STATUSES, CaseDetail, CaseOpen, CaseView
 from services.verification.usecases.common import SYSTEM, CaseCore
@@ -65,9 +65,6 @@ class CaseUseCases(CaseCore):
         """(the case, True if new). The number's active case is returned instead of a second one."""
         msisdn = self.check_open(data)
         now = self.clock.now()
-        policy = self.policies[data.reason]
-        deadline = deadline_for(policy, now, data.tz)
-        index = self.protector.blind_index(msisdn, store.MSISDN_INDEX)
         request_hash = hashlib.sha256(msgspec.json.encode(data)).digest()
         async with db.transaction(self.pool) as conn:
             if idempotency_key:
@@ -80,47 +77,76 @@ class CaseUseCases(CaseCore):
                             field="Idempotency-Key",
                         )
                     return await self._existing(conn, remembered[1], actor), False
-            active = await store.active_case_id(conn, index)
-            if active is None:
-                case_id = uuid.uuid4()
-                holder = Holder(
-                    last_name=data.last_name.strip(),
-                    first_name=data.first_name.strip(),
-                    middle_name=data.middle_name.strip(),
-                    birth_date=data.birth_date,
-                    passport_series=data.passport_series,
-                    passport_number=data.passport_number,
-                    passport_issue_date=data.passport_issue_date,
-                    passport_issuer_code=data.passport_issuer_code,
-                )
-                row = store.CaseRow(
-                    id=case_id,
-                    reason=data.reason,
-                    status="open",
-                    lang=data.lang,
-                    tz=data.tz,
-                    msisdn_enc=self.protector.encrypt(msisdn, store.MSISDN_CONTEXT, case_id),
-                    msisdn_index=index,
-                    msisdn_masked=spaced_mask(msisdn),
-                    holder_enc=self.protector.encrypt(
-                        msgspec.json.encode(holder).decode(), store.HOLDER_CONTEXT, case_id
-                    ),
-                    opened_by=actor,
-                    opened_at=now,
-                    deadline=deadline,
-                )
-                if await store.insert_case(conn, row):
-                    await self._issue(conn, row, msisdn, policy, now)
-                    if idempotency_key:
-                        await store.remember_idempotency_key(conn, idempotency_key, request_hash, case_id)
-                    return await self._view(conn, row), True
-                # A concurrent open of the same number won the unique index: return its case.
-                active = await store.active_case_id(conn, index)
-                if active is None:
-                    raise Conflict("case_busy", "The number's case changed meanwhile; retry", field="msisdn")
+            holder = Holder(
+                last_name=data.last_name.strip(),
+                first_name=data.first_name.strip(),
+                middle_name=data.middle_name.strip(),
+                birth_date=data.birth_date,
+                passport_series=data.passport_series,
+                passport_number=data.passport_number,
+                passport_issue_date=data.passport_issue_date,
+                passport_issuer_code=data.passport_issuer_code,
+            )
+            case_id, created = await self.open_case_in(
+                conn,
+                msisdn=msisdn,
+                holder=holder,
+                reason=data.reason,
+                lang=data.lang,
+                tz=data.tz,
+                actor=actor,
+                now=now,
+            )
             if idempotency_key:
-                await store.remember_idempotency_key(conn, idempotency_key, request_hash, active)
-            return await self._existing(conn, active, actor), False
+                await store.remember_idempotency_key(conn, idempotency_key, request_hash, case_id)
+            if created:
+                return await self._view(conn, await self._case_for_update(conn, case_id)), True
+            return await self._existing(conn, case_id, actor), False
+
+    async def open_case_in(
+        self,
+        conn: db.Connection,
+        *,
+        msisdn: str,
+        holder: Holder,
+        reason: CaseReason,
+        lang: str,
+        tz: str,
+        actor: str,
+        now: dt.datetime,
+    ) -> tuple[uuid.UUID, bool]:
+        """(the case id, True if opened now) in the caller's transaction; the number's active case
+        instead of a second one. `msisdn` is E.164 and the holder checked (check_open's rules)."""
+        policy = self.policies[reason]
+        index = self.protector.blind_index(msisdn, store.MSISDN_INDEX)
+        active = await store.active_case_id(conn, index)
+        if active is not None:
+            return active, False
+        case_id = uuid.uuid4()
+        row = store.CaseRow(
+            id=case_id,
+            reason=reason,
+            status="open",
+            lang=lang,
+            tz=tz,
+            msisdn_enc=self.protector.encrypt(msisdn, store.MSISDN_CONTEXT, case_id),
+            msisdn_index=index,
+            msisdn_masked=spaced_mask(msisdn),
+            holder_enc=self.protector.encrypt(
+                msgspec.json.encode(holder).decode(), store.HOLDER_CONTEXT, case_id
+            ),
+            opened_by=actor,
+            opened_at=now,
+            deadline=deadline_for(policy, now, tz),
+        )
+        if await store.insert_case(conn, row):
+            await self._issue(conn, row, msisdn, policy, now)
+            return case_id, True
+        # A concurrent open of the same number won the unique index: return its case.
+        active = await store.active_case_id(conn, index)
+        if active is None:
+            raise Conflict("case_busy", "The number's case changed meanwhile; retry", field="msisdn")
+        return active, False
 
     async def _existing(self, conn: db.Connection, case_id: uuid.UUID, actor: str) -> CaseView:
         row = await self._case_for_update(conn, case_id)
@@ -247,15 +273,21 @@ class CaseUseCases(CaseCore):
             row = await self._case_for_update(conn, case_id)
             if row.status not in ACTIVE_STATUSES:
                 raise Conflict("case_closed", f"The case is already {row.status}", field="case_id")
-            await self._close(conn, row, "cancelled", now)
-            await store.add_timeline(conn, case_id, now, "cancelled", actor, detail={"why": reason})
-            await outbox.append(
-                conn, VerificationCaseCancelled(case_id=case_id, state="cancelled", by=actor, occurred_at=now)
-            )
-            if row.status == "suspended":
-                # The suspension existed only because of this case.
-                await self._billing(conn, row, "restore", "case_cancelled", now)
+            await self.cancel_in(conn, row, actor, reason, now)
             return await self._view(conn, await self._case_for_update(conn, case_id))
+
+    async def cancel_in(
+        self, conn: db.Connection, row: store.CaseRow, actor: str, reason: str, now: dt.datetime
+    ) -> None:
+        """Cancel an active case (locked by the caller) in the caller's transaction."""
+        await self._close(conn, row, "cancelled", now)
+        await store.add_timeline(conn, row.id, now, "cancelled", actor, detail={"why": reason})
+        await outbox.append(
+            conn, VerificationCaseCancelled(case_id=row.id, state="cancelled", by=actor, occurred_at=now)
+        )
+        if row.status == "suspended":
+            # The suspension existed only because of this case.
+            await self._billing(conn, row, "restore", "case_cancelled", now)
 
     async def extend(self, case_id: uuid.UUID, days: int, actor: str, reason: str) -> CaseView:
         now = self.clock.now()

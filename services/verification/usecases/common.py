@@ -57,6 +57,11 @@ class CaseCore:
     def _link(self, link_id: str) -> str:
         return link_url(self.link_base, token_for(link_id, self.protector.sign))
 
+    async def current_link(self, conn: db.Connection, case_id: uuid.UUID) -> str | None:
+        """The case's unspent link (for the corporate SIM API, which shows it to the company)."""
+        link = await store.current_link(conn, case_id)
+        return None if link is None or link.spent_at else self._link(link.id)
+
     def _holder(self, row: store.CaseRow) -> Holder | None:
         if row.holder_enc is None:
             return None

@@ -9,6 +9,7 @@ from services.common import db, outbox
 from services.common.events import VerificationExpired, VerificationReminderDue, VerificationSuspensionDue
 from services.common.scheduler import Job
 from services.verification import store
+from services.verification.corporate.transitions import employee_case_decided
 from services.verification.usecases.common import ONCE_IDS, SYSTEM, CaseCore
 
 
@@ -45,6 +46,21 @@ class DeadlineJobs(CaseCore):
             return None
         if row.deadline > job.now:
             return row.deadline  # extended after this run was claimed
+        if row.reason == "corporate_sim":
+            # An employee never confirmed a company's SIM: the case just ends and the SIM is rejected;
+            # suspension follows the SIM's own registration deadline (corporate rules), not this case.
+            await self._close(conn, row, "cancelled", job.now)
+            await outbox.append(
+                conn,
+                VerificationExpired(
+                    case_id=case_id, state="cancelled", deadline=row.deadline, occurred_at=job.now
+                ),
+            )
+            await store.add_timeline(
+                conn, case_id, job.now, "expired", SYSTEM, detail={"deadline": row.deadline.isoformat()}
+            )
+            await employee_case_decided(conn, case_id, "expired", [], job.now)
+            return None
         link = await store.current_link(conn, case_id)
         await store.set_status(conn, case_id, "suspended", suspended_at=job.now)
         msisdn = self._msisdn(row)

@@ -19,6 +19,7 @@ from services.common.events import (
     VerificationRestored,
 )
 from services.verification import store
+from services.verification.corporate.transitions import employee_case_decided
 from services.verification.domain.compare import compare
 from services.verification.domain.links import read_token, token_for
 from services.verification.identity.base import IdentityError, PersonRecord, SignInStart
@@ -268,6 +269,11 @@ class SignInUseCases(CaseCore):
                             )
                         )
                         detail = {"fields": ",".join(result.fields)}
+                    if row.reason == "corporate_sim":
+                        # A company's SIM awaits this employee: it moves on in this same transaction.
+                        await employee_case_decided(
+                            conn, row.id, "confirmed" if result.matched else "mismatch", result.fields, now
+                        )
             elif outcome == "consent_denied":
                 events.append(VerificationConsentDenied(case_id=row.id, state=state, occurred_at=now))
             elif outcome == "account_not_confirmed":

@@ -95,7 +95,8 @@ def transition(
         return SimTransition(
             status="rejected",
             binding=binding,
-            reason=reason or "employee_data_mismatch",
+            reason=reason
+            or ("employee_data_mismatch" if action == "employee_mismatch" else "employee_not_confirmed"),
             event="status_changed",
         )
     if action == "submit":
