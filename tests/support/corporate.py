@@ -165,7 +165,7 @@ class Env:
 
     async def events(self, sim_id: uuid.UUID) -> list[Any]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("select payload from outbox order by created_at, id")
+            rows = await conn.fetch("select payload from outbox order by seq")
         events = [decode_event(bytes(r["payload"])) for r in rows]
         return [e for e in events if getattr(e, "sim_id", None) == sim_id]
 
