@@ -1,4 +1,5 @@
-"""Demo data for `abonent up`: one open case per sandbox test person, with the link to open."""
+"""Demo data for `abonent up`: one open case per sandbox test person, with the link to open, and the
+corporate SIM demo company with its API client."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from services.common import db
 from services.common.clock import SystemClock
 from services.common.crypto import DataProtector
 from services.common.settings import Settings
+from services.verification.corporate.oauth import CorporateAuth
+from services.verification.corporate.seed import seed_demo_company
+from services.verification.corporate.usecases import CorporateSims
 from services.verification.domain.policy import validate_policies
 from services.verification.schemas import CaseOpen
 from services.verification.settings import get_verification_settings
@@ -101,6 +105,16 @@ async def open_demo_cases(settings: Settings, base_url: str) -> list[tuple[str, 
         for label, data in DEMO_CASES:
             view, _created = await service.open_case(data, "dev-seed", None)
             lines.append((f"verification demo: {label}", view.link or f"(case {view.status})"))
+        auth = CorporateAuth(
+            pool=pool,
+            protector=service.protector,
+            clock=service.clock,
+            issuer=service.public_url,
+            token_ttl_s=own.verification_corporate_token_ttl_s,
+            rotation=dt.timedelta(days=own.verification_corporate_key_rotation_days),
+        )
+        corporate = CorporateSims(pool=pool, cases=service, auth=auth)
+        lines += await seed_demo_company(corporate, service.clock.now())
     finally:
         await pool.close()
     return lines

@@ -10,13 +10,22 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
+import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
 from support.esia_sandbox import Sandbox
+from support.harness import TEST_DATA_KEYS, TEST_INDEX_KEY, make_settings
 from support.polling import until
 from support.verification import AUTH, MATCH_CASE
 
+from services.common import bus as busmod
+from services.common import db as dbmod
 from services.common.clock import ManualClock
+from services.common.crypto import DataProtector, new_key
+from services.common.events import CorpSimBound, decode_event
+from services.common.rotation import rotate_column
+from services.common.settings import Settings
+from services.verification.app import ENCRYPTED_COLUMNS
 from services.verification.identity.base import SignInStart
 
 SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
@@ -351,6 +360,16 @@ async def test_device_binding_lifecycle_and_bad_input(
     assert all(A_NUMBER not in json.dumps(e) for e in events)
     filtered = await client.get("/v1/corporate/sims", params={"status": "pending_submission"}, headers=a)
     assert [s["number"] for s in filtered.json()["items"]] == [A_OTHER]
+    # No deadlines are set yet (the registration timers set them): a deadline filter finds none.
+    dated = await client.get(
+        "/v1/corporate/sims", params={"deadline_before": "2030-01-01T00:00:00Z"}, headers=a
+    )
+    assert dated.json()["items"] == []
+    for value in ("-13823", "2026-13-45T25:00Z", "tomorrow"):
+        wrong = await client.get("/v1/corporate/sims", params={"deadline_after": value}, headers=a)
+        assert (wrong.status_code, wrong.json()["error"]["field"]) == (400, "deadline_after"), value
+    paged = await client.get("/v1/corporate/sims", params={"page_size": 1}, headers=a)
+    assert (len(paged.json()["items"]), paged.json()["next_page"]) == (1, 2)
     timeline = await db.fetch("select kind, actor from verification.sim_timeline order by id")
     assert [r["kind"] for r in timeline][:5] == [
         "added_to_contract",
@@ -510,3 +529,59 @@ async def test_employee_who_never_confirms_is_rejected_at_the_case_deadline(
 @pytest.mark.parametrize("path", ["/v1/companies", "/v1/corporate/people-over-limit"])
 async def test_back_office_needs_its_scope(client: AsyncTestClient[Any], path: str) -> None:
     assert (await client.get(path)).status_code == 401
+
+
+async def test_keys_rotate_over_corporate_personal_data_and_signing_keys(
+    client: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection
+) -> None:
+    _, client_id, secret = await onboard(client, SBER, [A_NUMBER])
+    a = bearer((await get_token(client, client_id, secret))["access_token"])
+    assert (
+        await client.post(f"/v1/corporate/sims/{A_NUMBER}/binding", json=EMPLOYEE, headers=a)
+    ).status_code == 200
+    rotated = make_settings(
+        settings.database_url,
+        settings.nats_url,
+        settings.nats_namespace,
+        data_keys=f"{TEST_DATA_KEYS},t2:{new_key()}",
+        data_key_id="t2",
+        index_key=TEST_INDEX_KEY,
+    )
+    protector = DataProtector.from_settings(rotated)
+    pool = await dbmod.create_pool(settings.database_url, "verification", max_size=2)
+    try:
+        for column in ENCRYPTED_COLUMNS:
+            count = await rotate_column(pool, protector, column)
+            assert (count.rotated, count.failed, count.remaining) == (1, 0, 0), column.label
+    finally:
+        await pool.close()
+    row = await db.fetchrow("select id, employee_enc from verification.sims")
+    assert "Иванов" in protector.decrypt(bytes(row["employee_enc"]), "verification.sims.employee", row["id"])
+    key = await db.fetchrow("select kid, private_enc from verification.signing_keys")
+    assert protector.key_id_of(bytes(key["private_enc"])) == "t2"
+    assert '"d"' in protector.decrypt(
+        bytes(key["private_enc"]), "verification.signing_keys.private", key["kid"]
+    )
+
+
+async def test_corpsim_events_reach_jetstream(client: AsyncTestClient[Any], bus: busmod.Bus) -> None:
+    company_id, client_id, secret = await onboard(client, SBER, [A_NUMBER])
+    a = bearer((await get_token(client, client_id, secret))["access_token"])
+    sim = (await client.post(f"/v1/corporate/sims/{A_NUMBER}/binding", json=METER, headers=a)).json()
+
+    async def published() -> Any:
+        try:
+            return await bus.js.get_last_msg(bus.ns.stream("CORPSIM"), bus.ns.subject("corpsim.bound"))
+        except nats.js.errors.NotFoundError:
+            return None
+
+    message = await until(published)
+    event = decode_event(message.data)
+    assert isinstance(event, CorpSimBound)
+    assert (str(event.company_id), event.state, event.binding, event.version) == (
+        company_id,
+        "pending_submission",
+        "device",
+        sim["version"],
+    )
+    assert event.msisdn_masked == "+7 916 ***-**-01"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import get_args
 
@@ -23,6 +24,7 @@ from services.verification.corporate.domain.ids import (
     check_ogrn,
     check_ogrnip,
 )
+from services.verification.corporate.domain.keys import KeyPlan, KeyTimes, plan_keys, published
 from services.verification.corporate.domain.sim import (
     SIM_STATUSES,
     Action,
@@ -200,3 +202,37 @@ def test_employee_who_never_confirms_is_rejected() -> None:
 
 def test_state_names_match_the_event_catalogue() -> None:
     assert get_args(CorpSimState) == SIM_STATUSES
+
+
+T0 = dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)
+ROTATION, LEAD, KEEP = dt.timedelta(days=30), dt.timedelta(minutes=6), dt.timedelta(minutes=10, seconds=30)
+
+
+def plan(keys: list[KeyTimes], now: dt.datetime) -> KeyPlan:
+    return plan_keys(keys, now, rotation=ROTATION, lead=LEAD, keep_after_retire=KEEP)
+
+
+def test_key_plan_first_key_signs_at_once() -> None:
+    first = plan([], T0)
+    assert (first.signer, first.create, first.create_not_before) == (None, "active", T0)
+
+
+def test_key_plan_publishes_the_next_key_before_it_signs_then_retires_the_old() -> None:
+    old = KeyTimes(kid="old", created_at=T0, not_before=T0)
+    assert not plan([old], T0 + ROTATION - LEAD - dt.timedelta(seconds=1)).changes
+    due = plan([old], T0 + ROTATION - LEAD)
+    assert (due.signer, due.create, due.create_not_before) == ("old", "pending", T0 + ROTATION)
+    new = KeyTimes(kid="new", created_at=T0 + ROTATION - LEAD, not_before=T0 + ROTATION)
+    assert plan([old, new], T0 + ROTATION - dt.timedelta(seconds=1)).signer == "old"
+    switched = plan([old, new], T0 + ROTATION)
+    assert (switched.signer, switched.retire, switched.create) == ("new", ("old",), None)
+    retired = KeyTimes(kid="old", created_at=T0, not_before=T0, retired_at=T0 + ROTATION)
+    assert published([retired, new], T0 + ROTATION + KEEP - dt.timedelta(seconds=1), KEEP) == ["old", "new"]
+    assert published([retired, new], T0 + ROTATION + KEEP, KEEP) == ["new"]
+    assert plan([retired, new], T0 + ROTATION + KEEP).drop_retired_before == T0 + ROTATION
+
+
+def test_key_plan_a_late_rotation_still_gives_the_lead() -> None:
+    old = KeyTimes(kid="old", created_at=T0, not_before=T0)
+    late = plan([old], T0 + 2 * ROTATION)
+    assert (late.signer, late.create_not_before) == ("old", T0 + 2 * ROTATION + LEAD)

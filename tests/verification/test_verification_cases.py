@@ -185,7 +185,9 @@ async def test_keys_rotate_over_case_personal_data(
     try:
         for column in ENCRYPTED_COLUMNS:
             count = await rotate_column(pool, protector, column)
-            assert (count.rotated, count.failed, count.remaining) == (1, 0, 0)
+            # One case: its two columns hold one value each (corporate columns are empty here).
+            expected = (1, 0, 0) if column.table == "cases" else (0, 0, 0)
+            assert (count.rotated, count.failed, count.remaining) == expected, column.label
     finally:
         await pool.close()
     row = await db.fetchrow("select msisdn_enc, holder_enc from verification.cases")

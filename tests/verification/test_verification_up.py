@@ -50,6 +50,32 @@ def _follow_sign_in(http: httpx.Client, link: str, sandbox: str, oid: str) -> ht
     return http.get(callback.url.join(callback.headers["location"]))
 
 
+def _try_the_corporate_demo(text: str, base: str) -> None:
+    """The README's curl lines: a token for the printed demo client, bind a device, list the SIMs."""
+    client_id = re.search(r"corporate demo client_id\s+(\S+)", text)
+    secret = re.search(r"corporate demo client_secret\s+(\S+)", text)
+    assert client_id is not None, text[-6000:]
+    assert secret is not None, text[-6000:]
+    with httpx.Client(base_url=base, timeout=30) as http:
+        token = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client_id.group(1), secret.group(1)),
+        )
+        assert token.status_code == 200, token.text
+        bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        device = {
+            "type": "meter",
+            "name": "Meter",
+            "imei": "490154203237518",
+            "installation_address": "Moscow",
+        }
+        bound = http.put("/v1/corporate/sims/+79161300001/binding", json={"device": device}, headers=bearer)
+        assert bound.status_code == 200, bound.text
+        listed = http.get("/v1/corporate/sims", params={"binding": "device"}, headers=bearer)
+        assert [s["number"] for s in listed.json()["items"]] == ["+79161300001"]
+
+
 def test_up_serves_the_sandbox_and_a_demo_link_signs_in(tmp_path: Path) -> None:
     names = ("callback", "verification", "notifier", "esia_sandbox", "corpsim_registry_sandbox")
     ports = {name: free_port() for name in names}
@@ -82,6 +108,7 @@ def test_up_serves_the_sandbox_and_a_demo_link_signs_in(tmp_path: Path) -> None:
             result = _follow_sign_in(http, match, sandbox, "1000000001")
         assert result.status_code == 200
         assert "<h1>Данные подтверждены</h1>" in result.text
+        _try_the_corporate_demo(text, base)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -18,6 +18,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, JSONBody, Parameter, QueryParameter
 
 from services.common.auth_guard import CurrentPrincipal, requires
+from services.common.domain_errors import Invalid
 from services.common.errors import ErrorResponse, error_response
 from services.common.web import runtime_extra
 from services.verification.corporate.domain.sim import SimStatus
@@ -200,6 +201,25 @@ async def jwks(corporate: Corporate) -> Response[dict[str, list[dict[str, Any]]]
 # --- the company's SIM API ------------------------------------------------------------------------------
 
 
+# An ISO 8601 instant. Litestar would also read a bare number as a Unix time; the schema says date-time.
+Instant = QueryParameter(
+    required=False,
+    max_length=40,
+    pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+    description="ISO 8601, e.g. 2026-12-15T21:00:00Z (UTC when no offset is given)",
+)
+
+
+def _instant(value: str | None, field: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid("invalid_datetime", f"{field}: not an ISO 8601 date-time", field=field) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
 @get(
     "/v1/corporate/sims",
     guards=[read_guard],
@@ -220,8 +240,8 @@ async def list_sims(
     caller: CurrentCaller,
     status: Annotated[SimStatus | None, QueryParameter(required=False)] = None,
     binding: Annotated[Binding | None, QueryParameter(required=False)] = None,
-    deadline_before: Annotated[dt.datetime | None, QueryParameter(required=False)] = None,
-    deadline_after: Annotated[dt.datetime | None, QueryParameter(required=False)] = None,
+    deadline_before: Annotated[str | None, Instant] = None,
+    deadline_after: Annotated[str | None, Instant] = None,
     number: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
     page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
@@ -230,8 +250,8 @@ async def list_sims(
         caller,
         status=status,
         binding=binding,
-        deadline_before=deadline_before,
-        deadline_after=deadline_after,
+        deadline_before=_instant(deadline_before, "deadline_before"),
+        deadline_after=_instant(deadline_after, "deadline_after"),
         number=number,
         page=page,
         page_size=page_size,

@@ -68,6 +68,11 @@ async def get_company(conn: db.Connection, company_id: uuid.UUID) -> CompanyRow 
     return None if record is None else _convert(record, CompanyRow)
 
 
+async def company_by_inn(conn: db.Connection, inn: str) -> CompanyRow | None:
+    record = await conn.fetchrow(f"select {_columns(CompanyRow)} from companies where inn = $1", inn)
+    return None if record is None else _convert(record, CompanyRow)
+
+
 async def list_companies(conn: db.Connection, *, limit: int, offset: int) -> list[CompanyRow]:
     records = await conn.fetch(
         f"select {_columns(CompanyRow)} from companies order by created_at, id limit $1 offset $2",
@@ -133,6 +138,17 @@ async def get_client(conn: db.Connection, client_id: str) -> ClientRow | None:
         f"select {_columns(ClientRow)} from api_clients where client_id = $1", client_id
     )
     return None if record is None else _convert(record, ClientRow)
+
+
+async def set_client_secret(
+    conn: db.Connection, company_id: uuid.UUID, client_id: str, secret_hash: bytes
+) -> None:
+    await conn.execute(
+        "update api_clients set secret_hash = $3, revoked_at = null where company_id = $1 and client_id = $2",
+        company_id,
+        client_id,
+        secret_hash,
+    )
 
 
 async def list_clients(conn: db.Connection, company_id: uuid.UUID) -> list[ClientRow]:
