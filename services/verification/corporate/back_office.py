@@ -32,7 +32,7 @@ _templates = Environment(
 
 
 class CompanyWebhookIn(msgspec.Struct, frozen=True, kw_only=True):
-    url: str = msgspec.field()
+    url: str
     secret: str
 
 
