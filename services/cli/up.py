@@ -20,8 +20,10 @@ from services.cli.service import migrate_all, scope_catalogue, service_spec, val
 from services.common import auth, auth_admin, crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 from services.common.settings import SERVICE_NAMES, Settings, get_section, get_settings, load_settings
+from services.verification.corporate.settings import CorporateFlowSettings
 from services.verification.identity.config import IdentitySettings
 from services.verification.sandbox_idp.dev import dev_sandbox
+from services.verification.sandbox_registry.dev import dev_registry
 
 
 def _dev_key_file(path: Path, make: Callable[[], str]) -> str:
@@ -153,6 +155,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             env.update(sandbox.env)
             children["esia sandbox"] = subprocess.Popen(sandbox.command, env=env, start_new_session=True)
             probes["esia sandbox"] = sandbox.url
+        flow = get_section(CorporateFlowSettings)
+        if not flow.corpsim_registry_url:
+            # No registry configured: the sandbox registry stands in (the same one the tests use).
+            registry = dev_registry(
+                settings.host, flow.corpsim_registry_sandbox_port, flow.corpsim_registry_sandbox_delay_s
+            )
+            env.update(registry.env)
+            children["registry sandbox"] = subprocess.Popen(registry.command, env=env, start_new_session=True)
+            probes["registry sandbox"] = registry.url
         for name in SERVICE_NAMES:
             # Own session: Ctrl-C reaches only us, so we stop services before the servers they use.
             children[name] = subprocess.Popen(

@@ -534,10 +534,15 @@ async def test_back_office_needs_its_scope(client: AsyncTestClient[Any], path: s
 async def test_keys_rotate_over_corporate_personal_data_and_signing_keys(
     client: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection
 ) -> None:
-    _, client_id, secret = await onboard(client, SBER, [A_NUMBER])
+    company_id, client_id, secret = await onboard(client, SBER, [A_NUMBER])
     a = bearer((await get_token(client, client_id, secret))["access_token"])
     assert (
         await client.post(f"/v1/corporate/sims/{A_NUMBER}/binding", json=EMPLOYEE, headers=a)
+    ).status_code == 200
+    # The company's webhook signing secret is encrypted too (corporate/back_office.py).
+    hook = {"url": "https://hr.example/hooks", "secret": "a-company-secret-of-some-length"}
+    assert (
+        await client.put(f"/v1/admin/companies/{company_id}/webhook", json=hook, headers=AUTH)
     ).status_code == 200
     rotated = make_settings(
         settings.database_url,

@@ -77,7 +77,8 @@ def _try_the_corporate_demo(text: str, base: str) -> None:
 
 
 def test_up_serves_the_sandbox_and_a_demo_link_signs_in(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("callback", "verification", "notifier", "esia_sandbox")}
+    names = ("callback", "verification", "notifier", "esia_sandbox", "corpsim_registry_sandbox")
+    ports = {name: free_port() for name in names}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABONENT_")}
     env.update({f"ABONENT_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env.update(ABONENT_DATA_DIR=str(tmp_path / "data"), ABONENT_LOG_FORMAT="text")
@@ -96,6 +97,8 @@ def test_up_serves_the_sandbox_and_a_demo_link_signs_in(tmp_path: Path) -> None:
         assert "All services ready" in text, text[-6000:]
         sandbox = f"http://127.0.0.1:{ports['esia_sandbox']}"
         assert re.search(rf"esia sandbox\s+{re.escape(sandbox)}\s+ready", text), text[-6000:]
+        registry = f"http://127.0.0.1:{ports['corpsim_registry_sandbox']}"
+        assert re.search(rf"registry sandbox\s+{re.escape(registry)}\s+ready", text), text[-6000:]
         base = f"http://127.0.0.1:{ports['verification']}"
         assert f"verification case API docs  {base}/schema/swagger#/cases" in re.sub(r" {2,}", "  ", text)
         demo = dict(re.findall(rf"verification demo: (\w[^\n]*?)\s+({re.escape(base)}/v/\S+)", text))
