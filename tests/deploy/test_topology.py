@@ -33,7 +33,7 @@ from services.common import bus as busmod
 
 pytestmark = pytest.mark.slow
 
-AGENTS = ("anna", "boris", "vera")
+AGENTS = ("anna", "boris", "vera", "gleb")
 # The simulated PBX at 1/20 speed: a call (agent rings, visitor rings, 20 s talk) lasts about a second.
 SIM_TIME_SCALE = "0.05"
 
@@ -45,10 +45,11 @@ class Form:
     rate_per_s: float
     kills: int
     settle_s: float  # load kept up while a node is down, and again after it is back
+    notifier: bool  # the notifier runs too, consuming callback events and publishing its own
 
 
-SHORT = Form(rate_per_s=2.0, kills=2, settle_s=3.0)
-LONG = Form(rate_per_s=4.0, kills=6, settle_s=8.0)
+SHORT = Form(rate_per_s=1.0, kills=2, settle_s=3.0, notifier=False)
+LONG = Form(rate_per_s=3.0, kills=6, settle_s=8.0, notifier=True)
 
 
 @dataclass
@@ -178,29 +179,68 @@ async def connected_node(cluster: NatsCluster, client_name: str) -> ClusterNode 
     return None
 
 
+class Timeline:
+    """When each phase ended, printed with the figures (where a slow run spent its time)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.marks: list[str] = []
+
+    def mark(self, label: str) -> None:
+        self.marks.append(f"{label} {time.monotonic() - self.started:.0f}s")
+
+
 async def run_topology(form: Form, database_url: str, namespace: str, tmp_path: Path) -> None:
+    timeline = Timeline()
     cluster = await asyncio.to_thread(NatsCluster(tmp_path / "nats").start)
+    timeline.mark("cluster")
     try:
         settings = make_settings(database_url, cluster.urls, namespace, stream_replicas=3)
         env = {"ABONENT_SIM_TIME_SCALE": SIM_TIME_SCALE, "ABONENT_OFFER_RATE_LIMIT_PER_MINUTE": "100000"}
-        async with running_service(settings, "callback", tmp_path, **env) as base:
-            await chaos_run(form, cluster, settings.database_url, namespace, base)
+        async with contextlib.AsyncExitStack() as services:
+            base = await services.enter_async_context(running_service(settings, "callback", tmp_path, **env))
+            if form.notifier:
+                await services.enter_async_context(running_service(settings, "notifier", tmp_path))
+            timeline.mark("services")
+            await chaos_run(
+                form, cluster, database_url=database_url, namespace=namespace, base=base, timeline=timeline
+            )
     finally:
         await asyncio.to_thread(cluster.stop)
 
 
-async def chaos_run(form: Form, cluster: NatsCluster, database_url: str, namespace: str, base: str) -> None:
+@dataclass
+class Publisher:
+    """A service whose outbox feeds a stream: every outbox row must be on the stream exactly once."""
+
+    schema: str
+    stream: str
+    audit: Audit = field(default_factory=Audit)
+    outbox: set[str] = field(default_factory=set)
+
+    @property
+    def unpublished(self) -> set[str]:
+        return self.outbox - self.audit.sequences.keys()
+
+
+async def chaos_run(
+    form: Form, cluster: NatsCluster, *, database_url: str, namespace: str, base: str, timeline: Timeline
+) -> None:
     bus = await busmod.connect(cluster.urls, "topology-audit", namespace, replicas=3)
     db = await asyncpg.connect(database_url)
     stop_load, stop_agents, stop_audit = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    publishers = [Publisher("callback", bus.ns.stream("CALLBACK"))]
+    if form.notifier:
+        publishers.append(Publisher("notifier", bus.ns.stream("NOTIFIER")))
     try:
-        stream = bus.ns.stream("CALLBACK")
-        info = await bus.js.stream_info(stream)
-        # The service declared its streams at R3 (ABONENT_STREAM_REPLICAS) across the three servers.
-        assert info.config.num_replicas == 3
-        assert info.cluster is not None
-        assert len(info.cluster.replicas or []) == 2
+        for publisher in publishers:
+            info = await bus.js.stream_info(publisher.stream)
+            # The services declared their streams at R3 (ABONENT_STREAM_REPLICAS) across the three servers.
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None
+            assert len(info.cluster.replicas or []) == 2
+            await add_audit_consumer(bus, publisher.stream)
 
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             await put_site(http, abuse={"min_fill_ms": 0, "per_ip_10min": 10000})
@@ -210,79 +250,80 @@ async def chaos_run(form: Form, cluster: NatsCluster, database_url: str, namespa
             for login, flag in zip(AGENTS, ready, strict=True)
         ]
         await asyncio.wait_for(asyncio.gather(*(flag.wait() for flag in ready)), 60)
-        audit = Audit()
+        timeline.mark("agents")
         load = Load()
-        await add_audit_consumer(bus, stream)
-        tasks.append(asyncio.create_task(audit_stream(bus, stream, audit, stop_audit)))
+        tasks += [
+            asyncio.create_task(audit_stream(bus, publisher.stream, publisher.audit, stop_audit))
+            for publisher in publishers
+        ]
         tasks.append(asyncio.create_task(steady_requests(base, form.rate_per_s, load, stop_load)))
-
-        kills: list[str] = []
-        for round_no in range(form.kills):
-            await asyncio.sleep(form.settle_s)
-            # Odd rounds take the node the service talks to, even ones the CALLBACK stream's leader.
-            victim: ClusterNode | None
-            if round_no % 2 == 0:
-                victim = await connected_node(cluster, "abonent-callback")
-            else:
-                leader = (await bus.js.stream_info(stream)).cluster
-                victim = cluster.node(leader.leader) if leader and leader.leader else None
-            victim = victim or cluster.nodes[round_no % len(cluster.nodes)]
-            victim.kill()
-            kills.append(victim.name)
-            await asyncio.sleep(form.settle_s)
-            await asyncio.to_thread(victim.start)
-            # The next kill waits for this node to be current again: a 3-node group survives one loss.
-            await asyncio.to_thread(victim.wait_healthy, 120)
-        await asyncio.sleep(form.settle_s)
+        kills = await kill_and_restart(form, cluster, bus, publishers[0].stream, timeline)
         stop_load.set()
         await asyncio.sleep(0)
+        timeline.mark("load stopped")
         accepted = set(load.accepted)
         assert accepted, f"no request was accepted (refused: {dict(load.refused)})"
 
         async def all_final() -> bool:
             rows = await db.fetch(
-                "select id::text, status from callback.callbacks where id = any($1::uuid[])", list(accepted)
+                "select status from callback.callbacks where id = any($1::uuid[])", list(accepted)
             )
             return len(rows) == len(accepted) and all(row["status"] == "completed" for row in rows)
 
         with contextlib.suppress(AssertionError):
             await until(all_final, timeout=120, interval=0.5)
+        timeline.mark("all final")
         statuses = collections.Counter(
             row["status"]
             for row in await db.fetch(
                 "select status from callback.callbacks where id = any($1::uuid[])", list(accepted)
             )
         )
-
-        async def outbox_drained() -> bool:
-            return not await db.fetchval("select count(*) from callback.outbox where published_at is null")
-
-        with contextlib.suppress(AssertionError):
-            await until(outbox_drained, timeout=60, interval=0.5)
-        outbox_ids = {row["id"] for row in await db.fetch("select id::text from callback.outbox")}
-
-        async def audited() -> bool:
-            return outbox_ids <= audit.sequences.keys()
-
-        with contextlib.suppress(AssertionError):
-            await until(audited, timeout=60, interval=0.5)
+        if form.notifier:
+            await notifier_caught_up(bus)
+        for publisher in publishers:
+            await audit_outbox(db, publisher)
         stop_audit.set()
-
+        timeline.mark("audited")
+        dead_letters = {
+            publisher.schema: await db.fetchval(f"select count(*) from {publisher.schema}.dead_letters")
+            for publisher in publishers
+        }
+        waits = await db.fetchrow(
+            "select percentile_disc(0.5) within group (order by dial) as dial_p50, max(dial) as dial_max,"
+            " max(done) as done_max from (select extract(epoch from first_dial_at - requested_at) as dial,"
+            " extract(epoch from ended_at - requested_at) as done"
+            " from callback.callbacks where id = any($1::uuid[])) as waits",
+            list(accepted),
+        )
         completed = statuses.get("completed", 0)
         unfinished = len(accepted) - completed
-        unpublished = len(outbox_ids - audit.sequences.keys())
-        duplicated = audit.duplicated
+        unpublished = sum(len(publisher.unpublished) for publisher in publishers)
+        duplicated = [event_id for publisher in publishers for event_id in publisher.audit.duplicated]
         print(
             f"\ntopology: kills {' '.join(kills)}; accepted {len(accepted)}, completed {completed}, "
-            f"lost {unfinished + unpublished} (unfinished {unfinished}, events never on the stream "
-            f"{unpublished}), duplicated {len(duplicated)}; refused {dict(load.refused)}; "
-            f"{len(audit.sequences)} events audited, {audit.redelivered} redelivered; "
-            f"statuses {dict(statuses)}"
+            f"lost {unfinished + unpublished} (unfinished {unfinished}, events never on a stream "
+            f"{unpublished}), duplicated {len(duplicated)}; refused {dict(load.refused)}"
+        )
+        print(
+            "topology details: "
+            + "; ".join(
+                f"{p.schema}: {len(p.outbox)} outbox events, {len(p.audit.sequences)} on its stream,"
+                f" {p.audit.redelivered} redelivered to the audit consumer"
+                for p in publishers
+            )
+            + f"; dead letters {dead_letters}; statuses {dict(statuses)}"
+        )
+        print(
+            f"topology timeline: {', '.join(timeline.marks)}; request to first dial p50"
+            f" {waits['dial_p50'] or 0:.1f}s max {waits['dial_max'] or 0:.1f}s, to hang-up max"
+            f" {waits['done_max'] or 0:.1f}s"
         )
         assert len(kills) == form.kills
         assert unfinished == 0, dict(statuses)
-        assert unpublished == 0, sorted(outbox_ids - audit.sequences.keys())[:5]
-        assert not duplicated, {event_id: sorted(audit.sequences[event_id]) for event_id in duplicated[:5]}
+        assert unpublished == 0, [sorted(p.unpublished)[:5] for p in publishers]
+        assert not duplicated, duplicated[:5]
+        assert not any(dead_letters.values()), dead_letters
     finally:
         stop_load.set()
         stop_agents.set()
@@ -290,6 +331,66 @@ async def chaos_run(form: Form, cluster: NatsCluster, database_url: str, namespa
         await asyncio.gather(*tasks, return_exceptions=True)
         await db.close()
         await bus.close()
+
+
+async def kill_and_restart(
+    form: Form, cluster: NatsCluster, bus: busmod.Bus, stream: str, timeline: Timeline
+) -> list[str]:
+    """SIGKILL a node, keep the load on, restart it, wait until it is current; `form.kills` times."""
+    kills: list[str] = []
+    for round_no in range(form.kills):
+        await asyncio.sleep(form.settle_s)
+        # Even rounds take the node the callback service talks to, odd ones the CALLBACK stream's leader.
+        victim: ClusterNode | None
+        if round_no % 2 == 0:
+            victim = await connected_node(cluster, "abonent-callback")
+        else:
+            placement = (await bus.js.stream_info(stream)).cluster
+            victim = cluster.node(placement.leader) if placement and placement.leader else None
+        victim = victim or cluster.nodes[round_no % len(cluster.nodes)]
+        victim.kill()
+        kills.append(victim.name)
+        timeline.mark(f"kill {victim.name}")
+        await asyncio.sleep(form.settle_s)
+        await asyncio.to_thread(victim.start)
+        # The next kill waits for this node to be current again: a 3-node group survives one loss.
+        await asyncio.to_thread(victim.wait_healthy, 120)
+        timeline.mark(f"{victim.name} back")
+    await asyncio.sleep(form.settle_s)
+    return kills
+
+
+async def notifier_caught_up(bus: busmod.Bus) -> None:
+    """The notifier's consumer of callback events has applied and acked everything on the stream."""
+
+    async def idle() -> bool:
+        info = await bus.js.consumer_info(bus.ns.stream("CALLBACK"), "notifier_callback")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    with contextlib.suppress(AssertionError):
+        await until(idle, timeout=60, interval=0.5)
+
+
+async def audit_outbox(db: asyncpg.Connection, publisher: Publisher) -> None:
+    """Wait until the service's outbox is published and our consumer has seen every row of it."""
+
+    async def drained() -> bool:
+        pending = await db.fetchval(
+            f"select count(*) from {publisher.schema}.outbox where published_at is null"
+        )
+        return not pending
+
+    with contextlib.suppress(AssertionError):
+        await until(drained, timeout=60, interval=0.5)
+    publisher.outbox = {
+        row["id"] for row in await db.fetch(f"select id::text from {publisher.schema}.outbox")
+    }
+
+    async def audited() -> bool:
+        return not publisher.unpublished
+
+    with contextlib.suppress(AssertionError):
+        await until(audited, timeout=60, interval=0.5)
 
 
 async def test_production_topology_survives_nats_node_kills(
