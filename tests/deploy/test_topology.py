@@ -393,6 +393,7 @@ async def audit_outbox(db: asyncpg.Connection, publisher: Publisher) -> None:
         await until(audited, timeout=60, interval=0.5)
 
 
+@pytest.mark.timeout(300)
 async def test_production_topology_survives_nats_node_kills(
     database_url: str, nats_namespace: str, tmp_path: Path
 ) -> None:
@@ -402,5 +403,6 @@ async def test_production_topology_survives_nats_node_kills(
 @pytest.mark.skipif(
     not os.environ.get("ABONENT_TOPOLOGY_LONG"), reason="long form: set ABONENT_TOPOLOGY_LONG=1 (minutes)"
 )
+@pytest.mark.timeout(1200)
 async def test_production_topology_long_form(database_url: str, nats_namespace: str, tmp_path: Path) -> None:
     await run_topology(LONG, database_url, nats_namespace, tmp_path)

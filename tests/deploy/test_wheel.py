@@ -33,7 +33,8 @@ WIDGET_IN_WHEEL = (
     "services/callback/widget_dist/demo/shop.css",
 )
 
-pytestmark = pytest.mark.slow
+# The isolated build fetches setuptools from the package index; on a loaded machine it takes minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
