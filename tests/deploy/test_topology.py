@@ -149,23 +149,37 @@ class Load:
 
 
 async def steady_requests(base: str, rate_per_s: float, load: Load, stop: asyncio.Event) -> None:
-    """Visitors asking for a callback at a steady rate, each with a number of their own."""
+    """Visitors asking for a callback at a steady rate, each with a number of their own; a few at a time
+    in flight, so a slow answer does not slow the rate (unless the service falls far behind). Returns
+    once every request sent has its answer."""
     phones = (f"+7912{n:07d}" for n in itertools.count(1000001))
+    in_flight = asyncio.Semaphore(8)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(http: httpx.AsyncClient, phone: str) -> None:
+        try:
+            response = await ask(http, phone=phone)
+        except httpx.HTTPError:
+            load.refused[0] += 1
+        else:
+            if response.status_code == 201:
+                load.accepted.append(response.json()["id"])
+            else:
+                load.refused[response.status_code] += 1
+        finally:
+            in_flight.release()
+
     async with httpx.AsyncClient(base_url=base, timeout=15) as http:
         next_at = time.monotonic()
         while not stop.is_set():
-            try:
-                response = await ask(http, phone=next(phones))
-            except httpx.HTTPError:
-                load.refused[0] += 1
-            else:
-                if response.status_code == 201:
-                    load.accepted.append(response.json()["id"])
-                else:
-                    load.refused[response.status_code] += 1
+            await in_flight.acquire()
+            task = asyncio.create_task(one(http, next(phones)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             next_at += 1 / rate_per_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+        await asyncio.gather(*tasks)
 
 
 async def connected_node(cluster: NatsCluster, client_name: str) -> ClusterNode | None:
@@ -256,10 +270,11 @@ async def chaos_run(
             asyncio.create_task(audit_stream(bus, publisher.stream, publisher.audit, stop_audit))
             for publisher in publishers
         ]
-        tasks.append(asyncio.create_task(steady_requests(base, form.rate_per_s, load, stop_load)))
+        requests = asyncio.create_task(steady_requests(base, form.rate_per_s, load, stop_load))
+        tasks.append(requests)
         kills = await kill_and_restart(form, cluster, bus, publishers[0].stream, timeline)
         stop_load.set()
-        await asyncio.sleep(0)
+        await requests  # every request sent has its answer: `accepted` is complete
         timeline.mark("load stopped")
         accepted = set(load.accepted)
         assert accepted, f"no request was accepted (refused: {dict(load.refused)})"
