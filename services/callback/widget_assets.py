@@ -5,6 +5,9 @@ JS string literal inside the script; comment-only lines and indentation are drop
 step and no stale artefact. The build is redone when a source file changes, which makes editing the widget
 against a running service painless. Embeds load `/widget/v1/widget.js`, a short-lived loader that adds
 `/widget/v1/widget.<content hash>.js`, which is immutable; both are served pre-compressed.
+
+An installed wheel has no `widget/` beside `services/`: the wheel build (setup_hooks.py) copies the same
+files into this package as `widget_dist/`, read through importlib.resources and built once per process.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +32,17 @@ from litestar.params import FromPath, QueryParameter
 
 __all__ = ["DEMO_CSP", "WIDGET_ROUTES", "Asset", "WidgetBundle", "build_loader", "widget_bundle"]
 
-WIDGET_DIR = Path(__file__).resolve().parents[2] / "widget"
+
+def _widget_dir() -> tuple[Traversable, bool]:
+    """Where the widget's sources are, and whether they may change under a running process."""
+    packaged = resources.files("services.callback") / "widget_dist"
+    if packaged.is_dir():
+        return packaged, False
+    # A checkout (or an editable install of one): the front-end project beside services/.
+    return Path(__file__).resolve().parents[2] / "widget", True
+
+
+WIDGET_DIR, _LIVE = _widget_dir()
 _SOURCES = (WIDGET_DIR / "src" / "widget.js", WIDGET_DIR / "src" / "widget.css")
 _CSS_PLACEHOLDER = "__ABONENT_CSS__"
 _SITE_KEY = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
@@ -152,10 +167,16 @@ def build_loader(script_path: str) -> bytes:
 _cache: dict[tuple[int, ...], WidgetBundle] = {}
 
 
+def _stamp() -> tuple[int, ...]:
+    if not _LIVE:
+        return ()  # package data never changes under a running process
+    stats = [Path(str(path)).stat() for path in _SOURCES]
+    return tuple(value for st in stats for value in (st.st_mtime_ns, st.st_size))
+
+
 def widget_bundle() -> WidgetBundle:
-    """The built widget and its loader, rebuilt only when a source file's mtime or size changes."""
-    stats = [path.stat() for path in _SOURCES]
-    stamp = tuple(value for st in stats for value in (st.st_mtime_ns, st.st_size))
+    """The built widget and its loader, rebuilt only when a checkout's source file changes."""
+    stamp = _stamp()
     bundle = _cache.get(stamp)
     if bundle is None:
         js_source, css_source = (path.read_text(encoding="utf-8") for path in _SOURCES)

@@ -108,6 +108,11 @@ class Bus:
         raise AssertionError("unreachable")
 
 
+def server_urls(url: str) -> list[str]:
+    """`nats://a:4222,nats://b:4222` → each server; blanks around the commas are ignored."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(
     url: str,
     name: str,
@@ -117,7 +122,11 @@ async def connect(
     stream_max_age_s: float = 0.0,
     drain_timeout_s: float = 5.0,
 ) -> Bus:
-    """Connect and keep reconnecting forever (nats-py gives up after ~2 min by default)."""
+    """Connect and keep reconnecting forever (nats-py gives up after ~2 min by default).
+
+    `url` may list several servers, comma-separated (a cluster): the first connect tries each, and a
+    reconnect goes to any of them, not only to those the connected server advertised.
+    """
     holder: list[Bus] = []
 
     async def on_disconnect() -> None:
@@ -134,7 +143,7 @@ async def connect(
         log.warning("nats error: %s", exc)
 
     nc = await nats.connect(
-        servers=[url],
+        servers=server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
