@@ -70,7 +70,8 @@ def test_build_context_is_an_allow_list() -> None:
     ]
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed >= {"pyproject.toml", "services"}
+    # setup_hooks.py copies the widget into the wheel (pyproject's build_py): without it the build fails.
+    assert allowed >= {"pyproject.toml", "services", "widget", "setup_hooks.py", "MANIFEST.in"}
     assert not allowed & {".git", ".venv", ".abonent", "tests", "deploy"}
 
 
