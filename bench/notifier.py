@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -29,13 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from bench.support import append_report, pct, service_env, start_service, stop_service, wait_ready
 from services.common import bus as bus_mod
 from services.common import crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.events import CallbackRequested, encode_event
 
-REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO / "docs" / "benchmarks.md"
 API_ID = "bench-api-id"
 TZ = "Europe/Moscow"
 GOAL = 0.5
@@ -150,40 +148,6 @@ def quiet_window_far_from_now() -> tuple[str, str]:
     return far.strftime("%H:%M"), (far + dt.timedelta(minutes=1)).strftime("%H:%M")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:]
-
-
-def start_notifier(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """The real notifier process, as deployed: `python -m services.cli run notifier --migrate`."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", "notifier", "--migrate"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    async with httpx.AsyncClient() as client:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("notifier exited:\n" + tail(log))
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{base}/health/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise SystemExit("notifier not ready after 60 s:\n" + tail(log))
-
-
 async def baseline(url: str, server: SmsServer, numbers: list[str]) -> tuple[float, list[float]]:
     """N raw POSTs of the notifier's form, one after another over one keep-alive client."""
     server.reset(0)
@@ -239,39 +203,6 @@ async def through_notifier(
     return len(numbers) / elapsed, latencies
 
 
-def machine() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    cpu = f"{os.cpu_count()} CPU ({model or platform.machine()})"
-    return f"{platform.system()} {platform.release()}, {cpu}, Python {platform.python_version()}"
-
-
-def load() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "unknown"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def table(
     n: int, raw: tuple[float, list[float]], full: tuple[float, list[float]], cpu: dict[str, float]
 ) -> str:
@@ -293,7 +224,8 @@ def table(
         f"N = {n}; ratio notifier/raw = {ratio:.3f}x (goal >= {GOAL}x: {verdict}).",
         "Latency: baseline per POST round trip; notifier from each event's publish to its provider request.",
         f"CPU per message while the notifier ran: notifier process {cpu['notifier'] / n * 1000:.2f} ms,"
-        f" PostgreSQL {cpu['postgres'] / n * 1000:.2f} ms; load average at the end {load()}.",
+        f" PostgreSQL {cpu['postgres'] / n * 1000:.2f} ms;"
+        f" load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
     ]
     return "\n".join(rows)
 
@@ -310,10 +242,8 @@ async def main(n: int) -> int:
         try:
             port = free_port()
             quiet_start, quiet_end = quiet_window_far_from_now()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("ABONENT_")}
-            env.update(
-                {
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+            env = service_env(
+                **{
                     "ABONENT_DATABASE_URL": postgres.url,
                     "ABONENT_NATS_URL": nats.url,
                     "ABONENT_DATA_KEYS": f"k1:{crypto.new_key()}",
@@ -337,7 +267,7 @@ async def main(n: int) -> int:
                 }
             )
             log = work / "notifier.log"
-            proc = start_notifier(env, log)
+            proc = start_service("notifier", env, log)
             await wait_ready(f"http://127.0.0.1:{port}", proc, log)
             numbers = phones(n)
             raw = await baseline(provider, server, numbers)
@@ -350,25 +280,13 @@ async def main(n: int) -> int:
                 )
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    await asyncio.to_thread(proc.wait, 20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                await stop_service(proc)
             listener.close()
             nats.stop()
             postgres.stop()
     result = table(n, raw, full, meter.used)
     print(result)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if not REPORT.exists():
-        REPORT.write_text(
-            "# Benchmarks\n\nEvery run of `./dev bench`, newest last; each figure sits beside a baseline"
-            " measured in the same run.\n"
-        )
-    with REPORT.open("a") as report:
-        heading = f"## Notifier: event -> SMS provider ({stamp}, commit {commit()})"
-        report.write(f"\n{heading}\n\nMachine: {machine()}.\n\n{result}\n")
+    append_report("Notifier: event -> SMS provider", result)
     return 0
 
 
