@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,17 @@ def require_chromium(suite: str) -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+def sync_browser(executable: str) -> Iterator[Any]:
+    """A headless Chromium through Playwright's sync API, for a module-scoped fixture to yield from.
+
+    Module scope, not session: the sync API keeps an event loop running in this thread while it is open,
+    and async tests that run after it (pytest-asyncio) would find that loop and fail. A plain launch runs
+    on a fresh temporary profile that Playwright creates and deletes itself."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -24,7 +24,7 @@ import pytest
 from fakes.asgi import serve_asgi
 from fakes.fake_billing import FakeBilling
 from playwright.sync_api import Browser, Page
-from support.chromium import CHROMIUM_ARGS, require_chromium
+from support.chromium import require_chromium, sync_browser
 from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn
 from support.served import served_in_thread
 from support.verification import MATCH_CASE
@@ -162,13 +162,7 @@ def stack(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = require_chromium("CORPORATE BROWSER TESTS")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from sync_browser(require_chromium("CORPORATE BROWSER TESTS"))
 
 
 @pytest.fixture

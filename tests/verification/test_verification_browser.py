@@ -22,7 +22,7 @@ import httpx
 import msgspec
 import pytest
 from playwright.sync_api import Browser, Page
-from support.chromium import CHROMIUM_ARGS, require_chromium
+from support.chromium import require_chromium, sync_browser
 from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn
 from support.served import served_in_thread
 
@@ -180,13 +180,7 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One Chromium per module (the sync API holds this thread's event loop while it is open)."""
-    executable = require_chromium("VERIFICATION BROWSER TESTS")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from sync_browser(require_chromium("VERIFICATION BROWSER TESTS"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.chromium import CHROMIUM_ARGS, require_chromium
+from support.chromium import require_chromium, sync_browser
 from support.harness import REPO, make_settings, settings_env, spawn
 from widget_support import HostSite, Stack
 
@@ -30,19 +30,9 @@ def chromium_executable() -> str:
 
 @pytest.fixture(scope="module")
 def browser(chromium_executable: str) -> Iterator[Any]:
-    """One Chromium per module; each test gets a new context (no shared storage or cache).
-
-    Module scope, not session: the sync API keeps an event loop running in this thread while it is
-    open, and async tests that run after it (pytest-asyncio) would find that loop and fail.
-
-    A plain launch runs on a fresh temporary profile that Playwright creates and deletes itself (it
-    refuses a --user-data-dir argument; that is what launch_persistent_context is for)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    """One Chromium per module (see sync_browser for why); each test gets a new context (no shared
+    storage or cache)."""
+    yield from sync_browser(chromium_executable)
 
 
 # --- the callback service -------------------------------------------------------------------------------
