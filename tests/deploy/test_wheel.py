@@ -226,9 +226,15 @@ def test_abonent_up_from_the_wheel_serves_everything(abonent_up: tuple[dict[str,
         assert "text/html" in page.headers["content-type"]
         assert client.get(f"{urls['verification']}/v/static/page.css").status_code == 200
 
-        # The notifier's dev inbox (templates and routing.toml loaded from the wheel).
-        inbox = client.get(f"{urls['notifier']}/dev/inbox")
-        assert inbox.status_code == 200
+        # The notifier's dev inbox (templates and routing.toml loaded from the wheel), behind the staff
+        # sign-in: a browser is sent to it, the printed admin token opens the page.
+        assert client.get(f"{urls['notifier']}/dev/inbox").status_code == 303
+        token = re.search(r"Authorization: Bearer (\S+?)'", output.text)
+        assert token, output.text[-5000:]
+        inbox = client.get(
+            f"{urls['notifier']}/dev/inbox", headers={"Authorization": f"Bearer {token.group(1)}"}
+        )
+        assert inbox.status_code == 200, inbox.text
         assert "text/html" in inbox.headers["content-type"]
         # The shared sign-in page (services/common/templates).
         assert client.get(f"{urls['callback']}/auth/sign-in").status_code == 200
