@@ -58,6 +58,11 @@ PROVIDER_ERRORS = Counter(
     "Dial orders the telephony provider refused outright (alert on any increase)",
     ["adapter"],
 )
+# Promise punctuality for alerting: each request's first dial, kept (no later than the promised latest
+# time) or late. The per-site figures are at /v1/admin/sites/{key}/punctuality; this is the live signal.
+FIRST_DIALS = Counter(
+    "abonent_callback_first_dials_total", "Requests dialled for the first time, by promise kept", ["outcome"]
+)
 
 # How long a placing attempt is leased: well beyond a provider call's own timeout (ARI 5 s, Mango 10 s).
 PLACING_LEASE_S = 30.0
@@ -196,9 +201,10 @@ class Dispatcher:
                         rows = await callback_store.due_callbacks(conn, now, 1, exclude=seen)
                         if not rows:
                             break
-                        row_id = rows[0].id
+                        row = rows[0]
+                        row_id = row.id
                         seen.append(row_id)
-                        order = await self._dispatch_row(conn, rows[0], now)
+                        order = await self._dispatch_row(conn, row, now)
                 except Exception:
                     if row_id is None:
                         raise  # not a row's fault (the database is away): the pass fails as a whole
@@ -207,6 +213,8 @@ class Dispatcher:
                     )
                     continue
                 if order is not None:
+                    if row.first_dial_at is None:  # counted once committed, so a rollback counts nothing
+                        FIRST_DIALS.labels("kept" if now <= row.promised_latest else "late").inc()
                     failpoint("dialer.after_reserve")
                     placing.append(asyncio.create_task(place_bounded(order)))
         finally:

@@ -231,3 +231,30 @@ async def test_provider_refusal_is_not_charged_to_the_visitor(world: World, db: 
     assert (presence["status"], presence["current_attempt"]) == ("ready", None)
     after = REGISTRY.get_sample_value("abonent_callback_provider_errors_total", {"adapter": adapter.name})
     assert (after or 0) == (refused or 0) + 1
+
+
+def first_dials(outcome: str) -> float:
+    return REGISTRY.get_sample_value("abonent_callback_first_dials_total", {"outcome": outcome}) or 0.0
+
+
+async def test_first_dials_count_kept_and_late_promises_once(
+    world: World, sim: SimulatedPbx, db: asyncpg.Connection
+) -> None:
+    """The punctuality alert's signal: each request's first dial, kept or late, counted once."""
+    await world.site("shop")
+    await world.agent("olga", ["default"])
+    await world.agent("ivan", ["default"])
+    kept_before, late_before = first_dials("kept"), first_dials("late")
+    on_time = await world.ask("shop")
+    overdue = await world.ask("shop")
+    await db.execute(
+        "update callback.callbacks set promised_latest = now() - interval '1 minute' where id = $1", overdue
+    )
+    assert await world.dialer(sim).dispatch_once() == 2
+    assert (await statuses(db)) == {on_time: "dialing", overdue: "dialing"}
+    assert first_dials("kept") - kept_before == 1
+    assert first_dials("late") - late_before == 1
+    # A later pass with nothing new to dial counts nothing more.
+    assert await world.dialer(sim).dispatch_once() == 0
+    assert first_dials("kept") - kept_before == 1
+    assert first_dials("late") - late_before == 1
