@@ -26,7 +26,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.support import append_report, service_env, start_service, stop_service, wait_ready
+from bench.support import append_report, service_env, start_service, stop_service, tail, wait_ready
 from services.common import crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.settings import Settings
@@ -217,6 +217,8 @@ async def main(n: int) -> int:
         finally:
             if proc is not None:
                 await stop_service(proc)
+                if not clean:
+                    print(tail(log), file=sys.stderr)
             nats.stop()
             postgres.stop()
     lines = [

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -366,9 +367,18 @@ class BulkUploads:
         try:
             async with self.pool.acquire() as conn:
                 await bulk_store.set_job_state(conn, job.id, "running")
+            started = time.perf_counter()
             await self._stage(job, path, encoding)
+            staged = time.perf_counter()
             for first in range(1, job.total + 1, CHUNK_ROWS):
                 await self._apply_chunk(job, first, min(first + CHUNK_ROWS - 1, job.total))
+            log.info(
+                "bulk upload %s: %d rows staged in %.2f s, applied in %.2f s",
+                job.id,
+                job.total,
+                staged - started,
+                time.perf_counter() - staged,
+            )
             async with self.pool.acquire() as conn:
                 await bulk_store.forget_payloads(conn, job.id)
                 await bulk_store.set_job_state(conn, job.id, "done", at=self.sims._now())
