@@ -24,8 +24,9 @@ from services.common.webhook_sender import WebhookSender
 from services.verification import case_api, store, subscriber
 from services.verification.case_api import ADMIN_SCOPE, CASES_SCOPE
 from services.verification.corporate import api as corporate_api
-from services.verification.corporate import back_office, flow_store
+from services.verification.corporate import back_office, bulk_api, flow_store
 from services.verification.corporate import store as corporate_store
+from services.verification.corporate.bulk import BulkUploads
 from services.verification.corporate.lifecycle import (
     CORPORATE,
     JOB_DEADLINE_SWEEP,
@@ -134,7 +135,9 @@ def make_spec(
             token_ttl_s=section.verification_corporate_token_ttl_s,
             rotation=dt.timedelta(days=section.verification_corporate_key_rotation_days),
         )
-        runtime.extras[corporate_api.EXTRA] = CorporateSims(pool=runtime.pool, cases=web, auth=auth)
+        sims = CorporateSims(pool=runtime.pool, cases=web, auth=auth)
+        runtime.extras[corporate_api.EXTRA] = sims
+        runtime.extras[bulk_api.EXTRA] = BulkUploads(sims=sims)
         # Timers run on the worker pool: a flood of page views cannot delay a suspension.
         runtime.extras["verification_jobs"] = dataclasses.replace(web, pool=runtime.worker_pool)
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))
@@ -168,6 +171,7 @@ def make_spec(
             )
 
     async def finish(runtime: Runtime) -> None:
+        await runtime.extras[bulk_api.EXTRA].stop()
         if "registry_worker" in runtime.extras:
             await runtime.extras["registry_worker"].stop()
         await runtime.extras["company_webhooks"].stop()
@@ -205,7 +209,13 @@ def make_spec(
         "back office opens and watches cases. Companies register who uses their corporate SIMs "
         "(OAuth 2.0 client credentials at /oauth/token). Every 4xx has the shape "
         '{"error": {"code", "message", "field"}}.',
-        route_handlers=[*case_api.ROUTES, *subscriber.ROUTES, *corporate_api.ROUTES, *back_office.ROUTES],
+        route_handlers=[
+            *case_api.ROUTES,
+            *subscriber.ROUTES,
+            *corporate_api.ROUTES,
+            *bulk_api.ROUTES,
+            *back_office.ROUTES,
+        ],
         migrations_dir=Path(__file__).parent / "migrations",
         on_startup=[start],
         on_shutdown=[finish],
