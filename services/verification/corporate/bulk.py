@@ -34,7 +34,13 @@ from services.verification.corporate import bulk_store, store
 from services.verification.corporate.domain.sim import Action, transition
 from services.verification.corporate.oauth import SCOPE_WRITE, Caller
 from services.verification.corporate.schemas import BindingRequest, DeviceData, EmployeeData
-from services.verification.corporate.usecases import SIM_NOT_FOUND, CorporateSims, _check_device, _e164
+from services.verification.corporate.usecases import (
+    HOLDER_FIELDS,
+    SIM_NOT_FOUND,
+    CorporateSims,
+    _check_device,
+    _e164,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +52,7 @@ CHUNK_ROWS = 2000
 BULK_CONTEXT = "bulk_rows.payload_enc"
 
 DEVICE_COLUMNS = ("device_type", "device_name", "imei", "mac", "installation_address")
-EMPLOYEE_COLUMNS = (
-    "last_name",
-    "first_name",
-    "middle_name",
-    "birth_date",
-    "passport_series",
-    "passport_number",
-    "passport_issue_date",
-    "passport_issuer_code",
-)
+EMPLOYEE_COLUMNS = HOLDER_FIELDS
 COLUMNS = ("number", "kind", *DEVICE_COLUMNS, *EMPLOYEE_COLUMNS)
 REQUIRED = ("number", "kind")
 # A validator's field (the single-SIM API names it in the JSON body) as the file's column.

@@ -363,7 +363,7 @@ class CorporateSims:
         as_case = CaseOpen(
             msisdn=e164,
             reason="regulator_request",  # irrelevant to the checks; the case is opened as corporate_sim
-            **{f: getattr(employee, f) for f in _HOLDER_FIELDS},
+            **{f: getattr(employee, f) for f in HOLDER_FIELDS},
             lang=employee.lang,
             tz=employee.tz,
         )
@@ -514,7 +514,8 @@ class StoredEmployee(msgspec.Struct, frozen=True, kw_only=True):
     tz: str = "Europe/Moscow"
 
 
-_HOLDER_FIELDS = (
+# The employee's fields a binding carries, in the order a person reads them (the bulk CSV's columns too).
+HOLDER_FIELDS = (
     "last_name",
     "first_name",
     "middle_name",
