@@ -5,73 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import asyncpg
-import msgspec
 import pytest
 from fakes.fake_ari import serve_fake_ari
 from prometheus_client import REGISTRY
-from support.callback_api import site_body
+from support.dispatch_world import DispatchWorld
 from support.harness import migrate_service
 
 from services.callback.dispatcher import Dispatcher
-from services.callback.schemas import CallbackCreate, SiteSettings
-from services.callback.store import agents as agent_store
-from services.callback.store import sites as site_store
 from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
 from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
-from services.callback.usecases.intake import Intake
 from services.callback.usecases.sites import SiteDirectory
-from services.common import db as dbmod
-from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
 
 
-@dataclass
-class World:
-    pool: dbmod.Pool
-    protector: DataProtector
-    service: Intake
-    requests: int = 0
-
-    async def site(self, key: str, **overrides: object) -> None:
-        async with self.pool.acquire() as conn:
-            await site_store.upsert_site(conn, key, msgspec.convert(site_body(**overrides), SiteSettings))
-
-    async def agent(self, login: str, queues: list[str], endpoint: str = "PJSIP/101") -> uuid.UUID:
-        agent = agent_store.AgentRow(
-            id=uuid.uuid4(),
-            login=login,
-            name=login,
-            password_hash=hash_password("x" * 8),
-            queues=queues,
-            endpoint=endpoint,
-        )
-        async with self.pool.acquire() as conn:
-            await agent_store.upsert_agent(conn, agent)
-            await agent_store.set_presence(conn, agent.id, "ready")
-        return agent.id
-
-    async def ask(self, site_key: str) -> uuid.UUID:
-        """An ASAP request as the widget makes it (distinct phone and address each time)."""
-        self.requests += 1
-        offer = await self.service.offer(site_key, "Europe/Moscow", "en", None)
-        body = CallbackCreate(
-            phone=f"+7912{self.requests:07d}",
-            visitor_tz="Europe/Moscow",
-            form_token=offer.form_token,
-            consent=True,
-        )
-        _, created = await self.service.create(
-            site_key,
-            body,
-            client_ip=f"10.1.{self.requests // 200}.{self.requests % 200}",
-            idempotency_key=None,
-        )
-        return uuid.UUID(str(created.id))
-
+class World(DispatchWorld):
     def dialer(self, adapter: TelephonyAdapter) -> Dispatcher:
         # Its own site directory: no cached settings from before a test changed them.
         return Dispatcher(self.pool, self.protector, SiteDirectory(self.pool), adapter)
@@ -80,12 +30,11 @@ class World:
 @pytest.fixture
 async def world(settings: Settings) -> AsyncIterator[World]:
     await migrate_service(settings, "callback")
-    pool = await dbmod.create_pool(settings.database_url, "callback")
-    protector = DataProtector.from_settings(settings)
+    world = await World.open(settings)
     try:
-        yield World(pool, protector, Intake(pool, protector, SiteDirectory(pool)))
+        yield world
     finally:
-        await pool.close()
+        await world.pool.close()
 
 
 @pytest.fixture
@@ -108,7 +57,7 @@ async def test_request_due_outside_its_window_is_retimed_and_the_others_still_di
 ) -> None:
     await world.site("night")
     await world.site("day")
-    await world.agent("olga", ["default"])
+    await world.agent("olga", queues=["default"])
     closed = await world.ask("night")
     open_ = await world.ask("day")
     # Closing time came for the night shop's visitors while its (older) request was waiting.
@@ -140,7 +89,7 @@ async def test_a_row_that_cannot_be_dispatched_is_skipped_and_the_others_dial(
     world: World, sim: SimulatedPbx, db: asyncpg.Connection
 ) -> None:
     await world.site("shop")
-    await world.agent("olga", ["default"])
+    await world.agent("olga", queues=["default"])
     broken = await world.ask("shop")
     fine = await world.ask("shop")
     # The older request's phone no longer decrypts (e.g. a key rotated away): it cannot be dialed.
@@ -159,12 +108,12 @@ async def test_a_busy_queue_does_not_starve_another_queue(
 ) -> None:
     await world.site("busy", queue="busy")
     await world.site("calm", queue="calm")
-    await world.agent("olga", ["busy"])
+    await world.agent("olga", queues=["busy"])
     dialer = world.dialer(sim)
     await world.ask("busy")
     assert await dialer.dispatch_once() == 1  # olga is on that call now
     waiting = [await world.ask("busy") for _ in range(12)]
-    await world.agent("ivan", ["calm"])
+    await world.agent("ivan", queues=["calm"])
     calm = await world.ask("calm")
 
     # The twelve busy-queue rows are older than the calm one and more than a batch.
@@ -179,7 +128,7 @@ async def test_the_earliest_promise_deadline_is_dialed_first(
     world: World, sim: SimulatedPbx, db: asyncpg.Connection
 ) -> None:
     await world.site("shop")
-    await world.agent("olga", ["default"])
+    await world.agent("olga", queues=["default"])
     older = await world.ask("shop")
     newer = await world.ask("shop")
     # The older request's promise runs out later (as a chosen slot's or a generous one's does): the one
@@ -193,7 +142,7 @@ async def test_the_earliest_promise_deadline_is_dialed_first(
 
 async def test_provider_refusal_is_not_charged_to_the_visitor(world: World, db: asyncpg.Connection) -> None:
     await world.site("shop", retry_policy={"max_attempts": 1})
-    agent = await world.agent("olga", ["default"])
+    agent = await world.agent("olga", queues=["default"])
     created = await world.ask("shop")
     async with serve_fake_ari() as fake:
         adapter = AsteriskAriAdapter(
@@ -242,8 +191,8 @@ async def test_first_dials_count_kept_and_late_promises_once(
 ) -> None:
     """The punctuality alert's signal: each request's first dial, kept or late, counted once."""
     await world.site("shop")
-    await world.agent("olga", ["default"])
-    await world.agent("ivan", ["default"])
+    await world.agent("olga", queues=["default"])
+    await world.agent("ivan", queues=["default"])
     kept_before, late_before = first_dials("kept"), first_dials("late")
     on_time = await world.ask("shop")
     overdue = await world.ask("shop")

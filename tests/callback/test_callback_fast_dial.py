@@ -6,74 +6,26 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
-import msgspec
 import pytest
 from fakes.fake_ari import EndpointScript, serve_fake_ari
-from support.callback_api import site_body
+from support.dispatch_world import DispatchWorld
 from support.harness import migrate_service
 from support.polling import until
 
 from services.callback.dispatcher import Dispatcher
-from services.callback.schemas import CallbackCreate, SiteSettings
 from services.callback.store import agents as agent_store
-from services.callback.store import sites as site_store
 from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
 from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
-from services.callback.usecases.intake import Intake
 from services.callback.usecases.sites import SiteDirectory
-from services.common import db as dbmod
-from services.common.crypto import DataProtector, hash_password
 from services.common.settings import Settings
 
 # Far longer than any test here waits: a dispatch seen within it was woken by a NOTIFY, not by the poll.
 SLOW_POLL_S = 600.0
 
 
-@dataclass
-class World:
-    settings: Settings
-    pool: dbmod.Pool
-    protector: DataProtector
-    intake: Intake
-    requests: int = 0
-
-    async def site(self, key: str) -> None:
-        async with self.pool.acquire() as conn:
-            await site_store.upsert_site(conn, key, msgspec.convert(site_body(), SiteSettings))
-
-    async def agent(self, login: str, endpoint: str, *, ready: bool = True) -> uuid.UUID:
-        agent = agent_store.AgentRow(
-            id=uuid.uuid4(),
-            login=login,
-            name=login,
-            password_hash=hash_password("x" * 8),
-            queues=["default"],
-            endpoint=endpoint,
-        )
-        async with self.pool.acquire() as conn:
-            await agent_store.upsert_agent(conn, agent)
-            if ready:
-                await agent_store.set_presence(conn, agent.id, "ready")
-        return agent.id
-
-    async def ask(self, site_key: str) -> uuid.UUID:
-        """An ASAP request as the widget makes it, through the intake alone (nobody calls wake())."""
-        self.requests += 1
-        offer = await self.intake.offer(site_key, "Europe/Moscow", "en", None)
-        body = CallbackCreate(
-            phone=f"+7913{self.requests:07d}",
-            visitor_tz="Europe/Moscow",
-            form_token=offer.form_token,
-            consent=True,
-        )
-        _, created = await self.intake.create(
-            site_key, body, client_ip=f"10.2.0.{self.requests}", idempotency_key=None
-        )
-        return uuid.UUID(str(created.id))
-
+class World(DispatchWorld):
     def dialer(self, adapter: TelephonyAdapter, *, listen: bool) -> Dispatcher:
         return Dispatcher(
             self.pool,
@@ -88,12 +40,11 @@ class World:
 @pytest.fixture
 async def world(settings: Settings) -> AsyncIterator[World]:
     await migrate_service(settings, "callback")
-    pool = await dbmod.create_pool(settings.database_url, "callback")
-    protector = DataProtector.from_settings(settings)
+    world = await World.open(settings)
     try:
-        yield World(settings, pool, protector, Intake(pool, protector, SiteDirectory(pool)))
+        yield world
     finally:
-        await pool.close()
+        await world.pool.close()
 
 
 async def status_of(db: asyncpg.Connection, callback_id: uuid.UUID) -> str:
@@ -113,7 +64,7 @@ async def test_every_replica_wakes_on_the_commit_and_each_request_is_dialed_once
     world: World, db: asyncpg.Connection
 ) -> None:
     await world.site("shop")
-    agents = [await world.agent(f"agent{i}", f"sim-{i}") for i in range(4)]
+    agents = [await world.agent(f"agent{i}", endpoint=f"sim-{i}") for i in range(4)]
     requests = [await world.ask("shop") for _ in range(4)]  # due now: agents are at work
     async with world.pool.acquire() as conn:
         for agent in agents:
@@ -142,7 +93,7 @@ async def test_every_replica_wakes_on_the_commit_and_each_request_is_dialed_once
 
         await until(all_dialing)
         # And a request that arrives while agents are ready is dialed on its own commit too.
-        await world.agent("agent4", "sim-4")
+        await world.agent("agent4", endpoint="sim-4")
         late = await world.ask("shop")
 
         async def late_dialing() -> bool:
@@ -165,7 +116,7 @@ async def test_without_a_listener_the_dispatcher_waits_for_its_poll(
 ) -> None:
     """The control for the test above: the same commits do not start a pass by themselves."""
     await world.site("shop")
-    await world.agent("olga", "sim-1")
+    await world.agent("olga", endpoint="sim-1")
     pbx = SimulatedPbx(SimConfig(manual=True), time_scale=0.01)
     dialer = world.dialer(pbx, listen=False)
     await dialer.start()
@@ -190,7 +141,7 @@ async def test_placement_is_recorded_when_the_providers_events_overtake_the_orig
     await world.site("shop")
     count = 4
     for i in range(count):
-        await world.agent(f"agent{i}", f"PJSIP/10{i}")
+        await world.agent(f"agent{i}", endpoint=f"PJSIP/10{i}")
     requests = [await world.ask("shop") for _ in range(count)]
     release = asyncio.Event()
     async with serve_fake_ari() as fake:
