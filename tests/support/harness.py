@@ -9,10 +9,12 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from services.common.migrate import discover, migrate
@@ -98,3 +100,29 @@ async def running_service(settings: Settings, service: str, log_dir: Path, **env
         except subprocess.TimeoutExpired:
             proc.kill()
             await asyncio.to_thread(proc.wait)
+
+
+def wait_ready_blocking(
+    url: str, proc: subprocess.Popen[bytes], log: Path, *, what: str, timeout: float = 60
+) -> None:
+    """Until `url`/health/ready answers 200 (for sync fixtures); the log's tail if the process dies or is
+    never ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready in {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it overruns."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

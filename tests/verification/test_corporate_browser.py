@@ -10,13 +10,11 @@ import base64
 import datetime as dt
 import os
 import queue
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +23,14 @@ from fakes.asgi import serve_asgi
 from fakes.fake_billing import FakeBilling
 from playwright.sync_api import Browser, Page
 from support.chromium import require_chromium, sync_browser
-from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn
+from support.harness import (
+    TEST_ADMIN_TOKEN,
+    make_settings,
+    migrate_service,
+    spawn,
+    stop_process,
+    wait_ready_blocking,
+)
 from support.served import served_in_thread
 from support.verification import MATCH_CASE
 
@@ -58,29 +63,6 @@ class Stack:
     receiver: FakeBilling
     receiver_url: str
     clock: ManualClock
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sandbox exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"sandbox not ready:\n{log.read_text()[-4000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +110,8 @@ def stack(
     esia_proc = spawn(esia.command[1:], env, esia_log)
     registry_proc = spawn(registry.command[1:], env, registry_log)
     try:
-        _wait_ready(esia.url, esia_proc, esia_log)
-        _wait_ready(registry.url, registry_proc, registry_log)
+        wait_ready_blocking(esia.url, esia_proc, esia_log, what="sandbox")
+        wait_ready_blocking(registry.url, registry_proc, registry_log, what="sandbox")
         identity = load_section(IdentitySettings, esia.env)
         flow = load_section(
             CorporateFlowSettings,
@@ -156,8 +138,8 @@ def stack(
                 clock=clock,
             )
     finally:
-        _stop(esia_proc)
-        _stop(registry_proc)
+        stop_process(esia_proc)
+        stop_process(registry_proc)
 
 
 @pytest.fixture(scope="module")

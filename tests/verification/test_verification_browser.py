@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import random
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import msgspec
 import pytest
 from playwright.sync_api import Browser, Page
 from support.chromium import require_chromium, sync_browser
-from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn
+from support.harness import TEST_ADMIN_TOKEN, make_settings, migrate_service, spawn, wait_ready_blocking
 from support.served import served_in_thread
 
 from services.common.clock import ManualClock
@@ -122,20 +121,6 @@ class Stack:
         return view["id"], view["link"]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sandbox exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"sandbox not ready:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("verification-browser")
@@ -152,7 +137,7 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
     log = folder / "sandbox.log"
     proc = spawn(sandbox.command[1:], env, log)
     try:
-        _wait_ready(sandbox.url, proc, log)
+        wait_ready_blocking(sandbox.url, proc, log, what="sandbox")
         identity = load_section(IdentitySettings, sandbox.env)
         # Now, because the sandbox checks the request timestamps against its own wall clock.
         clock = ManualClock(dt.datetime.now(dt.UTC).replace(microsecond=0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from support.chromium import require_chromium, sync_browser
-from support.harness import REPO, make_settings, settings_env, spawn
+from support.harness import REPO, make_settings, settings_env, spawn, wait_ready_blocking
 from widget_support import HostSite, Stack
 
 from services.common.embedded import free_port
@@ -38,20 +37,6 @@ def browser(chromium_executable: str) -> Iterator[Any]:
 # --- the callback service -------------------------------------------------------------------------------
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"callback service exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"callback service not ready in {timeout:.0f}s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The real callback service as a container runs it (`abonent run callback --migrate`), once per
@@ -68,7 +53,7 @@ def stack(postgres_server: Any, nats_url: str, tmp_path_factory: pytest.TempPath
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, proc, log)
+        wait_ready_blocking(base, proc, log, what="callback service")
         paths = httpx.get(f"{base}/schema/openapi.json", timeout=10).json().get("paths", {})
         probe = httpx.get(f"{base}/widget/v1/widget.js", timeout=10)
         if "/v1/sites/{site_key}/offer" not in paths or probe.status_code != 200:
