@@ -67,17 +67,11 @@ from services.callback.widget_assets import WIDGET_ROUTES
 from services.common.auth_guard import requires
 from services.common.crypto import DataProtector
 from services.common.errors import ApiError, ErrorResponse, error_responses
+from services.common.middleware import RATE_LIMITED, rate_limit_per_ip
 from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
 from services.common.settings import Settings, get_settings
-from services.common.web import (
-    RATE_LIMITED,
-    Runtime,
-    ServiceSpec,
-    build_app,
-    rate_limit_per_ip,
-    runtime_extra,
-)
+from services.common.web import Runtime, ServiceSpec, build_app, runtime_extra
 from services.common.webhook_sender import WebhookSender
 
 TokenQuery = Annotated[str | None, QueryParameter(name="token", required=False, description="Status token")]

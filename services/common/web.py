@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Litestar, Request, Response, get
-from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar import Litestar, Response, get
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.enums import RequestEncodingType, ScopeType
-from litestar.exceptions import TooManyRequestsException, ValidationException
-from litestar.handlers import HTTPRouteHandler
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Schema
-from litestar.params import BodyKwarg
-from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from litestar.typing import FieldDefinition
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common import auth, db, retention
 from services.common import bus as busmod
@@ -36,8 +24,14 @@ from services.common.auth_guard import provide_principal
 from services.common.auth_pages import AUTH_ROUTES
 from services.common.clock import Clock
 from services.common.consumers import ConsumerRunner, ConsumerSpec
-from services.common.errors import EXCEPTION_HANDLERS, error_responses, handle_exception
-from services.common.logging import request_id_var
+from services.common.errors import EXCEPTION_HANDLERS
+from services.common.middleware import request_id_middleware
+from services.common.openapi import (
+    STATELESS,
+    StrictStructSchema,
+    decode_json_body_strictly,
+    document_error_answers,
+)
 from services.common.outbox import OutboxRelay
 from services.common.retention import RetentionRule
 from services.common.rotation import EncryptedColumn
@@ -46,15 +40,12 @@ from services.common.settings import ServiceName, Settings, SettingsSection
 from services.common.text_guard import reject_control_characters
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("abonent.access")
 
 T = TypeVar("T")
 
 # Background work waits longer than a visitor would (nobody is waiting on it), but not forever: a
 # connection leak then shows up as errors in the log instead of a silent stall.
 WORKER_ACQUIRE_TIMEOUT_S = 30.0
-
-HTTP_REQUESTS = Counter("abonent_http_requests_total", "HTTP requests", ["service", "method", "status"])
 
 
 @dataclass(slots=True)
@@ -121,10 +112,6 @@ class ReadinessBody(msgspec.Struct):
     checks: dict[str, str]
 
 
-# A route that touches neither PostgreSQL nor NATS: it never answers 503, and its schema says so.
-STATELESS = "stateless"
-
-
 @get(
     "/health/live",
     tags=["health"],
@@ -169,180 +156,6 @@ async def ready(state: State) -> Response[ReadinessBody]:
 )
 async def metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-def request_id_middleware(app: ASGIApp, service: str) -> ASGIApp:
-    """Take X-Request-ID from the caller or make one; log lines and the response carry it.
-
-    Writes the access log: one line per request with the route's path template, never the raw path or
-    query string, which carry status tokens, phones and site keys.
-    """
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
-        request_id = incoming or uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        status_holder = [0]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_with_id)
-        finally:
-            method = scope.get("method", "")
-            # Set by the router once a route matched; unmatched paths (404/405) are logged without one.
-            route = scope.get("path_template") or None
-            # No response started: the client went away or the server failed before answering.
-            status = status_holder[0] or 500
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            access_log.info(
-                "%s %s %s %.1fms",
-                method,
-                route or "(no route)",
-                status,
-                duration_ms,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "service": service,
-                },
-            )
-            request_id_var.reset(token)
-            HTTP_REQUESTS.labels(service, method, str(status_holder[0])).inc()
-
-    return middleware
-
-
-RATE_LIMITED = "rate_limited"
-
-
-def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp]:
-    """Litestar's built-in rate limiting, per client IP, for routes that carry `opt={"rate_limited": name}`.
-
-    Counts live in the app's "rate_limit" store (process memory unless the app registers another):
-    each replica counts on its own. `name` keeps separately limited routes from sharing counts.
-    Answers 429 in the one error shape with Retry-After.
-    """
-
-    def limited(request: Request[Any, Any, Any]) -> bool:
-        return bool(request.route_handler.opt.get(RATE_LIMITED) == name)
-
-    def identifier(request: Request[Any, Any, Any]) -> str:
-        return f"{name}:{get_remote_address(request)}"
-
-    config = RateLimitConfig(
-        rate_limit=("minute", per_minute),
-        check_throttle_handler=limited,
-        identifier_for_request=identifier,
-    )
-
-    def middleware(app: ASGIApp) -> ASGIApp:
-        limiter = RateLimitMiddleware(app, config)
-
-        async def answer_here(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await limiter(scope, receive, send)
-            except TooManyRequestsException as exc:
-                # Route handlers' own errors never get here (Litestar answers them inside). Left to
-                # propagate, the limiter's 429 would be answered outside every route middleware, without
-                # the CORS headers that let a browser widget read it and its Retry-After.
-                litestar_app: Litestar = scope["litestar_app"]
-                request = litestar_app.request_class(scope)
-                response = handle_exception(request, exc)
-                await response.to_asgi_response(None, request)(scope, receive, send)
-
-        return answer_here
-
-    return middleware
-
-
-# --- the schema tells the truth ---------------------------------------------------------------------------
-
-
-def error_statuses(route: HTTPRoute, handler: HTTPRouteHandler) -> list[int]:
-    """The error statuses any route of ours can answer, from how it is built (a route declares the rest).
-
-    400: a malformed value or control characters (services.common.text_guard), possible on every route.
-    401/403: a guard. 404: a path parameter names something that may not exist (a PUT creates what it
-    names). 413: a body. 429: the per-IP limiter.
-    503: a pool acquire that times out, on every route that is not STATELESS.
-    """
-    statuses = [400]
-    if handler.resolve_guards():
-        statuses += [401, 403]
-    if route.path_parameters and handler.http_methods != {"PUT"}:
-        statuses.append(404)
-    if handler.http_methods & {"POST", "PUT", "PATCH"}:
-        statuses.append(413)
-    if RATE_LIMITED in handler.opt:
-        statuses.append(429)
-    if not handler.opt.get(STATELESS):
-        statuses.append(503)
-    return statuses
-
-
-def document_error_answers(app: Litestar) -> None:
-    """Every operation documents the one error shape for the statuses it can answer.
-
-    Litestar would document only a 400 with its own `{status_code, detail, extra}`, which we never send.
-    A route's own `responses=` win (a specific example or description). The handlers here are the app's
-    own copies (Litestar copies each handler it registers), so other apps built from the same handlers
-    are not touched.
-    """
-    for route in app.routes:
-        if not isinstance(route, HTTPRoute):
-            continue
-        for handler in route.route_handlers:
-            if handler.resolve_include_in_schema():
-                derived = error_responses(*error_statuses(route, handler))
-                handler.responses = {**derived, **(handler.responses or {})}
-
-
-class StrictStructSchema(StructSchemaPlugin):
-    """msgspec Structs as Litestar documents them, plus `additionalProperties: false` where the Struct
-    forbids unknown fields: otherwise the schema invites fields the API then refuses.
-
-    Litestar exports its Struct plugin only from a private module; tests/common/test_openapi_truth.py
-    fails if an upgrade moves or changes it."""
-
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
-        schema = super().to_openapi_schema(field_definition, schema_creator)
-        if field_definition.type_.__struct_config__.forbid_unknown_fields:
-            schema.additional_properties = False
-        return schema
-
-
-async def decode_json_body_strictly(request: Request[Any, Any, Any]) -> None:
-    """Refuse a JSON body whose values only fit the schema after coercion (`0` for a bool, `"5"` for an int).
-
-    Litestar converts request data leniently (fine for query strings, where everything is text); for a
-    JSON body that accepts what the schema says is invalid. Runs after the guards, before the handler's
-    own decoding, which then reads the same cached body.
-    """
-    data = request.route_handler.parsed_fn_signature.parameters.get("data")
-    if data is None:
-        return
-    kwarg = data.kwarg_definition
-    if isinstance(kwarg, BodyKwarg) and kwarg.media_type != RequestEncodingType.JSON:
-        return  # forms and the like: their values are text, converted like query strings
-    body = await request.body()
-    try:
-        msgspec.json.decode(body, type=data.annotation, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValidationException(extra=[{"message": str(exc), "key": "data", "source": "body"}]) from None
-    except msgspec.DecodeError as exc:
-        message = f"The body is not JSON: {exc}"
-        raise ValidationException(extra=[{"message": message, "key": "data"}]) from None
 
 
 def runtime_extra(state: State, key: str, kind: type[T]) -> T:
