@@ -26,6 +26,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from bench.support import append_report, pct, service_env, start_service, stop_service, wait_ready
@@ -165,7 +166,7 @@ async def baseline(url: str, server: SmsServer, numbers: list[str]) -> tuple[flo
 
 
 async def through_notifier(
-    nats_url: str, server: SmsServer, numbers: list[str], meter: CpuMeter
+    nats_url: str, server: SmsServer, numbers: list[str], meter: CpuMeter | None
 ) -> tuple[float, list[float]]:
     """Publish one callback.requested per phone; time first publish -> the server's N-th phone."""
     server.reset(len(numbers))
@@ -173,7 +174,8 @@ async def through_notifier(
     published: dict[str, float] = {}
     now = dt.datetime.now(dt.UTC)
     try:
-        meter.start()
+        if meter is not None:
+            meter.start()
         start = time.perf_counter()
         for phone in numbers:
             event = CallbackRequested(
@@ -196,7 +198,8 @@ async def through_notifier(
                 f"only {len(server.arrivals)}/{len(numbers)} messages reached the provider"
             ) from None
         elapsed = max(server.arrivals.values()) - start
-        meter.stop()
+        if meter is not None:
+            meter.stop()
     finally:
         await bus.close()
     latencies = [server.arrivals[p] - t for p, t in published.items()]
@@ -228,6 +231,50 @@ def table(
         f" load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
     ]
     return "\n".join(rows)
+
+
+async def count_statements(
+    postgres: EmbeddedPostgres, nats_url: str, server: SmsServer, numbers: list[str]
+) -> tuple[int, int]:
+    """(statements, transactions) PostgreSQL ran while `numbers` went through the notifier, up to the
+    last outcome recorded.
+
+    Load-independent: `log_statement = all` is on for this pass only (every statement a connection sends
+    is one log line and one round trip), and pg_stat_database counts the transactions. Lines of this
+    function's own connection (its backend pid is in each line's prefix) are left out.
+    """
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        own_pid = f"[{await admin.fetchval('select pg_backend_pid()')}]"
+        await admin.execute("alter system set log_statement = 'all'")
+        await admin.execute("select pg_reload_conf()")
+        await asyncio.sleep(0.5)  # backends read the reloaded file before their next command
+        xacts = "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()"
+        sent = "select count(*) from notifier.attempts where state = 'sent'"
+        already: int = await admin.fetchval(sent)
+        await admin.execute("select pg_stat_clear_snapshot()")
+        before_xacts: int = await admin.fetchval(xacts)
+        start = postgres.log.stat().st_size
+        await through_notifier(nats_url, server, numbers, None)
+        deadline = time.monotonic() + DEADLINE_S
+        while await admin.fetchval(sent) < already + len(numbers):
+            if time.monotonic() > deadline:
+                raise SystemExit("the sends were not recorded in time")
+            await asyncio.sleep(0.05)
+        text = postgres.log.read_bytes()[start:].decode(errors="replace")
+        Path("/tmp/ns-statements.log").write_text(text)
+        await admin.execute("select pg_stat_clear_snapshot()")
+        after_xacts: int = await admin.fetchval(xacts)
+        await admin.execute("alter system reset log_statement")
+        await admin.execute("select pg_reload_conf()")
+    finally:
+        await admin.close()
+    statements = sum(
+        1
+        for line in text.splitlines()
+        if ("LOG:  statement: " in line or "LOG:  execute " in line) and own_pid not in line
+    )
+    return statements, after_xacts - before_xacts
 
 
 async def main(n: int) -> int:
@@ -274,6 +321,9 @@ async def main(n: int) -> int:
             assert postgres.proc is not None
             meter = CpuMeter(proc.pid, postgres.proc.pid)
             full = await through_notifier(nats.url, server, numbers, meter)
+            counted = [f"+7926{i:07d}" for i in range(1, min(n, 100) + 1)]
+            statements, transactions = await count_statements(postgres, nats.url, server, counted)
+            print(f"statements per message {statements / len(counted):.1f}, transactions per message {transactions / len(counted):.2f}")
             if server.requests != n:
                 print(
                     f"warning: the provider got {server.requests} requests for {n} messages", file=sys.stderr

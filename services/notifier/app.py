@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,11 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
             raise TransientError("the notifier is starting")
         await context.notifier.on_event(conn, event)
 
+    async def handle_many(conn: db.Connection, events: Sequence[AnyEvent]) -> None:
+        if context.notifier is None:
+            raise TransientError("the notifier is starting")
+        await context.notifier.on_events(conn, events)
+
     def consumers(runtime: Runtime) -> list[ConsumerSpec]:
         build(runtime)
         specs = []
@@ -154,6 +159,7 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
                         # A batch commits once per lane (the bench's profile: per-message commits and
                         # round trips were most of the cost); recipients are the only rows lanes share.
                         batch_transaction=True,
+                        batch_handler=handle_many,
                     )
                 )
         return specs

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from services.common import db, outbox, scheduler
 from services.common.consumers import TransientError
 from services.common.events import CallbackEvent, CallbackRequested, Event, NotifyFailed, VerificationEvent
+from services.common.logging import event_id_var
 from services.common.scheduler import Job
 from services.notifier import store
 from services.notifier.domain.timing import decide_timing, local_day_bounds, within_sms_budget
@@ -28,6 +30,20 @@ from services.notifier.engine.core import (
 from services.notifier.routing import Route, template_context
 
 
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Whom an event's message goes to, and what planning already knows about it."""
+
+    recipient: store.RecipientRow
+    tenant: str
+    thread_key: str
+    extra: dict[str, Any]
+    # The recipient row is locked by this transaction (upserted here): no locking re-read for release.
+    locked: bool
+    # The thread has no messages yet (its contact is new in this transaction): no thread read.
+    new_thread: bool = False
+
+
 class Planning(NotifierCore):
     """Steps 1, 2 and 4 of the engine's package docstring: plan, release, fall back."""
 
@@ -36,20 +52,32 @@ class Planning(NotifierCore):
     async def on_event(self, conn: db.Connection, event: Event) -> None:
         """The consumer handler (inside its inbox transaction): plan every message this event asks for."""
         now = self.clock.now()
-        for route in self.router.routes_for(event):
-            await self._plan(conn, event, route, now)
+        async with self.timeline_batch(conn):
+            for route in self.router.routes_for(event):
+                await self._plan(conn, event, route, now)
+
+    async def on_events(self, conn: db.Connection, events: Sequence[Event]) -> None:
+        """The consumer's batch handler: `on_event` for each, in order, with the timeline entries of all of
+        them written in one statement. Any error fails the batch (the consumer then goes one by one)."""
+        async with self.timeline_batch(conn):
+            for event in events:
+                token = event_id_var.set(str(event.event_id))
+                try:
+                    await self.on_event(conn, event)
+                finally:
+                    event_id_var.reset(token)
 
     async def _audience(
         self, conn: db.Connection, event: Event, route: Route, now: dt.datetime
-    ) -> tuple[store.RecipientRow, str, str, dict[str, Any]] | None:
-        """(recipient, tenant, thread key, extra template values), or None to drop the event."""
+    ) -> Audience | None:
+        """Whom the event's message goes to, or None to drop the event."""
         if route.audience == "subscriber":
             assert isinstance(event, VerificationEvent)
             # Routing checked that this event type carries an msisdn (audience 'subscriber').
             msisdn: str = getattr(event, "msisdn")  # noqa: B009
             lang: str = getattr(event, "lang", "ru")
             recipient = await self.recipient(conn, msisdn, lang, getattr(event, "tz", ""))
-            return recipient, "verification", f"verification:{event.case_id}", {}
+            return Audience(recipient, "verification", f"verification:{event.case_id}", {}, locked=True)
         assert isinstance(event, CallbackEvent)
         if isinstance(event, CallbackRequested):
             recipient = await self.recipient(conn, event.phone, event.lang, event.visitor_tz)
@@ -63,7 +91,16 @@ class Planning(NotifierCore):
             )
             if saved:  # the contact is this event's own: no need to read it back
                 thread = f"callback:{event.callback_id}"
-                return recipient, event.site_key, thread, {"rebook_url": short_link(event.page_url)}
+                # Every message of a callback's thread is planned after its contact is saved, so a
+                # contact new in this transaction means a thread without messages: nothing to read.
+                return Audience(
+                    recipient,
+                    event.site_key,
+                    thread,
+                    {"rebook_url": short_link(event.page_url)},
+                    locked=True,
+                    new_thread=True,
+                )
         contact = await store.callback_contact(conn, event.callback_id)
         if contact is None:
             phone = getattr(event, "phone", "")
@@ -83,23 +120,25 @@ class Planning(NotifierCore):
                 lang=getattr(event, "lang", "ru"),
                 page_url="",
             )
-            page_url = ""
+            page_url, locked = "", True
         else:
             found = await store.get_recipient(conn, contact["recipient_id"])
             assert found is not None  # callback_contacts references recipients
-            recipient, page_url = found, contact["page_url"]
-        return (
+            recipient, page_url, locked = found, contact["page_url"], False
+        return Audience(
             recipient,
             event.site_key,
             f"callback:{event.callback_id}",
             {"rebook_url": short_link(page_url)},
+            locked=locked,
         )
 
     async def _plan(self, conn: db.Connection, event: Event, route: Route, now: dt.datetime) -> None:
-        found = await self._audience(conn, event, route, now)
-        if found is None:
+        audience = await self._audience(conn, event, route, now)
+        if audience is None:
             return
-        recipient, tenant, thread_key, extra = found
+        recipient, tenant, thread_key = audience.recipient, audience.tenant, audience.thread_key
+        extra = audience.extra
         rendered = self.router.render(
             route.template,
             recipient.lang if route.audience == "subscriber" else getattr(event, "lang", recipient.lang),
@@ -149,15 +188,13 @@ class Planning(NotifierCore):
             MESSAGES.labels("", "duplicate").inc()
             return
         zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
-        await store.add_timeline(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
-        thread = await store.thread_of(conn, thread_key, message_id)
+        await self.note(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
+        thread = [] if audience.new_thread else await store.thread_of(conn, thread_key, message_id)
         newest = max((r["occurred_at"] for r in thread if r["state"] != "superseded"), default=None)
         if newest is not None and newest > event.occurred_at:
             # Delivery is unordered: an older state that arrives late must not replace a newer one.
             await store.set_message_state(conn, message_id, "superseded")
-            await store.add_timeline(
-                conn, message_id, now, "superseded", detail="a later state is already known"
-            )
+            await self.note(conn, message_id, now, "superseded", detail="a later state is already known")
             MESSAGES.labels("", "superseded").inc()
             return
         await self._supersede_older(
@@ -169,11 +206,13 @@ class Planning(NotifierCore):
             now=now,
             thread=thread,
         )
-        if not route.legally_required and await store.opted_out(conn, recipient.id, route.category):
+        # After supersede (it may cancel a ready SMS that the budget counted), in one round trip.
+        facts = await store.recipient_facts(
+            conn, recipient.id, route.category, *local_day_bounds(now, self.display_tz(recipient))
+        )
+        if not route.legally_required and facts.opted_out:
             await store.set_message_state(conn, message_id, "skipped")
-            await store.add_timeline(
-                conn, message_id, now, "skipped", detail=f"opted out of {route.category}"
-            )
+            await self.note(conn, message_id, now, "skipped", detail=f"opted out of {route.category}")
             MESSAGES.labels("", "skipped").inc()
             return
         if timing.at is None:
@@ -181,7 +220,7 @@ class Planning(NotifierCore):
             return
         if timing.at <= now:
             if timing.rule == "deadline_override":
-                await store.add_timeline(
+                await self.note(
                     conn,
                     message_id,
                     now,
@@ -189,10 +228,17 @@ class Planning(NotifierCore):
                     detail="legally required before its deadline",
                 )
             # Inserted by this very transaction: nobody else can see the row, so no locked re-read.
-            await self.release(conn, message_id, now, inserted=message)
+            await self.release(
+                conn,
+                message_id,
+                now,
+                inserted=message,
+                recipient=recipient if audience.locked else None,
+                facts=facts,
+            )
             return
         await store.set_message_state(conn, message_id, "deferred")
-        await store.add_timeline(
+        await self.note(
             conn,
             message_id,
             now,
@@ -222,20 +268,18 @@ class Planning(NotifierCore):
         if any(r["state"] in store.PENDING_STATES for r in thread if r["occurred_at"] <= occurred_at):
             for old in await store.supersede_older(conn, thread_key, newer, occurred_at):
                 await scheduler.cancel(conn, RELEASE_JOB, str(old))
-                await store.add_timeline(conn, old, now, "superseded", detail=f"by {purpose}")
+                await self.note(conn, old, now, "superseded", detail=f"by {purpose}")
                 MESSAGES.labels("", "superseded").inc()
         await store.cancel_ready_attempts(conn, older)
         for old in older:
             if await scheduler.cancel(conn, FALLBACK_JOB, str(old)):
-                await store.add_timeline(
-                    conn, old, now, "fallback cancelled", detail=f"superseded by {purpose}"
-                )
+                await self.note(conn, old, now, "fallback cancelled", detail=f"superseded by {purpose}")
 
     async def give_up(
         self, conn: db.Connection, message: store.MessageRow, now: dt.datetime, state: str, reason: str
     ) -> None:
         await store.set_message_state(conn, message.id, state)
-        await store.add_timeline(conn, message.id, now, state, detail=reason)
+        await self.note(conn, message.id, now, state, detail=reason)
         await outbox.append(
             conn,
             NotifyFailed(
@@ -257,19 +301,27 @@ class Planning(NotifierCore):
         now: dt.datetime,
         *,
         inserted: store.MessageRow | None = None,
+        recipient: store.RecipientRow | None = None,
+        facts: store.RecipientFacts | None = None,
     ) -> None:
         """Turn a due message into a ready attempt on its first usable channel. `inserted`: the row as
-        this transaction inserted it (invisible to everyone else, so not read again)."""
+        this transaction inserted it (invisible to everyone else, so not read again); `recipient`: its
+        recipient as this transaction locked it (upserted); `facts`: the recipient's bindings and SMS
+        today as read in this transaction after that lock."""
         message = inserted if inserted is not None else await store.get_message(conn, message_id, lock=True)
         if message is None or message.state not in store.PENDING_STATES:
             return
         if message.expires_at is not None and now >= message.expires_at:
             await self.give_up(conn, message, now, "expired", "past its TTL before it could be sent")
             return
-        recipient = await store.lock_recipient(conn, message.recipient_id)
+        if recipient is None:
+            recipient = await store.lock_recipient(conn, message.recipient_id)
+            facts = None  # read before the lock: ask again
         assert recipient is not None
         reasons: list[str] = []
-        choice = await self._choose(conn, message, recipient, message.channel_order, now=now, reasons=reasons)
+        choice = await self._choose(
+            conn, message, recipient, message.channel_order, now=now, reasons=reasons, facts=facts
+        )
         if choice is None:
             await self.give_up(conn, message, now, "failed", "; ".join(reasons) or "no channel")
             return
@@ -284,10 +336,12 @@ class Planning(NotifierCore):
         *,
         now: dt.datetime,
         reasons: list[str],
+        facts: store.RecipientFacts | None = None,
     ) -> Choice | None:
+        """`facts`: the recipient's bindings and SMS today as read under its lock (else read here)."""
         for slot in slots:
             if slot == "messenger":
-                bound = await store.bindings_of(conn, recipient.id)
+                bound = facts.bindings if facts is not None else await store.bindings_of(conn, recipient.id)
                 usable = [(name, chat) for name, chat in bound.items() if name in self.registry.messengers]
                 if not usable:
                     reasons.append("no messenger bound")
@@ -306,8 +360,11 @@ class Planning(NotifierCore):
                 if recipient.phone_invalid_at is not None:
                     reasons.append("the number was rejected as invalid")
                     continue
-                start, end = local_day_bounds(now, self.display_tz(recipient))
-                used = await store.non_critical_sms_between(conn, recipient.id, start, end)
+                if facts is not None:
+                    used = facts.non_critical_sms
+                else:
+                    start, end = local_day_bounds(now, self.display_tz(recipient))
+                    used = await store.non_critical_sms_between(conn, recipient.id, start, end)
                 if not within_sms_budget(
                     non_critical_sms_today=used,
                     budget=self.settings.notify_sms_daily_budget,
@@ -328,7 +385,8 @@ class Planning(NotifierCore):
         *,
         fallback: bool,
     ) -> bool:
-        attempt_id = await store.insert_attempt(
+        # A pending message becomes 'sending' in the attempt's own statement.
+        attempt_id = await store.start_attempt(
             conn,
             message_id=message.id,
             channel=choice.channel,
@@ -340,11 +398,9 @@ class Planning(NotifierCore):
         )
         if attempt_id is None:
             return False
-        if message.state in store.PENDING_STATES:
-            await store.set_message_state(conn, message.id, "sending")
         what = ("fallback to " if fallback else "sending via ") + choice.channel
         detail = f"edit in place of {choice.edit_of}" if choice.edit_of else ""
-        await store.add_timeline(conn, message.id, now, what, channel=choice.channel, detail=detail)
+        await self.note(conn, message.id, now, what, channel=choice.channel, detail=detail)
         return True
 
     async def release_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
@@ -358,9 +414,7 @@ class Planning(NotifierCore):
         if "messenger" in order and "sms" in order[order.index("messenger") + 1 :]:
             due = now + self.settings.fallback_after
             await scheduler.schedule(conn, FALLBACK_JOB, str(message.id), due)
-            await store.add_timeline(
-                conn, message.id, now, f"SMS fallback unless delivered by {fmt_utc(due)}"
-            )
+            await self.note(conn, message.id, now, f"SMS fallback unless delivered by {fmt_utc(due)}")
 
     async def fallback_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
         """No receipt within N minutes of a messenger send: SMS, if still timely and allowed."""
@@ -383,17 +437,17 @@ class Planning(NotifierCore):
             expires_at=message.expires_at,
         )
         if timing.at is None:
-            await store.add_timeline(conn, message.id, now, "no fallback", detail=timing.rule)
+            await self.note(conn, message.id, now, "no fallback", detail=timing.rule)
             return None
         if timing.at > now:
-            await store.add_timeline(
+            await self.note(
                 conn, message.id, now, f"fallback deferred until {fmt_utc(timing.at)}", detail=timing.rule
             )
             return timing.at
         reasons: list[str] = []
         choice = await self._choose(conn, message, recipient, ["sms"], now=now, reasons=reasons)
         if choice is None:
-            await store.add_timeline(conn, message.id, now, "no fallback", detail="; ".join(reasons))
+            await self.note(conn, message.id, now, "no fallback", detail="; ".join(reasons))
             return None
         await self._start_attempt(conn, message, choice, now, fallback=True)
         MESSAGES.labels(choice.channel, "fallback").inc()

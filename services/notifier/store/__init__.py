@@ -2,6 +2,7 @@
 
 from services.notifier.store.messages import (
     add_timeline,
+    add_timelines,
     attempts_by_provider_id,
     attempts_of,
     cancel_ready_attempts,
@@ -21,6 +22,7 @@ from services.notifier.store.messages import (
     set_attempt_state,
     set_message_state,
     settle_attempt,
+    start_attempt,
     supersede_older,
     take_early_receipt,
     thread_of,
@@ -40,6 +42,7 @@ from services.notifier.store.recipients import (
     opted_out,
     phone_hash_of,
     recipient_by_hash,
+    recipient_facts,
     save_callback_contact,
     set_opt_out,
     start_bind,
@@ -52,8 +55,10 @@ from services.notifier.store.rows import (
     PHONE_CONTEXT,
     AttemptRow,
     MessageRow,
+    RecipientFacts,
     RecipientRow,
     TimelineEntry,
+    TimelineNote,
 )
 from services.notifier.store.sandbox import sandbox_edit, sandbox_messages, sandbox_set_status, sandbox_submit
 
@@ -62,9 +67,12 @@ __all__ = [
     "PHONE_CONTEXT",
     "AttemptRow",
     "MessageRow",
+    "RecipientFacts",
     "RecipientRow",
     "TimelineEntry",
+    "TimelineNote",
     "add_timeline",
+    "add_timelines",
     "attempts_by_provider_id",
     "attempts_of",
     "bind",
@@ -93,6 +101,7 @@ __all__ = [
     "opted_out",
     "phone_hash_of",
     "recipient_by_hash",
+    "recipient_facts",
     "sandbox_edit",
     "sandbox_messages",
     "sandbox_set_status",
@@ -103,6 +112,7 @@ __all__ = [
     "set_message_state",
     "set_opt_out",
     "settle_attempt",
+    "start_attempt",
     "start_bind",
     "supersede_older",
     "take_early_receipt",

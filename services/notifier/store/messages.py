@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from services.common import db
-from services.notifier.store.rows import PENDING_STATES, AttemptRow, MessageRow, TimelineEntry, as_row
+from services.notifier.store.rows import (
+    PENDING_STATES,
+    AttemptRow,
+    MessageRow,
+    TimelineEntry,
+    TimelineNote,
+    as_row,
+)
 
 # --- messages -------------------------------------------------------------------------------------------
 
@@ -134,6 +142,38 @@ async def insert_attempt(
         edit_of,
         is_fallback,
         not_before,
+    )
+    return value
+
+
+async def start_attempt(
+    conn: db.Connection,
+    *,
+    message_id: uuid.UUID,
+    channel: str,
+    kind: str,
+    address: str,
+    not_before: dt.datetime,
+    edit_of: str = "",
+    is_fallback: bool = False,
+) -> uuid.UUID | None:
+    """`insert_attempt`, and a pending message becomes 'sending' in the same statement (one round trip)."""
+    value: uuid.UUID | None = await conn.fetchval(
+        "with attempt as (insert into attempts (id, message_id, channel, kind, address, edit_of, is_fallback,"
+        "  state, not_before) values ($1, $2, $3, $4, $5, $6, $7, 'ready', $8)"
+        "  on conflict (message_id, channel) do nothing returning id),"
+        " sending as (update messages set state = 'sending', updated_at = now()"
+        "  where id = $2 and state = any($9::text[]) and exists (select 1 from attempt))"
+        " select id from attempt",
+        uuid.uuid4(),
+        message_id,
+        channel,
+        kind,
+        address,
+        edit_of,
+        is_fallback,
+        not_before,
+        list(PENDING_STATES),
     )
     return value
 
@@ -306,6 +346,22 @@ async def add_timeline(
         what,
         channel,
         detail[:500],
+    )
+
+
+async def add_timelines(conn: db.Connection, entries: Sequence[TimelineNote]) -> None:
+    """Several timeline entries in one statement, kept in the given order (their ids follow it)."""
+    if not entries:
+        return
+    await conn.execute(
+        "insert into timeline (message_id, at, what, channel, detail)"
+        " select m, a, w, c, d from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])"
+        "  with ordinality as e(m, a, w, c, d, n) order by n",
+        [e.message_id for e in entries],
+        [e.at for e in entries],
+        [e.what for e in entries],
+        [e.channel for e in entries],
+        [e.detail[:500] for e in entries],
     )
 
 

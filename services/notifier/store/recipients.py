@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from services.common import db
-from services.notifier.store.rows import RecipientRow, as_row
+from services.notifier.store.rows import RecipientFacts, RecipientRow, as_row
 
 # --- recipients -----------------------------------------------------------------------------------------
 
@@ -46,6 +46,32 @@ async def upsert_recipient(
     )
     row: RecipientRow = as_row(RecipientRow, record)
     return row
+
+
+async def recipient_facts(
+    conn: db.Connection, recipient_id: uuid.UUID, category: str, start: dt.datetime, end: dt.datetime
+) -> RecipientFacts:
+    """Opt-out of `category`, bound messengers and non-critical SMS in [start, end) in one round trip
+    (the three questions `opted_out`, `bindings_of` and `non_critical_sms_between` answer one by one)."""
+    record = await conn.fetchrow(
+        "select exists (select 1 from opt_outs where recipient_id = $1 and category = $2) as opted_out,"
+        " array(select channel from bindings where recipient_id = $1 order by bound_at) as channels,"
+        " array(select chat_id from bindings where recipient_id = $1 order by bound_at) as chats,"
+        " (select count(*) from attempts a join messages m on m.id = a.message_id"
+        "  where m.recipient_id = $1 and a.kind = 'sms' and not m.urgent and not m.legally_required"
+        "  and a.state in ('ready', 'in_flight', 'sent', 'delivered', 'unknown')"
+        "  and coalesce(a.sent_at, a.not_before) >= $3 and coalesce(a.sent_at, a.not_before) < $4) as sms",
+        recipient_id,
+        category,
+        start,
+        end,
+    )
+    assert record is not None
+    return RecipientFacts(
+        opted_out=record["opted_out"],
+        bindings=dict(zip(record["channels"], record["chats"], strict=True)),
+        non_critical_sms=record["sms"],
+    )
 
 
 async def get_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> RecipientRow | None:

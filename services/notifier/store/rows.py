@@ -83,6 +83,26 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
 
 
+class TimelineNote(msgspec.Struct, frozen=True):
+    """A timeline entry to write (store.add_timelines writes several in one statement)."""
+
+    message_id: uuid.UUID
+    at: dt.datetime
+    what: str
+    channel: str = ""
+    detail: str = ""
+
+
+class RecipientFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What planning asks about a recipient, read in one query (store.recipient_facts)."""
+
+    opted_out: bool
+    # channel -> chat id of bound messengers, oldest binding first.
+    bindings: dict[str, str]
+    # Non-critical SMS going or gone in the asked interval (the fatigue budget).
+    non_critical_sms: int
+
+
 # msgspec.structs.fields resolves the (postponed) annotations on every call: a profile of the benchmark
 # found it at 8% of the notifier's time, so each row type's names are read once.
 _FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
