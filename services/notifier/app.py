@@ -125,6 +125,7 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
             runtime.service,
             runtime.settings.database_url,
             poll_interval_s=runtime.settings.scheduler_poll_interval_s,
+            batch=settings.notify_send_batch,
         )
         runtime.extras["notifier_context"] = context
         return context

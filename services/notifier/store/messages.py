@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from services.common import db
+from services.common import db, outbox
+from services.common.events import Event
 from services.notifier.store.rows import (
     PENDING_STATES,
     AttemptRow,
@@ -272,6 +273,68 @@ async def lock_provider_message(conn: db.Connection, channel: str, provider_mess
     await conn.execute(
         "select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))", channel, provider_message_id
     )
+
+
+async def lock_provider_messages(conn: db.Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """`lock_provider_message` for several (channel, provider id) at once, in a fixed order (two
+    transactions taking some of the same never wait on each other in a circle)."""
+    await conn.execute(
+        "select pg_advisory_xact_lock(k) from (select hashtextextended(c || ':' || p, 0) as k"
+        "  from unnest($1::text[], $2::text[]) as t (c, p) order by 1) as keys",
+        [channel for channel, _ in keys],
+        [provider_id for _, provider_id in keys],
+    )
+
+
+async def settle_sent(
+    conn: db.Connection,
+    token: uuid.UUID,
+    sent: Sequence[tuple[uuid.UUID, str, int, int]],
+    at: dt.datetime,
+) -> set[uuid.UUID]:
+    """`settle_attempt(state='sent')` for many (attempt id, provider id, segments, cost) at once; the ids
+    settled under our claim."""
+    rows = await conn.fetch(
+        "update attempts a set state = 'sent', lease_until = null, provider_message_id = s.provider_id,"
+        "  segments = s.segments, cost_minor = s.cost, error = null, sent_at = $3, updated_at = now()"
+        " from unnest($1::uuid[], $2::text[], $4::int[], $5::int[]) as s (id, provider_id, segments, cost)"
+        " where a.id = s.id and a.claim_token = $6 and a.state in ('in_flight', 'unknown')"
+        " returning a.id",
+        [attempt_id for attempt_id, _, _, _ in sent],
+        [provider_id for _, provider_id, _, _ in sent],
+        at,
+        [segments for _, _, segments, _ in sent],
+        [cost for _, _, _, cost in sent],
+        token,
+    )
+    return {r["id"] for r in rows}
+
+
+async def mark_messages_sent(conn: db.Connection, message_ids: list[uuid.UUID]) -> None:
+    """Messages whose send was accepted become 'sent' unless they moved on (delivered, superseded...)."""
+    await conn.execute(
+        "update messages set state = 'sent', updated_at = now()"
+        " where id = any($1::uuid[]) and state in ('sending', 'unknown', 'queued', 'deferred')",
+        message_ids,
+    )
+
+
+async def append_outbox(conn: db.Connection, events: Sequence[Event]) -> None:
+    """Several events into the outbox in one statement (the caller's transaction)."""
+    if events:
+        await conn.execute(outbox.insert_from_columns("$1", "$2", "$3"), *outbox.as_columns(*events))
+
+
+async def take_early_receipts(conn: db.Connection, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
+    """`take_early_receipt` for several (channel, provider id) at once."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "delete from early_receipts e using unnest($1::text[], $2::text[]) as k (channel, provider_id)"
+        " where e.channel = k.channel and e.provider_message_id = k.provider_id"
+        " returning e.channel, e.provider_message_id, e.status, e.at, e.reason",
+        [channel for channel, _ in keys],
+        [provider_id for _, provider_id in keys],
+    )
+    return rows
 
 
 async def save_early_receipt(
