@@ -125,15 +125,20 @@ async def test_sms_ru_send_many_puts_each_number_s_own_text_in_one_request(http:
         ]
         first, bad, broke, russian, second = outcomes
         by_text = {s.text: s.sms_id for s in fake.sent}
-        assert not isinstance(first, Exception) and first.provider_message_id == by_text["first"]
-        assert not isinstance(second, Exception) and second.provider_message_id == by_text["second"]
-        assert not isinstance(russian, Exception) and russian.segments == 2
+        assert not isinstance(first, Exception)
+        assert first.provider_message_id == by_text["first"]
+        assert not isinstance(second, Exception)
+        assert second.provider_message_id == by_text["second"]
+        assert not isinstance(russian, Exception)
+        assert russian.segments == 2
         assert isinstance(bad, RecipientUnreachable)
-        assert isinstance(broke, TransientChannelError) and broke.retry_after_s == 600
+        assert isinstance(broke, TransientChannelError)
+        assert broke.retry_after_s == 600
         # A request that fails as a whole is that failure for each of its messages.
         fake.fail_next = [502]
         failed = await channel.send_many([message("+79000000005"), message("+79000000006")])
-        assert all(isinstance(f, TransientChannelError) for f in failed) and len(failed) == 2
+        assert all(isinstance(f, TransientChannelError) for f in failed)
+        assert len(failed) == 2
     one = SmsRuChannel(http, base_url=url, api_id="k", batch_limit=1)
     assert one.batch_limit == 1
     assert SmsRuChannel(http, base_url=url, api_id="k", batch_limit=500).batch_limit == 100

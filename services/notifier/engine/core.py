@@ -162,6 +162,10 @@ class NotifierCore:
     async def recipient(
         self, conn: db.Connection, phone: str, lang: str, event_tz: str
     ) -> store.RecipientRow:
+        return await store.upsert_recipient(conn, self.recipient_values(phone, lang, event_tz))
+
+    def recipient_values(self, phone: str, lang: str, event_tz: str) -> store.NewRecipient:
+        """The recipient row to upsert for this phone; PoisonMessage if it is not a phone number."""
         try:
             parsed = phonenumbers.parse(phone)
         except phonenumbers.NumberParseException as exc:
@@ -171,8 +175,7 @@ class NotifierCore:
         e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
         zone = resolve_zone(e164, event_tz)
         new_id = uuid.uuid4()
-        return await store.upsert_recipient(
-            conn,
+        return store.NewRecipient(
             new_id=new_id,
             phone_hash=self.phone_hash(e164),
             phone_enc=self.protector.encrypt(e164, store.PHONE_CONTEXT, new_id),

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from services.common import db, outbox, scheduler
-from services.common.consumers import TransientError
+from services.common.consumers import PoisonMessage, TransientError
 from services.common.events import CallbackEvent, CallbackRequested, Event, NotifyFailed, VerificationEvent
 from services.common.logging import event_id_var
 from services.common.scheduler import Job
 from services.notifier import store
-from services.notifier.domain.timing import decide_timing, local_day_bounds, within_sms_budget
+from services.notifier.domain.timing import Timing, decide_timing, local_day_bounds, within_sms_budget
 from services.notifier.engine.core import (
     CONTACT_WAIT,
     FALLBACK_JOB,
@@ -44,6 +47,18 @@ class Audience:
     new_thread: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A message prepared for insert: the event and route it comes from, its recipient, its time."""
+
+    event: Event
+    route: Route
+    audience: Audience
+    timing: Timing
+    # Every column of the messages row (store.insert_message / insert_messages).
+    row: dict[str, Any]
+
+
 class Planning(NotifierCore):
     """Steps 1, 2 and 4 of the engine's package docstring: plan, release, fall back."""
 
@@ -60,12 +75,128 @@ class Planning(NotifierCore):
         """The consumer's batch handler: `on_event` for each, in order, with the timeline entries of all of
         them written in one statement. Any error fails the batch (the consumer then goes one by one)."""
         async with self.timeline_batch(conn):
-            for event in events:
+            for event in await self._plan_new_callbacks(conn, events):
                 token = event_id_var.set(str(event.event_id))
                 try:
                     await self.on_event(conn, event)
                 finally:
                     event_id_var.reset(token)
+
+    async def _plan_new_callbacks(self, conn: db.Connection, events: Sequence[Event]) -> list[Event]:
+        """Plan the batch's new callbacks set-based; return the events left for `on_event`, in order.
+
+        Taken: callback.requested events alone in the batch with their callback and their phone, whose
+        contact is new (so their thread is too). For those, every statement of `_plan` and `release`
+        is one statement for all of them: recipients, contacts, messages, the recipients' opt-outs,
+        bindings and SMS today, the attempts (with the messages' move to 'sending'), the timeline. A
+        message whose plan is not "send now" (opted out, deferred, expired, no channel) continues one
+        by one in `_after_insert`, after the set-based attempts are written (it then sees them).
+        """
+        now = self.clock.now()
+        callbacks = Counter(e.callback_id for e in events if isinstance(e, CallbackEvent))
+        taken: dict[uuid.UUID, tuple[CallbackRequested, store.NewRecipient]] = {}
+        phones: set[bytes] = set()
+        for event in events:
+            if not isinstance(event, CallbackRequested) or callbacks[event.callback_id] != 1:
+                continue
+            try:
+                new = self.recipient_values(event.phone, event.lang, event.visitor_tz)
+            except PoisonMessage:
+                continue  # on_event rejects it, alone
+            if new.phone_hash not in phones and self.router.routes_for(event):
+                phones.add(new.phone_hash)
+                taken[event.event_id] = (event, new)
+        if len(taken) < 2:
+            return list(events)
+        recipients = await store.upsert_recipients(conn, [new for _, new in taken.values()])
+        by_event = {event_id: recipients[new.phone_hash] for event_id, (_, new) in taken.items()}
+        saved = await store.save_callback_contacts(
+            conn,
+            [
+                (event.callback_id, by_event[event.event_id].id, event.site_key, event.lang, event.page_url)
+                for event, _ in taken.values()
+            ],
+        )
+        planned = [
+            self._prepare(
+                event,
+                route,
+                Audience(
+                    by_event[event.event_id],
+                    event.site_key,
+                    f"callback:{event.callback_id}",
+                    {"rebook_url": short_link(event.page_url)},
+                    locked=True,
+                    new_thread=True,
+                ),
+                now,
+            )
+            for event, _ in taken.values()
+            if event.callback_id in saved
+            for route in self.router.routes_for(event)
+        ]
+        done = {p.event.event_id for p in planned}
+        left = [event for event in events if event.event_id not in done]
+        inserted = await store.insert_messages(conn, [p.row for p in planned])
+        fresh = [(p, inserted[p.row["id"]]) for p in planned if p.row["id"] in inserted]
+        for _ in range(len(planned) - len(fresh)):
+            MESSAGES.labels("", "duplicate").inc()
+        if not fresh:
+            return left
+        all_facts = await store.recipients_facts(
+            conn,
+            [
+                (m.recipient_id, m.category, *local_day_bounds(now, self.display_tz(p.audience.recipient)))
+                for p, m in fresh
+            ],
+        )
+        attempts: list[store.NewAttempt] = []
+        one_by_one: list[tuple[Planned, store.MessageRow]] = []
+        sms_planned: Counter[uuid.UUID] = Counter()
+        for (p, message), facts in zip(fresh, all_facts, strict=True):
+            recipient, timing = p.audience.recipient, p.timing
+            due_now = timing.at is not None and timing.at <= now
+            live = message.expires_at is None or now < message.expires_at
+            if (facts.opted_out and not message.legally_required) or not due_now or not live:
+                one_by_one.append((p, message))
+                continue
+            zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
+            await self.note(conn, message.id, now, "queued", detail=f"{message.purpose}; {zone_note}")
+            if timing.rule == "deadline_override":
+                await self.note(
+                    conn,
+                    message.id,
+                    now,
+                    "quiet hours overridden",
+                    detail="legally required before its deadline",
+                )
+            # As `release` would: this batch's own SMS to the same person count towards the budget too.
+            counted = msgspec.structs.replace(
+                facts, non_critical_sms=facts.non_critical_sms + sms_planned[recipient.id]
+            )
+            reasons: list[str] = []
+            choice = await self._choose(
+                conn, message, recipient, message.channel_order, now=now, reasons=reasons, facts=counted
+            )
+            if choice is None:
+                await self.give_up(conn, message, now, "failed", "; ".join(reasons) or "no channel")
+                continue
+            if choice.kind == "sms" and not message.critical:
+                sms_planned[recipient.id] += 1
+            attempts.append(
+                store.NewAttempt(
+                    message_id=message.id,
+                    channel=choice.channel,
+                    kind=choice.kind,
+                    address=choice.address,
+                    not_before=now,
+                )
+            )
+            await self.note(conn, message.id, now, "sending via " + choice.channel, channel=choice.channel)
+        await store.start_attempts(conn, attempts)
+        for p, message in one_by_one:
+            await self._after_insert(conn, p, message, now)
+        return left
 
     async def _audience(
         self, conn: db.Connection, event: Event, route: Route, now: dt.datetime
@@ -137,14 +268,21 @@ class Planning(NotifierCore):
         audience = await self._audience(conn, event, route, now)
         if audience is None:
             return
-        recipient, tenant, thread_key = audience.recipient, audience.tenant, audience.thread_key
-        extra = audience.extra
+        planned = self._prepare(event, route, audience, now)
+        message = await store.insert_message(conn, **planned.row)
+        if message is None:
+            MESSAGES.labels("", "duplicate").inc()
+            return
+        await self._after_insert(conn, planned, message, now)
+
+    def _prepare(self, event: Event, route: Route, audience: Audience, now: dt.datetime) -> Planned:
+        """The message row to insert (rendered, its time decided): no I/O."""
+        recipient = audience.recipient
         rendered = self.router.render(
             route.template,
             recipient.lang if route.audience == "subscriber" else getattr(event, "lang", recipient.lang),
-            template_context(event, self.display_tz(recipient), extra),
+            template_context(event, self.display_tz(recipient), audience.extra),
         )
-        message_id = uuid.uuid4()
         deadline = route.deadline_of(event)
         expires_at = route.expires_at(event)
         # Decided before the insert (it needs only the recipient and the route), so the row is written
@@ -158,35 +296,39 @@ class Planning(NotifierCore):
             deadline=deadline,
             expires_at=expires_at,
         )
-        message = await store.insert_message(
-            conn,
-            id=message_id,
-            event_id=event.event_id,
-            event_type=str(type(event).__struct_config__.tag),
-            occurred_at=event.occurred_at,
-            recipient_id=recipient.id,
-            tenant=tenant,
-            purpose=route.purpose,
-            category=route.category,
-            thread_key=thread_key,
-            template=rendered.template,
-            template_version=rendered.version,
-            template_id=rendered.template_id,
-            lang=rendered.lang,
-            body=rendered.text,
-            urgent=route.urgent,
-            legally_required=route.legally_required,
-            edit_in_place=route.edit_in_place,
-            channel_order=list(route.channels),
-            state="queued",
-            send_at=timing.at or now,
-            expires_at=expires_at,
-            deadline=deadline,
-            timing_rule=timing.rule if timing.at is not None else "now",
-        )
-        if message is None:
-            MESSAGES.labels("", "duplicate").inc()
-            return
+        row = {
+            "id": uuid.uuid4(),
+            "event_id": event.event_id,
+            "event_type": str(type(event).__struct_config__.tag),
+            "occurred_at": event.occurred_at,
+            "recipient_id": recipient.id,
+            "tenant": audience.tenant,
+            "purpose": route.purpose,
+            "category": route.category,
+            "thread_key": audience.thread_key,
+            "template": rendered.template,
+            "template_version": rendered.version,
+            "template_id": rendered.template_id,
+            "lang": rendered.lang,
+            "body": rendered.text,
+            "urgent": route.urgent,
+            "legally_required": route.legally_required,
+            "edit_in_place": route.edit_in_place,
+            "channel_order": list(route.channels),
+            "state": "queued",
+            "send_at": timing.at or now,
+            "expires_at": expires_at,
+            "deadline": deadline,
+            "timing_rule": timing.rule if timing.at is not None else "now",
+        }
+        return Planned(event, route, audience, timing, row)
+
+    async def _after_insert(
+        self, conn: db.Connection, planned: Planned, message: store.MessageRow, now: dt.datetime
+    ) -> None:
+        """The rest of planning a message just inserted: supersede, opt-out, then release or defer."""
+        event, route, audience, timing = planned.event, planned.route, planned.audience, planned.timing
+        recipient, thread_key, message_id = audience.recipient, audience.thread_key, message.id
         zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
         await self.note(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
         thread = [] if audience.new_thread else await store.thread_of(conn, thread_key, message_id)

@@ -15,6 +15,7 @@ from services.notifier.store.rows import (
     PENDING_STATES,
     AttemptRow,
     MessageRow,
+    NewAttempt,
     TimelineEntry,
     TimelineNote,
     as_row,
@@ -37,6 +38,57 @@ async def insert_message(conn: db.Connection, **values: Any) -> MessageRow | Non
         ),
     )
     return row
+
+
+# Column -> PostgreSQL array type for insert_messages (channel_order travels as comma-joined text: unnest
+# cannot yield one array per row from a two-dimensional one).
+_MESSAGE_COLUMNS: dict[str, str] = {
+    "id": "uuid",
+    "event_id": "uuid",
+    "event_type": "text",
+    "occurred_at": "timestamptz",
+    "recipient_id": "uuid",
+    "tenant": "text",
+    "purpose": "text",
+    "category": "text",
+    "thread_key": "text",
+    "template": "text",
+    "template_version": "int",
+    "template_id": "text",
+    "lang": "text",
+    "body": "text",
+    "urgent": "bool",
+    "legally_required": "bool",
+    "edit_in_place": "bool",
+    "channel_order": "text",
+    "state": "text",
+    "send_at": "timestamptz",
+    "expires_at": "timestamptz",
+    "deadline": "timestamptz",
+    "timing_rule": "text",
+}
+_INSERT_MESSAGES = (
+    f"insert into messages ({', '.join(_MESSAGE_COLUMNS)}) select "
+    + ", ".join(
+        "string_to_array(channel_order, ',')" if name == "channel_order" else name
+        for name in _MESSAGE_COLUMNS
+    )
+    + " from unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_MESSAGE_COLUMNS.values(), start=1))
+    + f") as v ({', '.join(_MESSAGE_COLUMNS)})"
+    " on conflict (event_id, recipient_id, purpose) do nothing returning *"
+)
+
+
+async def insert_messages(conn: db.Connection, rows: Sequence[dict[str, Any]]) -> dict[uuid.UUID, MessageRow]:
+    """`insert_message` for several rows (each with every column of _MESSAGE_COLUMNS) in one statement;
+    the new rows by id (a row whose (event_id, recipient_id, purpose) exists is not among them)."""
+    columns = [
+        [",".join(row[name]) if name == "channel_order" else row[name] for row in rows]
+        for name in _MESSAGE_COLUMNS
+    ]
+    records = await conn.fetch(_INSERT_MESSAGES, *columns)
+    return {r["id"]: as_row(MessageRow, r) for r in records}
 
 
 async def get_message(conn: db.Connection, message_id: uuid.UUID, *, lock: bool = False) -> MessageRow | None:
@@ -177,6 +229,28 @@ async def start_attempt(
         list(PENDING_STATES),
     )
     return value
+
+
+async def start_attempts(conn: db.Connection, attempts: Sequence[NewAttempt]) -> None:
+    """`start_attempt` for several new messages' first attempts in one statement."""
+    if not attempts:
+        return
+    await conn.execute(
+        "with attempt as (insert into attempts (id, message_id, channel, kind, address, edit_of, is_fallback,"
+        "  state, not_before) select id, message_id, channel, kind, address, '', false, 'ready', $6"
+        "  from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
+        "   as a (id, message_id, channel, kind, address)"
+        "  on conflict (message_id, channel) do nothing returning message_id)"
+        " update messages set state = 'sending', updated_at = now()"
+        " where id in (select message_id from attempt) and state = any($7::text[])",
+        [uuid.uuid4() for _ in attempts],
+        [a.message_id for a in attempts],
+        [a.channel for a in attempts],
+        [a.kind for a in attempts],
+        [a.address for a in attempts],
+        attempts[0].not_before,
+        list(PENDING_STATES),
+    )
 
 
 async def attempts_of(conn: db.Connection, message_id: uuid.UUID) -> list[AttemptRow]:

@@ -24,6 +24,18 @@ class RecipientRow(msgspec.Struct, frozen=True, kw_only=True):
     phone_invalid_at: dt.datetime | None
 
 
+class NewRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    """A recipient row to upsert (store.upsert_recipient / upsert_recipients)."""
+
+    new_id: uuid.UUID
+    phone_hash: bytes
+    phone_enc: bytes
+    phone_masked: str
+    lang: str
+    tz: str
+    tz_rule: str
+
+
 class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     event_id: uuid.UUID
@@ -81,6 +93,16 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     what: str
     channel: str
     detail: str
+
+
+class NewAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """A new message's first attempt (store.start_attempts): no edit, not a fallback."""
+
+    message_id: uuid.UUID
+    channel: str
+    kind: str
+    address: str
+    not_before: dt.datetime
 
 
 class TimelineNote(msgspec.Struct, frozen=True):
