@@ -130,8 +130,11 @@ class ConsumerSpec:
     # concurrency stays 1 (a handler must opt in).
     concurrency: int = 1
     partition_key: Callable[[AnyEvent], str] | None = None
-    # Apply a fetched batch in one transaction per lane (each message in its own savepoint, so one that
-    # fails rolls back alone) and ack after that one commit, instead of one transaction per message. The
+    # Apply a fetched batch in one transaction per lane (one inbox statement, no savepoints; if anything
+    # fails, the lane is rolled back and applied again with each message in its own savepoint, so one
+    # that fails rolls back alone) and ack after that one commit, instead of one transaction per message.
+    # A handler may therefore run twice for a message whose lane had a failure (the first run rolled
+    # back): its effects in the transaction count once, its side effects outside it (metrics) twice. The
     # guarantees are the same (inbox row and effect commit together; nothing is acked before its commit);
     # what changes is that a lane holds its row locks until the whole lane commits, so a handler whose
     # messages lock shared rows (not only their partition's) can deadlock with another lane - PostgreSQL
