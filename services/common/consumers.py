@@ -23,9 +23,13 @@ used. The cost: a message that kills the process every time (no exception reache
 after each `ack_wait` until it is fixed; the consumer's redelivery count shows it.
 
 A handler runs in one transaction with its inbox row (exactly-once effect); `ack_sync` follows the commit.
-With `ConsumerSpec.batch_transaction` a fetched batch shares that transaction (a savepoint per message,
-so the policy above still holds per message) and the acks follow its one commit, sent without waiting
-for each confirmation (the inbox turns a lost ack's redelivery into a bare ack).
+With `ConsumerSpec.batch_transaction` a fetched batch (one lane of it) shares that transaction: one
+statement writes the lane's inbox rows, the handlers (or `ConsumerSpec.batch_handler`, once for the
+lane's new events) run without a savepoint each, and the acks follow the one commit, sent without waiting
+for each confirmation (the inbox turns a lost ack's redelivery into a bare ack). If anything in that
+transaction fails, it is rolled back whole and the lane is applied again message by message, each in its
+own savepoint, so the policy above still holds per message and a failing message never takes its
+neighbours with it.
 Dead letters are listed and replayed with `abonent dead-letters` (services/common/deadletters.py).
 """
 
@@ -83,6 +87,9 @@ class PoisonMessage(Exception):
 
 
 Handler = Callable[[db.Connection, AnyEvent], Awaitable[None]]
+# Applies several events in the caller's transaction at once (set-based); raising fails them all, and the
+# consumer then applies them one by one with `Handler`.
+BatchHandler = Callable[[db.Connection, Sequence[AnyEvent]], Awaitable[None]]
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -123,13 +130,19 @@ class ConsumerSpec:
     # concurrency stays 1 (a handler must opt in).
     concurrency: int = 1
     partition_key: Callable[[AnyEvent], str] | None = None
-    # Apply a fetched batch in one transaction per lane (each message in its own savepoint, so one that
-    # fails rolls back alone) and ack after that one commit, instead of one transaction per message. The
+    # Apply a fetched batch in one transaction per lane (one inbox statement, no savepoints; if anything
+    # fails, the lane is rolled back and applied again with each message in its own savepoint, so one
+    # that fails rolls back alone) and ack after that one commit, instead of one transaction per message.
+    # A handler may therefore run twice for a message whose lane had a failure (the first run rolled
+    # back): its effects in the transaction count once, its side effects outside it (metrics) twice. The
     # guarantees are the same (inbox row and effect commit together; nothing is acked before its commit);
     # what changes is that a lane holds its row locks until the whole lane commits, so a handler whose
     # messages lock shared rows (not only their partition's) can deadlock with another lane - PostgreSQL
     # aborts one, and its messages come back as a transient failure.
     batch_transaction: bool = False
+    # With batch_transaction: applies a lane's new events in one call (see BatchHandler); None: `handler`
+    # once per event.
+    batch_handler: BatchHandler | None = None
     handled_tags: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -437,6 +450,63 @@ async def _apply_in(conn: db.Connection, spec: ConsumerSpec, item: _Applying) ->
         event_id_var.reset(token)
 
 
+async def _apply_lane_at_once(pool: db.Pool, spec: ConsumerSpec, batch: list[_Applying]) -> None:
+    """The lane's fast path: one inbox statement, no savepoints, one commit. Raises (and commits
+    nothing) if anything fails; the caller then applies the lane message by message."""
+    async with db.transaction(pool) as conn:
+        new_ids = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "insert into inbox (consumer, event_id) select $1, e from unnest($2::uuid[]) as e"
+                " on conflict do nothing returning event_id",
+                spec.name,
+                [item.event.event_id for item in batch],
+            )
+        }
+        fresh: list[_Applying] = []
+        for item in batch:
+            # The same event twice in one lane (a replay under another message id): the first is new.
+            item.first_time = item.event.event_id in new_ids
+            if item.first_time:
+                new_ids.discard(item.event.event_id)
+                fresh.append(item)
+        if spec.batch_handler is not None:
+            if fresh:
+                await spec.batch_handler(conn, [item.event for item in fresh])
+        else:
+            for item in fresh:
+                token = event_id_var.set(str(item.event.event_id))
+                try:
+                    await spec.handler(conn, item.event)
+                finally:
+                    event_id_var.reset(token)
+        redelivered = [item.event.event_id for item in fresh if item.msg.metadata.num_delivered > 1]
+        if redelivered:
+            # Earlier deliveries may have failed; their count must not outlive the success.
+            await conn.execute(
+                "delete from consumer_failures where consumer = $1 and event_id = any($2::uuid[])",
+                spec.name,
+                redelivered,
+            )
+        failpoint(f"consumer.{spec.name}.before_commit")
+
+
+async def _apply_one_by_one(pool: db.Pool, spec: ConsumerSpec, batch: list[_Applying]) -> None:
+    """The lane again after its fast path failed: each message in its own savepoint."""
+    for item in batch:
+        item.first_time, item.error = False, None
+    try:
+        async with db.transaction(pool) as conn:
+            for item in batch:
+                await _apply_in(conn, spec, item)
+            failpoint(f"consumer.{spec.name}.before_commit")
+    except Exception as exc:
+        # Nothing of the batch is committed: what had applied fails with the transaction's error.
+        for item in batch:
+            if item.error is None:
+                item.error = exc
+
+
 async def apply_in_one_transaction(pool: db.Pool, spec: ConsumerSpec, msgs: Sequence[Msg]) -> None:
     """`ConsumerSpec.batch_transaction`: every message of `msgs` in one transaction, then the acks.
 
@@ -451,15 +521,15 @@ async def apply_in_one_transaction(pool: db.Pool, spec: ConsumerSpec, msgs: Sequ
     if not batch:
         return
     try:
-        async with db.transaction(pool) as conn:
-            for item in batch:
-                await _apply_in(conn, spec, item)
-            failpoint(f"consumer.{spec.name}.before_commit")
+        await _apply_lane_at_once(pool, spec, batch)
     except Exception as exc:
-        # Nothing of the batch is committed: what had applied fails with the transaction's error.
-        for item in batch:
-            if item.error is None:
-                item.error = exc
+        # Which message failed (and whether the others can commit) is found out one by one. Metrics a
+        # handler counted in the rolled-back attempt are counted again: they are not the record.
+        log.info(
+            "batch not applied at once, applying one by one",
+            extra={"consumer": spec.name, "n": len(batch), "error": repr(exc)},
+        )
+        await _apply_one_by_one(pool, spec, batch)
     applied: list[_Applying] = []
     for item in batch:
         if item.error is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,7 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
             runtime.service,
             runtime.settings.database_url,
             poll_interval_s=runtime.settings.scheduler_poll_interval_s,
+            batch=settings.notify_send_batch,
         )
         runtime.extras["notifier_context"] = context
         return context
@@ -133,6 +134,11 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
         if context.notifier is None:
             raise TransientError("the notifier is starting")
         await context.notifier.on_event(conn, event)
+
+    async def handle_many(conn: db.Connection, events: Sequence[AnyEvent]) -> None:
+        if context.notifier is None:
+            raise TransientError("the notifier is starting")
+        await context.notifier.on_events(conn, events)
 
     def consumers(runtime: Runtime) -> list[ConsumerSpec]:
         build(runtime)
@@ -151,9 +157,12 @@ def make_spec(own: NotifierSettings | None = None, channels: list[Channel] | Non
                         # compare them); different people's side by side.
                         concurrency=4,
                         partition_key=_subject_of,
+                        # Lanes of up to 16: planning a lane is a handful of statements for all of it.
+                        batch=64,
                         # A batch commits once per lane (the bench's profile: per-message commits and
                         # round trips were most of the cost); recipients are the only rows lanes share.
                         batch_transaction=True,
+                        batch_handler=handle_many,
                     )
                 )
         return specs

@@ -28,6 +28,9 @@ class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
     notify_sms_daily_budget: int = 2
     # How long a sender holds an attempt while it calls the provider; past it, the outcome is unknown.
     notify_send_lease_s: float = 60.0
+    # Ready attempts one sender pass claims, calls (several SMS per request where the gateway allows) and
+    # records in one transaction.
+    notify_send_batch: int = 100
     # Provider calls per attempt before a transient error (429, timeout) becomes a failure.
     notify_max_tries: int = 8
     # Deep-link tokens for binding a messenger stay valid this long.
@@ -65,7 +68,7 @@ class NotifierSettings(ChannelSettings, kw_only=True, frozen=True):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
         retention = [f for f in type(self).__struct_fields__ if f.startswith("notify_retention_")]
-        for name in ("notify_max_tries", "notify_bind_token_hours", *retention):
+        for name in ("notify_max_tries", "notify_bind_token_hours", "notify_send_batch", *retention):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
 

@@ -1,6 +1,7 @@
 """An in-process SMS.ru-style HTTP API (https://sms.ru/api/send) for contract tests of the SMS.ru adapter.
 
-Reproduces over real HTTP: POST /sms/send with api_id, to, msg, json=1 answering
+Reproduces over real HTTP: POST /sms/send with api_id, to (numbers, comma-separated) and msg - or, for a
+different text per number, `to[<number>]=<text>` fields (at most 100 numbers) - and json=1, answering
 {"status", "status_code", "sms": {<phone>: {"status", "status_code", "sms_id" | "status_text"}}, "balance"};
 a wrong api_id (status_code 200 at the top), per-number refusals scripted by phone (202 bad number, 207 not
 allowed, 201 no money, 220 unavailable, ...), HTTP 5xx and garbage bodies; and the delivery callback: POST
@@ -48,6 +49,8 @@ class FakeSmsRu:
     fail_next: list[int | str] = field(default_factory=list)
     sent: list[SentSms] = field(default_factory=list)
     requests: int = 0
+    # Numbers each accepted request carried, in order (one entry per request).
+    numbers_per_request: list[int] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,8 +72,18 @@ class FakeSmsRu:
         if form.get("api_id") != self.api_id:
             await self._json(send, {"status": "ERROR", "status_code": 200, "status_text": STATUS_TEXT[200]})
             return
+        # to[<number>]=<text>: SMS.ru's form for different texts to different numbers.
+        texts = {
+            key[3:-1]: value for key, value in form.items() if key.startswith("to[") and key.endswith("]")
+        }
+        if not texts:
+            texts = {phone: form.get("msg", "") for phone in form.get("to", "").split(",")}
+        if len(texts) > 100:
+            await self._json(send, {"status": "ERROR", "status_code": 207, "status_text": STATUS_TEXT[207]})
+            return
+        self.numbers_per_request.append(len(texts))
         entries: dict[str, object] = {}
-        for phone in form.get("to", "").split(","):
+        for phone, text in texts.items():
             code = self.refuse.get(phone)
             if code is not None:
                 entries[phone] = {
@@ -80,7 +93,7 @@ class FakeSmsRu:
                 }
                 continue
             sms_id = f"{next(self._ids):06d}-{int(time.time()) % 10_000_000:07d}"
-            self.sent.append(SentSms(sms_id, phone, form.get("msg", ""), form.get("from", "")))
+            self.sent.append(SentSms(sms_id, phone, text, form.get("from", "")))
             entries[phone] = {"status": "OK", "status_code": 100, "sms_id": sms_id}
         await self._json(send, {"status": "OK", "status_code": 100, "sms": entries, "balance": 4122.56})
 

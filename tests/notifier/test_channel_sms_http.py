@@ -101,6 +101,49 @@ async def test_sms_ru_errors(http: httpx.AsyncClient) -> None:
         await SmsRuChannel(http, base_url=url, api_id="k").send(message())
 
 
+async def test_sms_ru_send_many_puts_each_number_s_own_text_in_one_request(http: httpx.AsyncClient) -> None:
+    """SMS.ru's documented form for different texts to different numbers (`to[<number>]=<text>`, at most
+    100 numbers): one request for many messages, each with its own outcome from its number's entry."""
+    fake = FakeSmsRu(refuse={"79000000002": 202, "79000000003": 201})
+    async with running_sms_ru(fake) as (fake, url):
+        channel = SmsRuChannel(http, base_url=url, api_id=fake.api_id, batch_limit=3)
+        messages = [
+            message("+79000000001", "first"),
+            message("+79000000002", "refused: bad number"),
+            message("+79000000003", "refused: no money"),
+            message("+79000000004", RUSSIAN),
+            # The same number again: the answer is keyed by number, so it goes in another request.
+            message("+79000000001", "second"),
+        ]
+        outcomes = await channel.send_many(messages)
+        assert fake.requests == 2
+        assert sorted(fake.numbers_per_request) == [2, 3]
+        assert [(s.phone, s.text) for s in sorted(fake.sent, key=lambda s: s.text)] == [
+            ("79000000001", "first"),
+            ("79000000001", "second"),
+            ("79000000004", RUSSIAN),
+        ]
+        first, bad, broke, russian, second = outcomes
+        by_text = {s.text: s.sms_id for s in fake.sent}
+        assert not isinstance(first, Exception)
+        assert first.provider_message_id == by_text["first"]
+        assert not isinstance(second, Exception)
+        assert second.provider_message_id == by_text["second"]
+        assert not isinstance(russian, Exception)
+        assert russian.segments == 2
+        assert isinstance(bad, RecipientUnreachable)
+        assert isinstance(broke, TransientChannelError)
+        assert broke.retry_after_s == 600
+        # A request that fails as a whole is that failure for each of its messages.
+        fake.fail_next = [502]
+        failed = await channel.send_many([message("+79000000005"), message("+79000000006")])
+        assert all(isinstance(f, TransientChannelError) for f in failed)
+        assert len(failed) == 2
+    one = SmsRuChannel(http, base_url=url, api_id="k", batch_limit=1)
+    assert one.batch_limit == 1
+    assert SmsRuChannel(http, base_url=url, api_id="k", batch_limit=500).batch_limit == 100
+
+
 async def test_smsc_send_cost_and_receipt(
     http: httpx.AsyncClient, receipts: tuple[list[DeliveryReceipt], str]
 ) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -99,3 +99,17 @@ class Channel(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchChannel(Channel, Protocol):
+    """A channel whose provider takes several messages in one request (SMS.ru's per-number texts)."""
+
+    # The most messages one provider request carries.
+    batch_limit: int
+
+    async def send_many(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ChannelError]:
+        """Deliver each to the provider once, in as few requests as it allows. One outcome per message,
+        in order: its result, or its error (a request that failed as a whole is that error for each of
+        its messages). Never raises a ChannelError itself."""
+        ...

@@ -26,6 +26,9 @@ class ChannelSettings(SettingsSection, kw_only=True, frozen=True):
     # SMS.ru-style gateway.
     sms_ru_url: str = "https://sms.ru"
     sms_ru_api_id: str = ""
+    # SMS per SMS.ru request (1 to 100, SMS.ru's limit): due messages go out together, each number with
+    # its own text (`to[<number>]=<text>`). 1: one request per SMS.
+    sms_ru_batch: int = 100
     # SMSC.ru-style gateway: login + password, or an empty login and the API key as the password.
     smsc_url: str = "https://smsc.ru"
     smsc_login: str = ""
@@ -82,6 +85,8 @@ class ChannelSettings(SettingsSection, kw_only=True, frozen=True):
                 raise SettingsError(f"{env_name(name)} must be an http(s) URL")
         if not 0 < self.smpp_port < 65536:
             raise SettingsError(f"{env_name('smpp_port')} must be a TCP port, got {self.smpp_port}")
+        if not 1 <= self.sms_ru_batch <= 100:
+            raise SettingsError(f"{env_name('sms_ru_batch')} must be 1 to 100, got {self.sms_ru_batch}")
         if self.smpp_window < 1:
             raise SettingsError(f"{env_name('smpp_window')} must be at least 1, got {self.smpp_window}")
         for name in ("smpp_enquire_link_s", "channel_http_timeout_s"):
@@ -116,6 +121,7 @@ def build_channels(
                 api_id=settings.sms_ru_api_id,
                 sender=settings.sms_sender,
                 timeout_s=timeout,
+                batch_limit=settings.sms_ru_batch,
             )
         )
     if "smsc" in enabled:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -19,6 +20,7 @@ from litestar.params import FromPath
 from services.common.errors import ApiError
 from services.notifier.channels._http import DEFAULT_RETRY_S, call_json
 from services.notifier.channels.base import (
+    ChannelError,
     ChannelKind,
     DeliveryReceipt,
     OutboundMessage,
@@ -59,8 +61,14 @@ SMS_RU_DELIVERED: Final = 103
 SMS_RU_FAILED: Final = frozenset({104, 105, 106, 107, 108, 150})
 
 
+# Numbers one SMS.ru request may carry (https://sms.ru/api/send: "more than 100 numbers" is refused).
+SMS_RU_MAX_BATCH: Final = 100
+
+
 class SmsRuChannel:
-    """POST {base}/sms/send with api_id, to, msg, json=1; one number per call so its answer is its own."""
+    """POST {base}/sms/send with api_id, to, msg, json=1 (one message); `send_many` puts several in one
+    request as SMS.ru documents for different texts to different numbers, `to[<number>]=<text>`, and reads
+    each number's own entry of the answer."""
 
     kind: ChannelKind = "sms"
 
@@ -73,8 +81,10 @@ class SmsRuChannel:
         sender: str = "",
         timeout_s: float = 10.0,
         name: str = "sms_ru",
+        batch_limit: int = SMS_RU_MAX_BATCH,
     ) -> None:
         self.name = name
+        self.batch_limit = max(1, min(batch_limit, SMS_RU_MAX_BATCH))
         self._http = http
         self._url = base_url.rstrip("/") + "/sms/send"
         self._api_id = api_id
@@ -86,7 +96,61 @@ class SmsRuChannel:
     async def send(self, message: OutboundMessage) -> SendResult:
         phone = _digits(message.address)
         form = {"api_id": self._api_id, "to": phone, "msg": message.text, "json": "1"}
-        sender = message.sender or self._sender
+        body = await self._post(form, message.sender or self._sender)
+        return self._entry_result(body, phone, message.text)
+
+    async def send_many(self, messages: Sequence[OutboundMessage]) -> list[SendResult | ChannelError]:
+        outcomes: list[SendResult | ChannelError | None] = [None] * len(messages)
+        requests = self._requests_for(messages)
+        answers = await asyncio.gather(*(self._send_request(messages, indexes) for indexes in requests))
+        for indexes, answer in zip(requests, answers, strict=True):
+            for index, outcome in zip(indexes, answer, strict=True):
+                outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _requests_for(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """Message indexes per request: one sender each (it is per request), a number at most once (the
+        answer is keyed by number), at most `batch_limit` numbers."""
+        requests: list[list[int]] = []
+        open_by_sender: dict[str, tuple[list[int], set[str]]] = {}
+        for index, message in enumerate(messages):
+            sender, phone = message.sender or self._sender, _digits(message.address)
+            current = open_by_sender.get(sender)
+            if current is None or phone in current[1] or len(current[0]) >= self.batch_limit:
+                current = open_by_sender[sender] = ([], set())
+                requests.append(current[0])
+            current[0].append(index)
+            current[1].add(phone)
+        return requests
+
+    async def _send_request(
+        self, messages: Sequence[OutboundMessage], indexes: list[int]
+    ) -> list[SendResult | ChannelError]:
+        if len(indexes) == 1:
+            try:
+                return [await self.send(messages[indexes[0]])]
+            except ChannelError as exc:
+                return [exc]
+        first = messages[indexes[0]]
+        form = {"api_id": self._api_id, "json": "1"}
+        for index in indexes:
+            form[f"to[{_digits(messages[index].address)}]"] = messages[index].text
+        try:
+            body = await self._post(form, first.sender or self._sender)
+        except ChannelError as exc:
+            return [exc] * len(indexes)
+        outcomes: list[SendResult | ChannelError] = []
+        for index in indexes:
+            try:
+                outcomes.append(
+                    self._entry_result(body, _digits(messages[index].address), messages[index].text)
+                )
+            except ChannelError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _post(self, form: dict[str, str], sender: str) -> dict[str, Any]:
+        """The request's answer when SMS.ru accepted the request as a whole; else its error."""
         if sender:
             form["from"] = sender
         status, body = await call_json(
@@ -101,6 +165,10 @@ class SmsRuChannel:
                 self.balance = Decimal(str(body["balance"]))
         if body.get("status") != "OK":
             raise _sms_ru_error(self.name, body)
+        return body
+
+    def _entry_result(self, body: Mapping[str, Any], phone: str, text: str) -> SendResult:
+        """One number's entry of an accepted request's answer."""
         entry = (body.get("sms") or {}).get(phone)
         if not isinstance(entry, dict):
             raise TransientChannelError(
@@ -114,11 +182,11 @@ class SmsRuChannel:
                 f"{self.name}: accepted without an sms_id", retry_after_s=DEFAULT_RETRY_S
             )
         segments = entry.get("sms")
+        if not isinstance(segments, int) or segments < 1:
+            segments = count_segments(text).segments
         return SendResult(
             provider_message_id=sms_id,
-            segments=segments
-            if isinstance(segments, int) and segments > 0
-            else count_segments(message.text).segments,
+            segments=segments,
             cost_minor=_kopecks(entry.get("cost")),
         )
 

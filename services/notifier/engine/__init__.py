@@ -12,13 +12,22 @@ outbox in the same transaction):
    the fatigue budget) and insert an *attempt* row in state `ready`. One attempt per (message, channel).
 3. **Send** (`Sender`): claim ready attempts with a lease ("in flight until T", SKIP LOCKED), commit, call
    the provider with no transaction or connection held, then record the outcome in a second transaction.
+   A pass claims up to ABONENT_NOTIFY_SEND_BATCH attempts; new SMS on a gateway that takes several per
+   request (`BatchChannel`: SMS.ru's `to[<number>]=<text>`) go out together, each with its own outcome,
+   and accepted SMS are recorded set-based (one statement per table for the pass).
+
+Planning and release run in the consumer's transaction for a whole lane of fetched events: a lane's new
+callbacks are planned set-based (`Planning.on_events`), everything else event by event; if anything in
+the lane fails, the consumer rolls it back and applies its events one by one (services/common/consumers.py).
 4. **Fallback**: a messenger send arms `notify.fallback` N minutes later; it sends SMS only if no delivery
    receipt came. A receipt after that is recorded as late; there is no further fallback.
 
 **The window between a provider call and its commit.** Between (3)'s provider call and the transaction
 recording it, a crash leaves the attempt `in_flight`. When its lease has expired, the `notify.sweep`
 timer marks it `unknown` — the provider may or may not have the message — and never calls that channel
-again for that message: *at most one message per channel, never two*. What follows is the ordinary rule:
+again for that message: *at most one message per channel, never two*. With several SMS in one gateway
+request the window is the same for each of them: a crash after that request leaves every attempt it
+carried in flight, and each becomes unknown; none is sent again. What follows is the ordinary rule:
 an unknown messenger send is treated like one without a receipt (the SMS fallback follows after N
 minutes unless a receipt arrives); an unknown SMS is final. A sender that comes back after its lease still
 records its outcome (the attempt becomes `sent` with the provider's id). Providers that take an

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import phonenumbers
 from prometheus_client import Counter
@@ -46,6 +47,13 @@ BIND_CONTACT_WITHIN = dt.timedelta(hours=1)
 # The longest link a template's segment budget allows for (test_notifier_templates.py renders with it).
 MAX_LINK_CHARS = 60
 FINAL_STATES = ("delivered", "failed", "superseded", "expired", "skipped")
+
+# Timeline entries planned in this task but not written yet: planning a batch of events writes them in one
+# statement at its end (`NotifierCore.timeline_batch`) instead of one statement per entry. None: write each
+# entry at once (timers, the sender, receipts).
+_PENDING_TIMELINE: contextvars.ContextVar[list[store.TimelineNote] | None] = contextvars.ContextVar(
+    "notifier_pending_timeline", default=None
+)
 
 
 class ChannelRegistry:
@@ -112,6 +120,40 @@ class NotifierCore:
         self.settings = settings
         self.clock = clock
 
+    # --- timeline ---------------------------------------------------------------------------------------
+
+    async def note(
+        self,
+        conn: db.Connection,
+        message_id: uuid.UUID,
+        at: dt.datetime,
+        what: str,
+        *,
+        channel: str = "",
+        detail: str = "",
+    ) -> None:
+        """A timeline entry: buffered inside `timeline_batch`, else written now."""
+        pending = _PENDING_TIMELINE.get()
+        if pending is None:
+            await store.add_timeline(conn, message_id, at, what, channel=channel, detail=detail)
+        else:
+            pending.append(store.TimelineNote(message_id, at, what, channel, detail))
+
+    @contextlib.asynccontextmanager
+    async def timeline_batch(self, conn: db.Connection) -> AsyncIterator[None]:
+        """Buffer `note`s made inside the block and write them in one statement when it ends without an
+        error (the caller's transaction is the same, so nothing else sees the difference)."""
+        if _PENDING_TIMELINE.get() is not None:  # an outer batch writes them
+            yield
+            return
+        pending: list[store.TimelineNote] = []
+        token = _PENDING_TIMELINE.set(pending)
+        try:
+            yield
+        finally:
+            _PENDING_TIMELINE.reset(token)
+        await store.add_timelines(conn, pending)
+
     # --- recipients ---------------------------------------------------------------------------------
 
     def phone_hash(self, phone: str) -> bytes:
@@ -120,6 +162,10 @@ class NotifierCore:
     async def recipient(
         self, conn: db.Connection, phone: str, lang: str, event_tz: str
     ) -> store.RecipientRow:
+        return await store.upsert_recipient(conn, self.recipient_values(phone, lang, event_tz))
+
+    def recipient_values(self, phone: str, lang: str, event_tz: str) -> store.NewRecipient:
+        """The recipient row to upsert for this phone; PoisonMessage if it is not a phone number."""
         try:
             parsed = phonenumbers.parse(phone)
         except phonenumbers.NumberParseException as exc:
@@ -129,8 +175,7 @@ class NotifierCore:
         e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
         zone = resolve_zone(e164, event_tz)
         new_id = uuid.uuid4()
-        return await store.upsert_recipient(
-            conn,
+        return store.NewRecipient(
             new_id=new_id,
             phone_hash=self.phone_hash(e164),
             phone_enc=self.protector.encrypt(e164, store.PHONE_CONTEXT, new_id),

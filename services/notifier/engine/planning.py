@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from services.common import db, outbox, scheduler
-from services.common.consumers import TransientError
+from services.common.consumers import PoisonMessage, TransientError
 from services.common.events import CallbackEvent, CallbackRequested, Event, NotifyFailed, VerificationEvent
+from services.common.logging import event_id_var
 from services.common.scheduler import Job
 from services.notifier import store
-from services.notifier.domain.timing import decide_timing, local_day_bounds, within_sms_budget
+from services.notifier.domain.timing import Timing, decide_timing, local_day_bounds, within_sms_budget
 from services.notifier.engine.core import (
     CONTACT_WAIT,
     FALLBACK_JOB,
@@ -28,6 +33,32 @@ from services.notifier.engine.core import (
 from services.notifier.routing import Route, template_context
 
 
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Whom an event's message goes to, and what planning already knows about it."""
+
+    recipient: store.RecipientRow
+    tenant: str
+    thread_key: str
+    extra: dict[str, Any]
+    # The recipient row is locked by this transaction (upserted here): no locking re-read for release.
+    locked: bool
+    # The thread has no messages yet (its contact is new in this transaction): no thread read.
+    new_thread: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A message prepared for insert: the event and route it comes from, its recipient, its time."""
+
+    event: Event
+    route: Route
+    audience: Audience
+    timing: Timing
+    # Every column of the messages row (store.insert_message / insert_messages).
+    row: dict[str, Any]
+
+
 class Planning(NotifierCore):
     """Steps 1, 2 and 4 of the engine's package docstring: plan, release, fall back."""
 
@@ -36,20 +67,148 @@ class Planning(NotifierCore):
     async def on_event(self, conn: db.Connection, event: Event) -> None:
         """The consumer handler (inside its inbox transaction): plan every message this event asks for."""
         now = self.clock.now()
-        for route in self.router.routes_for(event):
-            await self._plan(conn, event, route, now)
+        async with self.timeline_batch(conn):
+            for route in self.router.routes_for(event):
+                await self._plan(conn, event, route, now)
+
+    async def on_events(self, conn: db.Connection, events: Sequence[Event]) -> None:
+        """The consumer's batch handler: `on_event` for each, in order, with the timeline entries of all of
+        them written in one statement. Any error fails the batch (the consumer then goes one by one)."""
+        async with self.timeline_batch(conn):
+            for event in await self._plan_new_callbacks(conn, events):
+                token = event_id_var.set(str(event.event_id))
+                try:
+                    await self.on_event(conn, event)
+                finally:
+                    event_id_var.reset(token)
+
+    async def _plan_new_callbacks(self, conn: db.Connection, events: Sequence[Event]) -> list[Event]:
+        """Plan the batch's new callbacks set-based; return the events left for `on_event`, in order.
+
+        Taken: callback.requested events alone in the batch with their callback and their phone, whose
+        contact is new (so their thread is too). For those, every statement of `_plan` and `release`
+        is one statement for all of them: recipients, contacts, messages, the recipients' opt-outs,
+        bindings and SMS today, the attempts (with the messages' move to 'sending'), the timeline. A
+        message whose plan is not "send now" (opted out, deferred, expired, no channel) continues one
+        by one in `_after_insert`, after the set-based attempts are written (it then sees them).
+        """
+        now = self.clock.now()
+        callbacks = Counter(e.callback_id for e in events if isinstance(e, CallbackEvent))
+        taken: dict[uuid.UUID, tuple[CallbackRequested, store.NewRecipient]] = {}
+        phones: set[bytes] = set()
+        for event in events:
+            if not isinstance(event, CallbackRequested) or callbacks[event.callback_id] != 1:
+                continue
+            try:
+                new = self.recipient_values(event.phone, event.lang, event.visitor_tz)
+            except PoisonMessage:
+                continue  # on_event rejects it, alone
+            if new.phone_hash not in phones and self.router.routes_for(event):
+                phones.add(new.phone_hash)
+                taken[event.event_id] = (event, new)
+        if len(taken) < 2:
+            return list(events)
+        recipients = await store.upsert_recipients(conn, [new for _, new in taken.values()])
+        by_event = {event_id: recipients[new.phone_hash] for event_id, (_, new) in taken.items()}
+        saved = await store.save_callback_contacts(
+            conn,
+            [
+                (event.callback_id, by_event[event.event_id].id, event.site_key, event.lang, event.page_url)
+                for event, _ in taken.values()
+            ],
+        )
+        planned = [
+            self._prepare(
+                event,
+                route,
+                Audience(
+                    by_event[event.event_id],
+                    event.site_key,
+                    f"callback:{event.callback_id}",
+                    {"rebook_url": short_link(event.page_url)},
+                    locked=True,
+                    new_thread=True,
+                ),
+                now,
+            )
+            for event, _ in taken.values()
+            if event.callback_id in saved
+            for route in self.router.routes_for(event)
+        ]
+        done = {p.event.event_id for p in planned}
+        left = [event for event in events if event.event_id not in done]
+        inserted = await store.insert_messages(conn, [p.row for p in planned])
+        fresh = [(p, inserted[p.row["id"]]) for p in planned if p.row["id"] in inserted]
+        for _ in range(len(planned) - len(fresh)):
+            MESSAGES.labels("", "duplicate").inc()
+        if not fresh:
+            return left
+        all_facts = await store.recipients_facts(
+            conn,
+            [
+                (m.recipient_id, m.category, *local_day_bounds(now, self.display_tz(p.audience.recipient)))
+                for p, m in fresh
+            ],
+        )
+        attempts: list[store.NewAttempt] = []
+        one_by_one: list[tuple[Planned, store.MessageRow]] = []
+        sms_planned: Counter[uuid.UUID] = Counter()
+        for (p, message), facts in zip(fresh, all_facts, strict=True):
+            recipient, timing = p.audience.recipient, p.timing
+            due_now = timing.at is not None and timing.at <= now
+            live = message.expires_at is None or now < message.expires_at
+            if (facts.opted_out and not message.legally_required) or not due_now or not live:
+                one_by_one.append((p, message))
+                continue
+            zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
+            await self.note(conn, message.id, now, "queued", detail=f"{message.purpose}; {zone_note}")
+            if timing.rule == "deadline_override":
+                await self.note(
+                    conn,
+                    message.id,
+                    now,
+                    "quiet hours overridden",
+                    detail="legally required before its deadline",
+                )
+            # As `release` would: this batch's own SMS to the same person count towards the budget too.
+            counted = msgspec.structs.replace(
+                facts, non_critical_sms=facts.non_critical_sms + sms_planned[recipient.id]
+            )
+            reasons: list[str] = []
+            choice = await self._choose(
+                conn, message, recipient, message.channel_order, now=now, reasons=reasons, facts=counted
+            )
+            if choice is None:
+                await self.give_up(conn, message, now, "failed", "; ".join(reasons) or "no channel")
+                continue
+            if choice.kind == "sms" and not message.critical:
+                sms_planned[recipient.id] += 1
+            attempts.append(
+                store.NewAttempt(
+                    message_id=message.id,
+                    channel=choice.channel,
+                    kind=choice.kind,
+                    address=choice.address,
+                    not_before=now,
+                )
+            )
+            await self.note(conn, message.id, now, "sending via " + choice.channel, channel=choice.channel)
+        await store.start_attempts(conn, attempts)
+        for p, message in one_by_one:
+            await self._after_insert(conn, p, message, now)
+        return left
 
     async def _audience(
         self, conn: db.Connection, event: Event, route: Route, now: dt.datetime
-    ) -> tuple[store.RecipientRow, str, str, dict[str, Any]] | None:
-        """(recipient, tenant, thread key, extra template values), or None to drop the event."""
+    ) -> Audience | None:
+        """Whom the event's message goes to, or None to drop the event."""
         if route.audience == "subscriber":
             assert isinstance(event, VerificationEvent)
             # Routing checked that this event type carries an msisdn (audience 'subscriber').
             msisdn: str = getattr(event, "msisdn")  # noqa: B009
             lang: str = getattr(event, "lang", "ru")
             recipient = await self.recipient(conn, msisdn, lang, getattr(event, "tz", ""))
-            return recipient, "verification", f"verification:{event.case_id}", {}
+            return Audience(recipient, "verification", f"verification:{event.case_id}", {}, locked=True)
         assert isinstance(event, CallbackEvent)
         if isinstance(event, CallbackRequested):
             recipient = await self.recipient(conn, event.phone, event.lang, event.visitor_tz)
@@ -63,7 +222,16 @@ class Planning(NotifierCore):
             )
             if saved:  # the contact is this event's own: no need to read it back
                 thread = f"callback:{event.callback_id}"
-                return recipient, event.site_key, thread, {"rebook_url": short_link(event.page_url)}
+                # Every message of a callback's thread is planned after its contact is saved, so a
+                # contact new in this transaction means a thread without messages: nothing to read.
+                return Audience(
+                    recipient,
+                    event.site_key,
+                    thread,
+                    {"rebook_url": short_link(event.page_url)},
+                    locked=True,
+                    new_thread=True,
+                )
         contact = await store.callback_contact(conn, event.callback_id)
         if contact is None:
             phone = getattr(event, "phone", "")
@@ -83,29 +251,38 @@ class Planning(NotifierCore):
                 lang=getattr(event, "lang", "ru"),
                 page_url="",
             )
-            page_url = ""
+            page_url, locked = "", True
         else:
             found = await store.get_recipient(conn, contact["recipient_id"])
             assert found is not None  # callback_contacts references recipients
-            recipient, page_url = found, contact["page_url"]
-        return (
+            recipient, page_url, locked = found, contact["page_url"], False
+        return Audience(
             recipient,
             event.site_key,
             f"callback:{event.callback_id}",
             {"rebook_url": short_link(page_url)},
+            locked=locked,
         )
 
     async def _plan(self, conn: db.Connection, event: Event, route: Route, now: dt.datetime) -> None:
-        found = await self._audience(conn, event, route, now)
-        if found is None:
+        audience = await self._audience(conn, event, route, now)
+        if audience is None:
             return
-        recipient, tenant, thread_key, extra = found
+        planned = self._prepare(event, route, audience, now)
+        message = await store.insert_message(conn, **planned.row)
+        if message is None:
+            MESSAGES.labels("", "duplicate").inc()
+            return
+        await self._after_insert(conn, planned, message, now)
+
+    def _prepare(self, event: Event, route: Route, audience: Audience, now: dt.datetime) -> Planned:
+        """The message row to insert (rendered, its time decided): no I/O."""
+        recipient = audience.recipient
         rendered = self.router.render(
             route.template,
             recipient.lang if route.audience == "subscriber" else getattr(event, "lang", recipient.lang),
-            template_context(event, self.display_tz(recipient), extra),
+            template_context(event, self.display_tz(recipient), audience.extra),
         )
-        message_id = uuid.uuid4()
         deadline = route.deadline_of(event)
         expires_at = route.expires_at(event)
         # Decided before the insert (it needs only the recipient and the route), so the row is written
@@ -119,45 +296,47 @@ class Planning(NotifierCore):
             deadline=deadline,
             expires_at=expires_at,
         )
-        message = await store.insert_message(
-            conn,
-            id=message_id,
-            event_id=event.event_id,
-            event_type=str(type(event).__struct_config__.tag),
-            occurred_at=event.occurred_at,
-            recipient_id=recipient.id,
-            tenant=tenant,
-            purpose=route.purpose,
-            category=route.category,
-            thread_key=thread_key,
-            template=rendered.template,
-            template_version=rendered.version,
-            template_id=rendered.template_id,
-            lang=rendered.lang,
-            body=rendered.text,
-            urgent=route.urgent,
-            legally_required=route.legally_required,
-            edit_in_place=route.edit_in_place,
-            channel_order=list(route.channels),
-            state="queued",
-            send_at=timing.at or now,
-            expires_at=expires_at,
-            deadline=deadline,
-            timing_rule=timing.rule if timing.at is not None else "now",
-        )
-        if message is None:
-            MESSAGES.labels("", "duplicate").inc()
-            return
+        row = {
+            "id": uuid.uuid4(),
+            "event_id": event.event_id,
+            "event_type": str(type(event).__struct_config__.tag),
+            "occurred_at": event.occurred_at,
+            "recipient_id": recipient.id,
+            "tenant": audience.tenant,
+            "purpose": route.purpose,
+            "category": route.category,
+            "thread_key": audience.thread_key,
+            "template": rendered.template,
+            "template_version": rendered.version,
+            "template_id": rendered.template_id,
+            "lang": rendered.lang,
+            "body": rendered.text,
+            "urgent": route.urgent,
+            "legally_required": route.legally_required,
+            "edit_in_place": route.edit_in_place,
+            "channel_order": list(route.channels),
+            "state": "queued",
+            "send_at": timing.at or now,
+            "expires_at": expires_at,
+            "deadline": deadline,
+            "timing_rule": timing.rule if timing.at is not None else "now",
+        }
+        return Planned(event, route, audience, timing, row)
+
+    async def _after_insert(
+        self, conn: db.Connection, planned: Planned, message: store.MessageRow, now: dt.datetime
+    ) -> None:
+        """The rest of planning a message just inserted: supersede, opt-out, then release or defer."""
+        event, route, audience, timing = planned.event, planned.route, planned.audience, planned.timing
+        recipient, thread_key, message_id = audience.recipient, audience.thread_key, message.id
         zone_note = f"zone {recipient.tz} (rule: {recipient.tz_rule})"
-        await store.add_timeline(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
-        thread = await store.thread_of(conn, thread_key, message_id)
+        await self.note(conn, message_id, now, "queued", detail=f"{route.purpose}; {zone_note}")
+        thread = [] if audience.new_thread else await store.thread_of(conn, thread_key, message_id)
         newest = max((r["occurred_at"] for r in thread if r["state"] != "superseded"), default=None)
         if newest is not None and newest > event.occurred_at:
             # Delivery is unordered: an older state that arrives late must not replace a newer one.
             await store.set_message_state(conn, message_id, "superseded")
-            await store.add_timeline(
-                conn, message_id, now, "superseded", detail="a later state is already known"
-            )
+            await self.note(conn, message_id, now, "superseded", detail="a later state is already known")
             MESSAGES.labels("", "superseded").inc()
             return
         await self._supersede_older(
@@ -169,11 +348,13 @@ class Planning(NotifierCore):
             now=now,
             thread=thread,
         )
-        if not route.legally_required and await store.opted_out(conn, recipient.id, route.category):
+        # After supersede (it may cancel a ready SMS that the budget counted), in one round trip.
+        facts = await store.recipient_facts(
+            conn, recipient.id, route.category, *local_day_bounds(now, self.display_tz(recipient))
+        )
+        if not route.legally_required and facts.opted_out:
             await store.set_message_state(conn, message_id, "skipped")
-            await store.add_timeline(
-                conn, message_id, now, "skipped", detail=f"opted out of {route.category}"
-            )
+            await self.note(conn, message_id, now, "skipped", detail=f"opted out of {route.category}")
             MESSAGES.labels("", "skipped").inc()
             return
         if timing.at is None:
@@ -181,7 +362,7 @@ class Planning(NotifierCore):
             return
         if timing.at <= now:
             if timing.rule == "deadline_override":
-                await store.add_timeline(
+                await self.note(
                     conn,
                     message_id,
                     now,
@@ -189,10 +370,17 @@ class Planning(NotifierCore):
                     detail="legally required before its deadline",
                 )
             # Inserted by this very transaction: nobody else can see the row, so no locked re-read.
-            await self.release(conn, message_id, now, inserted=message)
+            await self.release(
+                conn,
+                message_id,
+                now,
+                inserted=message,
+                recipient=recipient if audience.locked else None,
+                facts=facts,
+            )
             return
         await store.set_message_state(conn, message_id, "deferred")
-        await store.add_timeline(
+        await self.note(
             conn,
             message_id,
             now,
@@ -222,20 +410,18 @@ class Planning(NotifierCore):
         if any(r["state"] in store.PENDING_STATES for r in thread if r["occurred_at"] <= occurred_at):
             for old in await store.supersede_older(conn, thread_key, newer, occurred_at):
                 await scheduler.cancel(conn, RELEASE_JOB, str(old))
-                await store.add_timeline(conn, old, now, "superseded", detail=f"by {purpose}")
+                await self.note(conn, old, now, "superseded", detail=f"by {purpose}")
                 MESSAGES.labels("", "superseded").inc()
         await store.cancel_ready_attempts(conn, older)
         for old in older:
             if await scheduler.cancel(conn, FALLBACK_JOB, str(old)):
-                await store.add_timeline(
-                    conn, old, now, "fallback cancelled", detail=f"superseded by {purpose}"
-                )
+                await self.note(conn, old, now, "fallback cancelled", detail=f"superseded by {purpose}")
 
     async def give_up(
         self, conn: db.Connection, message: store.MessageRow, now: dt.datetime, state: str, reason: str
     ) -> None:
         await store.set_message_state(conn, message.id, state)
-        await store.add_timeline(conn, message.id, now, state, detail=reason)
+        await self.note(conn, message.id, now, state, detail=reason)
         await outbox.append(
             conn,
             NotifyFailed(
@@ -257,19 +443,27 @@ class Planning(NotifierCore):
         now: dt.datetime,
         *,
         inserted: store.MessageRow | None = None,
+        recipient: store.RecipientRow | None = None,
+        facts: store.RecipientFacts | None = None,
     ) -> None:
         """Turn a due message into a ready attempt on its first usable channel. `inserted`: the row as
-        this transaction inserted it (invisible to everyone else, so not read again)."""
+        this transaction inserted it (invisible to everyone else, so not read again); `recipient`: its
+        recipient as this transaction locked it (upserted); `facts`: the recipient's bindings and SMS
+        today as read in this transaction after that lock."""
         message = inserted if inserted is not None else await store.get_message(conn, message_id, lock=True)
         if message is None or message.state not in store.PENDING_STATES:
             return
         if message.expires_at is not None and now >= message.expires_at:
             await self.give_up(conn, message, now, "expired", "past its TTL before it could be sent")
             return
-        recipient = await store.lock_recipient(conn, message.recipient_id)
+        if recipient is None:
+            recipient = await store.lock_recipient(conn, message.recipient_id)
+            facts = None  # read before the lock: ask again
         assert recipient is not None
         reasons: list[str] = []
-        choice = await self._choose(conn, message, recipient, message.channel_order, now=now, reasons=reasons)
+        choice = await self._choose(
+            conn, message, recipient, message.channel_order, now=now, reasons=reasons, facts=facts
+        )
         if choice is None:
             await self.give_up(conn, message, now, "failed", "; ".join(reasons) or "no channel")
             return
@@ -284,10 +478,12 @@ class Planning(NotifierCore):
         *,
         now: dt.datetime,
         reasons: list[str],
+        facts: store.RecipientFacts | None = None,
     ) -> Choice | None:
+        """`facts`: the recipient's bindings and SMS today as read under its lock (else read here)."""
         for slot in slots:
             if slot == "messenger":
-                bound = await store.bindings_of(conn, recipient.id)
+                bound = facts.bindings if facts is not None else await store.bindings_of(conn, recipient.id)
                 usable = [(name, chat) for name, chat in bound.items() if name in self.registry.messengers]
                 if not usable:
                     reasons.append("no messenger bound")
@@ -306,8 +502,11 @@ class Planning(NotifierCore):
                 if recipient.phone_invalid_at is not None:
                     reasons.append("the number was rejected as invalid")
                     continue
-                start, end = local_day_bounds(now, self.display_tz(recipient))
-                used = await store.non_critical_sms_between(conn, recipient.id, start, end)
+                if facts is not None:
+                    used = facts.non_critical_sms
+                else:
+                    start, end = local_day_bounds(now, self.display_tz(recipient))
+                    used = await store.non_critical_sms_between(conn, recipient.id, start, end)
                 if not within_sms_budget(
                     non_critical_sms_today=used,
                     budget=self.settings.notify_sms_daily_budget,
@@ -328,7 +527,8 @@ class Planning(NotifierCore):
         *,
         fallback: bool,
     ) -> bool:
-        attempt_id = await store.insert_attempt(
+        # A pending message becomes 'sending' in the attempt's own statement.
+        attempt_id = await store.start_attempt(
             conn,
             message_id=message.id,
             channel=choice.channel,
@@ -340,11 +540,9 @@ class Planning(NotifierCore):
         )
         if attempt_id is None:
             return False
-        if message.state in store.PENDING_STATES:
-            await store.set_message_state(conn, message.id, "sending")
         what = ("fallback to " if fallback else "sending via ") + choice.channel
         detail = f"edit in place of {choice.edit_of}" if choice.edit_of else ""
-        await store.add_timeline(conn, message.id, now, what, channel=choice.channel, detail=detail)
+        await self.note(conn, message.id, now, what, channel=choice.channel, detail=detail)
         return True
 
     async def release_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
@@ -358,9 +556,7 @@ class Planning(NotifierCore):
         if "messenger" in order and "sms" in order[order.index("messenger") + 1 :]:
             due = now + self.settings.fallback_after
             await scheduler.schedule(conn, FALLBACK_JOB, str(message.id), due)
-            await store.add_timeline(
-                conn, message.id, now, f"SMS fallback unless delivered by {fmt_utc(due)}"
-            )
+            await self.note(conn, message.id, now, f"SMS fallback unless delivered by {fmt_utc(due)}")
 
     async def fallback_job(self, conn: db.Connection, job: Job) -> dt.datetime | None:
         """No receipt within N minutes of a messenger send: SMS, if still timely and allowed."""
@@ -383,17 +579,17 @@ class Planning(NotifierCore):
             expires_at=message.expires_at,
         )
         if timing.at is None:
-            await store.add_timeline(conn, message.id, now, "no fallback", detail=timing.rule)
+            await self.note(conn, message.id, now, "no fallback", detail=timing.rule)
             return None
         if timing.at > now:
-            await store.add_timeline(
+            await self.note(
                 conn, message.id, now, f"fallback deferred until {fmt_utc(timing.at)}", detail=timing.rule
             )
             return timing.at
         reasons: list[str] = []
         choice = await self._choose(conn, message, recipient, ["sms"], now=now, reasons=reasons)
         if choice is None:
-            await store.add_timeline(conn, message.id, now, "no fallback", detail="; ".join(reasons))
+            await self.note(conn, message.id, now, "no fallback", detail="; ".join(reasons))
             return None
         await self._start_attempt(conn, message, choice, now, fallback=True)
         MESSAGES.labels(choice.channel, "fallback").inc()

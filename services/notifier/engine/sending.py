@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 
 from services.common import db, outbox
 from services.common.events import NotifySent
@@ -14,6 +15,7 @@ from services.common.scheduler import Job
 from services.common.wakeup import NotifyWakeup
 from services.notifier import store
 from services.notifier.channels.base import (
+    BatchChannel,
     ChannelError,
     DeliveryReceipt,
     OutboundMessage,
@@ -99,6 +101,80 @@ class Notifier(Receipts, Bindings):
                 DeliveryReceipt(
                     channel=attempt.channel,
                     provider_message_id=result.provider_message_id,
+                    status=early["status"],
+                    at=early["at"],
+                    reason=early["reason"],
+                ),
+            )
+
+    async def record_sms_sent(
+        self,
+        conn: db.Connection,
+        token: uuid.UUID,
+        sent: Sequence[tuple[store.AttemptRow, store.MessageRow, SendResult]],
+        now: dt.datetime,
+    ) -> None:
+        """`record_sent` for many accepted SMS at once: the same rows, in six statements for the lot.
+        `sent`: each attempt with its message as claimed (its event fields never change; its state is
+        only moved on from what it is now)."""
+        keys = [(attempt.channel, result.provider_message_id) for attempt, _, result in sent]
+        await store.lock_provider_messages(conn, keys)
+        settled = await store.settle_sent(
+            conn,
+            token,
+            [
+                (attempt.id, result.provider_message_id, result.segments, result.cost_minor)
+                for attempt, _, result in sent
+            ],
+            now,
+        )
+        recorded = [(attempt, message, result) for attempt, message, result in sent if attempt.id in settled]
+        for attempt, _, _ in sent:
+            if attempt.id not in settled:
+                log.warning(
+                    "send outcome arrived after the attempt was settled elsewhere",
+                    extra={"attempt": str(attempt.id)},
+                )
+        if not recorded:
+            return
+        await store.mark_messages_sent(conn, [message.id for _, message, _ in recorded])
+        # Written before any early receipt below adds its own entries after them.
+        async with self.timeline_batch(conn):
+            for attempt, message, result in recorded:
+                await self.note(
+                    conn,
+                    message.id,
+                    now,
+                    "sent via " + attempt.channel,
+                    channel=attempt.channel,
+                    detail=f"{result.segments} segment(s), {result.cost_minor / 100:.2f} RUB",
+                )
+        await store.append_outbox(
+            conn,
+            [
+                NotifySent(
+                    message_id=message.id,
+                    recipient_id=message.recipient_id,
+                    cause_event_id=message.event_id,
+                    purpose=message.purpose,
+                    channel=attempt.channel,
+                    channel_kind="sms",
+                    segments=result.segments,
+                    cost_minor=result.cost_minor,
+                    fallback=attempt.is_fallback,
+                    edited_in_place=False,
+                )
+                for attempt, message, result in recorded
+            ],
+        )
+        for early in await store.take_early_receipts(
+            conn, [(attempt.channel, result.provider_message_id) for attempt, _, result in recorded]
+        ):
+            await self.on_receipt(
+                conn,
+                DeliveryReceipt(
+                    channel=early["channel"],
+                    provider_message_id=early["provider_message_id"],
                     status=early["status"],
                     at=early["at"],
                     reason=early["reason"],
@@ -256,51 +332,97 @@ class Sender:
                 if attempt.kind == "sms":
                     address = notifier.phone_of(recipients[message.recipient_id])
                 work.append((attempt, message, address))
-        outcomes = await asyncio.gather(
-            *(self._call(attempt, message, address) for attempt, message, address in work)
-        )
+        outcomes = await self._call_all(work)
         # The window: the providers have (or may have) the messages; nothing is committed yet. A crash
         # here leaves the attempts in flight until the sweeper calls them unknown (package docstring).
         failpoint("notifier.send.after_provider")
         await self._record(token, outcomes)
         return len(claimed)
 
+    async def _call_all(
+        self, work: list[tuple[store.AttemptRow, store.MessageRow, str]]
+    ) -> list[tuple[store.AttemptRow, store.MessageRow, SendResult | ChannelError]]:
+        """Every claimed attempt's provider call, concurrently; new messages on a channel whose provider
+        takes several per request (BatchChannel) go together, in as few requests as it allows."""
+        registry = self.notifier.registry
+        together: dict[str, list[tuple[store.AttemptRow, store.MessageRow, str]]] = {}
+        alone: list[tuple[store.AttemptRow, store.MessageRow, str]] = []
+        for item in work:
+            attempt = item[0]
+            channel = registry.by_name.get(attempt.channel)
+            if isinstance(channel, BatchChannel) and not attempt.edit_of:
+                together.setdefault(attempt.channel, []).append(item)
+            else:
+                alone.append(item)
+
+        async def batch(items: list[tuple[store.AttemptRow, store.MessageRow, str]]) -> list[Outcome]:
+            channel = registry.by_name[items[0][0].channel]
+            assert isinstance(channel, BatchChannel)
+            try:
+                results = await channel.send_many([_outbound(a, m, address) for a, m, address in items])
+            except Exception as exc:
+                # An adapter that broke its contract: retried a bounded number of times, like one call.
+                error = TransientChannelError(f"{type(exc).__name__}: {exc}")
+                results = [error] * len(items)
+            return [(a, m, result) for (a, m, _), result in zip(items, results, strict=True)]
+
+        async def one(item: tuple[store.AttemptRow, store.MessageRow, str]) -> list[Outcome]:
+            attempt, message, address = item
+            return [(attempt, message, await self._call(attempt, message, address))]
+
+        done = await asyncio.gather(*(batch(items) for items in together.values()), *(one(i) for i in alone))
+        return [outcome for outcomes in done for outcome in outcomes]
+
     async def _call(
         self, attempt: store.AttemptRow, message: store.MessageRow, address: str
-    ) -> tuple[store.AttemptRow, SendResult | ChannelError]:
+    ) -> SendResult | ChannelError:
         notifier = self.notifier
         channel = notifier.registry.by_name.get(attempt.channel)
-        outbound = OutboundMessage(
-            # The attempt id: the same on every retry of this call, so a provider that dedupes by it
-            # never delivers twice; a fallback on another channel is another attempt.
-            message_id=attempt.id,
-            address=address,
-            text=message.body,
-            template_id=message.template_id,
-        )
+        outbound = _outbound(attempt, message, address)
         try:
             if channel is None:
                 raise ChannelError(f"channel {attempt.channel} is not configured", transient=False)
             if attempt.edit_of:
-                return attempt, await channel.edit(attempt.edit_of, outbound)
-            return attempt, await channel.send(outbound)
+                return await channel.edit(attempt.edit_of, outbound)
+            return await channel.send(outbound)
         except ChannelError as exc:
-            return attempt, exc
+            return exc
         except Exception as exc:
             # An adapter that broke its contract (garbage answer, bug): retried a bounded number of times.
-            return attempt, TransientChannelError(f"{type(exc).__name__}: {exc}")
+            return TransientChannelError(f"{type(exc).__name__}: {exc}")
 
-    async def _record(
-        self, token: uuid.UUID, outcomes: list[tuple[store.AttemptRow, SendResult | ChannelError]]
-    ) -> None:
+    async def _record(self, token: uuid.UUID, outcomes: list[Outcome]) -> None:
+        """All outcomes of a pass in one transaction: accepted SMS set-based (a handful of statements for
+        the lot), the rest - and the lot again, if its statements fail - one by one, each in a savepoint
+        (one that cannot be recorded leaves the others' records standing)."""
         if not outcomes:
             return
         notifier = self.notifier
         now = notifier.clock.now()
         counted: list[tuple[str, str]] = []
+        sms_sent = [
+            (attempt, message, outcome)
+            for attempt, message, outcome in outcomes
+            if attempt.kind == "sms" and isinstance(outcome, SendResult)
+        ]
+        rest: list[tuple[store.AttemptRow, SendResult | ChannelError]] = [
+            (attempt, outcome)
+            for attempt, _message, outcome in outcomes
+            if not (attempt.kind == "sms" and isinstance(outcome, SendResult))
+        ]
         try:
             async with db.transaction(self.pool) as conn:
-                for attempt, outcome in outcomes:
+                if sms_sent:
+                    try:
+                        async with conn.transaction():
+                            await notifier.record_sms_sent(conn, token, sms_sent, now)
+                        counted += [(attempt.channel, "sent") for attempt, _, _ in sms_sent]
+                    except Exception:
+                        log.exception(
+                            "could not record sent SMS together; one by one", extra={"n": len(sms_sent)}
+                        )
+                        rest = [(attempt, result) for attempt, _, result in sms_sent] + rest
+                for attempt, outcome in rest:
                     try:
                         async with conn.transaction():
                             if isinstance(outcome, ChannelError):
@@ -320,3 +442,17 @@ class Sender:
             return
         for channel, what in counted:
             MESSAGES.labels(channel, what).inc()
+
+
+Outcome = tuple[store.AttemptRow, store.MessageRow, SendResult | ChannelError]
+
+
+def _outbound(attempt: store.AttemptRow, message: store.MessageRow, address: str) -> OutboundMessage:
+    return OutboundMessage(
+        # The attempt id: the same on every retry of this call, so a provider that dedupes by it never
+        # delivers twice; a fallback on another channel is another attempt.
+        message_id=attempt.id,
+        address=address,
+        text=message.body,
+        template_id=message.template_id,
+    )

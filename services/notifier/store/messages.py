@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from services.common import db
-from services.notifier.store.rows import PENDING_STATES, AttemptRow, MessageRow, TimelineEntry, as_row
+from services.common import db, outbox
+from services.common.events import Event
+from services.notifier.store.rows import (
+    PENDING_STATES,
+    AttemptRow,
+    MessageRow,
+    NewAttempt,
+    TimelineEntry,
+    TimelineNote,
+    as_row,
+)
 
 # --- messages -------------------------------------------------------------------------------------------
 
@@ -28,6 +38,57 @@ async def insert_message(conn: db.Connection, **values: Any) -> MessageRow | Non
         ),
     )
     return row
+
+
+# Column -> PostgreSQL array type for insert_messages (channel_order travels as comma-joined text: unnest
+# cannot yield one array per row from a two-dimensional one).
+_MESSAGE_COLUMNS: dict[str, str] = {
+    "id": "uuid",
+    "event_id": "uuid",
+    "event_type": "text",
+    "occurred_at": "timestamptz",
+    "recipient_id": "uuid",
+    "tenant": "text",
+    "purpose": "text",
+    "category": "text",
+    "thread_key": "text",
+    "template": "text",
+    "template_version": "int",
+    "template_id": "text",
+    "lang": "text",
+    "body": "text",
+    "urgent": "bool",
+    "legally_required": "bool",
+    "edit_in_place": "bool",
+    "channel_order": "text",
+    "state": "text",
+    "send_at": "timestamptz",
+    "expires_at": "timestamptz",
+    "deadline": "timestamptz",
+    "timing_rule": "text",
+}
+_INSERT_MESSAGES = (
+    f"insert into messages ({', '.join(_MESSAGE_COLUMNS)}) select "
+    + ", ".join(
+        "string_to_array(channel_order, ',')" if name == "channel_order" else name
+        for name in _MESSAGE_COLUMNS
+    )
+    + " from unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_MESSAGE_COLUMNS.values(), start=1))
+    + f") as v ({', '.join(_MESSAGE_COLUMNS)})"
+    " on conflict (event_id, recipient_id, purpose) do nothing returning *"
+)
+
+
+async def insert_messages(conn: db.Connection, rows: Sequence[dict[str, Any]]) -> dict[uuid.UUID, MessageRow]:
+    """`insert_message` for several rows (each with every column of _MESSAGE_COLUMNS) in one statement;
+    the new rows by id (a row whose (event_id, recipient_id, purpose) exists is not among them)."""
+    columns = [
+        [",".join(row[name]) if name == "channel_order" else row[name] for row in rows]
+        for name in _MESSAGE_COLUMNS
+    ]
+    records = await conn.fetch(_INSERT_MESSAGES, *columns)
+    return {r["id"]: as_row(MessageRow, r) for r in records}
 
 
 async def get_message(conn: db.Connection, message_id: uuid.UUID, *, lock: bool = False) -> MessageRow | None:
@@ -138,6 +199,60 @@ async def insert_attempt(
     return value
 
 
+async def start_attempt(
+    conn: db.Connection,
+    *,
+    message_id: uuid.UUID,
+    channel: str,
+    kind: str,
+    address: str,
+    not_before: dt.datetime,
+    edit_of: str = "",
+    is_fallback: bool = False,
+) -> uuid.UUID | None:
+    """`insert_attempt`, and a pending message becomes 'sending' in the same statement (one round trip)."""
+    value: uuid.UUID | None = await conn.fetchval(
+        "with attempt as (insert into attempts (id, message_id, channel, kind, address, edit_of, is_fallback,"
+        "  state, not_before) values ($1, $2, $3, $4, $5, $6, $7, 'ready', $8)"
+        "  on conflict (message_id, channel) do nothing returning id),"
+        " sending as (update messages set state = 'sending', updated_at = now()"
+        "  where id = $2 and state = any($9::text[]) and exists (select 1 from attempt))"
+        " select id from attempt",
+        uuid.uuid4(),
+        message_id,
+        channel,
+        kind,
+        address,
+        edit_of,
+        is_fallback,
+        not_before,
+        list(PENDING_STATES),
+    )
+    return value
+
+
+async def start_attempts(conn: db.Connection, attempts: Sequence[NewAttempt]) -> None:
+    """`start_attempt` for several new messages' first attempts in one statement."""
+    if not attempts:
+        return
+    await conn.execute(
+        "with attempt as (insert into attempts (id, message_id, channel, kind, address, edit_of, is_fallback,"
+        "  state, not_before) select id, message_id, channel, kind, address, '', false, 'ready', $6"
+        "  from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
+        "   as a (id, message_id, channel, kind, address)"
+        "  on conflict (message_id, channel) do nothing returning message_id)"
+        " update messages set state = 'sending', updated_at = now()"
+        " where id in (select message_id from attempt) and state = any($7::text[])",
+        [uuid.uuid4() for _ in attempts],
+        [a.message_id for a in attempts],
+        [a.channel for a in attempts],
+        [a.kind for a in attempts],
+        [a.address for a in attempts],
+        attempts[0].not_before,
+        list(PENDING_STATES),
+    )
+
+
 async def attempts_of(conn: db.Connection, message_id: uuid.UUID) -> list[AttemptRow]:
     rows = await conn.fetch("select * from attempts where message_id = $1 order by created_at", message_id)
     return [as_row(AttemptRow, r) for r in rows]
@@ -234,6 +349,68 @@ async def lock_provider_message(conn: db.Connection, channel: str, provider_mess
     )
 
 
+async def lock_provider_messages(conn: db.Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """`lock_provider_message` for several (channel, provider id) at once, in a fixed order (two
+    transactions taking some of the same never wait on each other in a circle)."""
+    await conn.execute(
+        "select pg_advisory_xact_lock(k) from (select hashtextextended(c || ':' || p, 0) as k"
+        "  from unnest($1::text[], $2::text[]) as t (c, p) order by 1) as keys",
+        [channel for channel, _ in keys],
+        [provider_id for _, provider_id in keys],
+    )
+
+
+async def settle_sent(
+    conn: db.Connection,
+    token: uuid.UUID,
+    sent: Sequence[tuple[uuid.UUID, str, int, int]],
+    at: dt.datetime,
+) -> set[uuid.UUID]:
+    """`settle_attempt(state='sent')` for many (attempt id, provider id, segments, cost) at once; the ids
+    settled under our claim."""
+    rows = await conn.fetch(
+        "update attempts a set state = 'sent', lease_until = null, provider_message_id = s.provider_id,"
+        "  segments = s.segments, cost_minor = s.cost, error = null, sent_at = $3, updated_at = now()"
+        " from unnest($1::uuid[], $2::text[], $4::int[], $5::int[]) as s (id, provider_id, segments, cost)"
+        " where a.id = s.id and a.claim_token = $6 and a.state in ('in_flight', 'unknown')"
+        " returning a.id",
+        [attempt_id for attempt_id, _, _, _ in sent],
+        [provider_id for _, provider_id, _, _ in sent],
+        at,
+        [segments for _, _, segments, _ in sent],
+        [cost for _, _, _, cost in sent],
+        token,
+    )
+    return {r["id"] for r in rows}
+
+
+async def mark_messages_sent(conn: db.Connection, message_ids: list[uuid.UUID]) -> None:
+    """Messages whose send was accepted become 'sent' unless they moved on (delivered, superseded...)."""
+    await conn.execute(
+        "update messages set state = 'sent', updated_at = now()"
+        " where id = any($1::uuid[]) and state in ('sending', 'unknown', 'queued', 'deferred')",
+        message_ids,
+    )
+
+
+async def append_outbox(conn: db.Connection, events: Sequence[Event]) -> None:
+    """Several events into the outbox in one statement (the caller's transaction)."""
+    if events:
+        await conn.execute(outbox.insert_from_columns("$1", "$2", "$3"), *outbox.as_columns(*events))
+
+
+async def take_early_receipts(conn: db.Connection, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
+    """`take_early_receipt` for several (channel, provider id) at once."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "delete from early_receipts e using unnest($1::text[], $2::text[]) as k (channel, provider_id)"
+        " where e.channel = k.channel and e.provider_message_id = k.provider_id"
+        " returning e.channel, e.provider_message_id, e.status, e.at, e.reason",
+        [channel for channel, _ in keys],
+        [provider_id for _, provider_id in keys],
+    )
+    return rows
+
+
 async def save_early_receipt(
     conn: db.Connection, channel: str, provider_message_id: str, *, status: str, at: dt.datetime, reason: str
 ) -> None:
@@ -306,6 +483,22 @@ async def add_timeline(
         what,
         channel,
         detail[:500],
+    )
+
+
+async def add_timelines(conn: db.Connection, entries: Sequence[TimelineNote]) -> None:
+    """Several timeline entries in one statement, kept in the given order (their ids follow it)."""
+    if not entries:
+        return
+    await conn.execute(
+        "insert into timeline (message_id, at, what, channel, detail)"
+        " select m, a, w, c, d from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])"
+        "  with ordinality as e(m, a, w, c, d, n) order by n",
+        [e.message_id for e in entries],
+        [e.at for e in entries],
+        [e.what for e in entries],
+        [e.channel for e in entries],
+        [e.detail[:500] for e in entries],
     )
 
 

@@ -4,48 +4,119 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from services.common import db
-from services.notifier.store.rows import RecipientRow, as_row
+from services.notifier.store.rows import NewRecipient, RecipientFacts, RecipientRow, as_row
 
 # --- recipients -----------------------------------------------------------------------------------------
 
 
-async def upsert_recipient(
-    conn: db.Connection,
-    *,
-    new_id: uuid.UUID,
-    phone_hash: bytes,
-    phone_enc: bytes,
-    phone_masked: str,
-    lang: str,
-    tz: str,
-    tz_rule: str,
-) -> RecipientRow:
-    """The recipient of this phone, created if new. A zone the event named wins over a derived one."""
+# A zone the event named wins over a derived one; the language is the latest event's.
+_UPSERT_RECIPIENT = (
+    " on conflict (phone_hash) do update set lang = excluded.lang,"
+    "  tz = case when excluded.tz_rule = 'event' or recipients.tz_rule <> 'event'"
+    "   then excluded.tz else recipients.tz end,"
+    "  tz_rule = case when excluded.tz_rule = 'event' or recipients.tz_rule <> 'event'"
+    "   then excluded.tz_rule else recipients.tz_rule end,"
+    "  updated_at = now()"
+    " returning *"
+)
+
+
+async def upsert_recipient(conn: db.Connection, new: NewRecipient) -> RecipientRow:
+    """The recipient of this phone, created if new (the row stays locked by this transaction)."""
     record = await conn.fetchrow(
         "insert into recipients (id, phone_hash, phone_enc, phone_masked, lang, tz, tz_rule)"
-        " values ($1, $2, $3, $4, $5, $6, $7)"
-        " on conflict (phone_hash) do update set lang = excluded.lang,"
-        "  tz = case when excluded.tz_rule = 'event' or recipients.tz_rule <> 'event'"
-        "   then excluded.tz else recipients.tz end,"
-        "  tz_rule = case when excluded.tz_rule = 'event' or recipients.tz_rule <> 'event'"
-        "   then excluded.tz_rule else recipients.tz_rule end,"
-        "  updated_at = now()"
-        " returning *",
-        new_id,
-        phone_hash,
-        phone_enc,
-        phone_masked,
-        lang,
-        tz,
-        tz_rule,
+        " values ($1, $2, $3, $4, $5, $6, $7)" + _UPSERT_RECIPIENT,
+        new.new_id,
+        new.phone_hash,
+        new.phone_enc,
+        new.phone_masked,
+        new.lang,
+        new.tz,
+        new.tz_rule,
     )
     row: RecipientRow = as_row(RecipientRow, record)
     return row
+
+
+async def upsert_recipients(conn: db.Connection, new: Sequence[NewRecipient]) -> dict[bytes, RecipientRow]:
+    """`upsert_recipient` for several distinct phones in one statement, by phone hash. Rows are taken in
+    phone-hash order, so two transactions upserting some of the same people lock them in one order."""
+    records = await conn.fetch(
+        "insert into recipients (id, phone_hash, phone_enc, phone_masked, lang, tz, tz_rule)"
+        " select * from unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::text[],"
+        "  $7::text[]) as r order by 2" + _UPSERT_RECIPIENT,
+        [r.new_id for r in new],
+        [r.phone_hash for r in new],
+        [r.phone_enc for r in new],
+        [r.phone_masked for r in new],
+        [r.lang for r in new],
+        [r.tz for r in new],
+        [r.tz_rule for r in new],
+    )
+    return {r["phone_hash"]: as_row(RecipientRow, r) for r in records}
+
+
+async def recipients_facts(
+    conn: db.Connection, asked: Sequence[tuple[uuid.UUID, str, dt.datetime, dt.datetime]]
+) -> list[RecipientFacts]:
+    """`recipient_facts` for several (recipient, category, start, end) in one round trip, in order."""
+    records = await conn.fetch(
+        "select exists (select 1 from opt_outs o where o.recipient_id = q.id and o.category = q.category)"
+        "  as opted_out,"
+        " array(select channel from bindings b where b.recipient_id = q.id order by bound_at) as channels,"
+        " array(select chat_id from bindings b where b.recipient_id = q.id order by bound_at) as chats,"
+        " (select count(*) from attempts a join messages m on m.id = a.message_id"
+        "  where m.recipient_id = q.id and a.kind = 'sms' and not m.urgent and not m.legally_required"
+        "  and a.state in ('ready', 'in_flight', 'sent', 'delivered', 'unknown')"
+        "  and coalesce(a.sent_at, a.not_before) >= q.day_start"
+        "  and coalesce(a.sent_at, a.not_before) < q.day_end) as sms"
+        " from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])"
+        "  with ordinality as q (id, category, day_start, day_end, n) order by q.n",
+        [a[0] for a in asked],
+        [a[1] for a in asked],
+        [a[2] for a in asked],
+        [a[3] for a in asked],
+    )
+    return [
+        RecipientFacts(
+            opted_out=r["opted_out"],
+            bindings=dict(zip(r["channels"], r["chats"], strict=True)),
+            non_critical_sms=r["sms"],
+        )
+        for r in records
+    ]
+
+
+async def recipient_facts(
+    conn: db.Connection, recipient_id: uuid.UUID, category: str, start: dt.datetime, end: dt.datetime
+) -> RecipientFacts:
+    """Opt-out of `category`, bound messengers and non-critical SMS in [start, end) in one round trip
+    (the three questions `opted_out`, `bindings_of` and `non_critical_sms_between` answer one by one)."""
+    record = await conn.fetchrow(
+        "select exists (select 1 from opt_outs where recipient_id = $1 and category = $2) as opted_out,"
+        " array(select channel from bindings where recipient_id = $1 order by bound_at) as channels,"
+        " array(select chat_id from bindings where recipient_id = $1 order by bound_at) as chats,"
+        " (select count(*) from attempts a join messages m on m.id = a.message_id"
+        "  where m.recipient_id = $1 and a.kind = 'sms' and not m.urgent and not m.legally_required"
+        "  and a.state in ('ready', 'in_flight', 'sent', 'delivered', 'unknown')"
+        "  and coalesce(a.sent_at, a.not_before) >= $3 and coalesce(a.sent_at, a.not_before) < $4) as sms",
+        recipient_id,
+        category,
+        start,
+        end,
+    )
+    assert record is not None
+    return RecipientFacts(
+        opted_out=record["opted_out"],
+        bindings=dict(zip(record["channels"], record["chats"], strict=True)),
+        non_critical_sms=record["sms"],
+    )
 
 
 async def get_recipient(conn: db.Connection, recipient_id: uuid.UUID) -> RecipientRow | None:
@@ -233,6 +304,24 @@ async def save_callback_contact(
         page_url,
     )
     return bool(inserted)
+
+
+async def save_callback_contacts(
+    conn: db.Connection, contacts: Sequence[tuple[uuid.UUID, uuid.UUID, str, str, str]]
+) -> set[uuid.UUID]:
+    """`save_callback_contact` for several (callback id, recipient id, site key, lang, page url) at once;
+    the callback ids whose contact is new (the others kept theirs)."""
+    rows = await conn.fetch(
+        "insert into callback_contacts (callback_id, recipient_id, site_key, lang, page_url)"
+        " select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
+        " on conflict (callback_id) do nothing returning callback_id",
+        [c[0] for c in contacts],
+        [c[1] for c in contacts],
+        [c[2] for c in contacts],
+        [c[3] for c in contacts],
+        [c[4] for c in contacts],
+    )
+    return {r["callback_id"] for r in rows}
 
 
 async def callback_contact(conn: db.Connection, callback_id: uuid.UUID) -> asyncpg.Record | None:

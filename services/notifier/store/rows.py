@@ -24,6 +24,18 @@ class RecipientRow(msgspec.Struct, frozen=True, kw_only=True):
     phone_invalid_at: dt.datetime | None
 
 
+class NewRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    """A recipient row to upsert (store.upsert_recipient / upsert_recipients)."""
+
+    new_id: uuid.UUID
+    phone_hash: bytes
+    phone_enc: bytes
+    phone_masked: str
+    lang: str
+    tz: str
+    tz_rule: str
+
+
 class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     event_id: uuid.UUID
@@ -81,6 +93,36 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     what: str
     channel: str
     detail: str
+
+
+class NewAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """A new message's first attempt (store.start_attempts): no edit, not a fallback."""
+
+    message_id: uuid.UUID
+    channel: str
+    kind: str
+    address: str
+    not_before: dt.datetime
+
+
+class TimelineNote(msgspec.Struct, frozen=True):
+    """A timeline entry to write (store.add_timelines writes several in one statement)."""
+
+    message_id: uuid.UUID
+    at: dt.datetime
+    what: str
+    channel: str = ""
+    detail: str = ""
+
+
+class RecipientFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What planning asks about a recipient, read in one query (store.recipient_facts)."""
+
+    opted_out: bool
+    # channel -> chat id of bound messengers, oldest binding first.
+    bindings: dict[str, str]
+    # Non-critical SMS going or gone in the asked interval (the fatigue budget).
+    non_critical_sms: int
 
 
 # msgspec.structs.fields resolves the (postponed) annotations on every call: a profile of the benchmark
