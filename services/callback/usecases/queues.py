@@ -73,15 +73,21 @@ def joins_line(event: CallbackEvent) -> bool:
     return isinstance(event, CallbackScheduled) and event.reason in _BIRTH_REASONS
 
 
-class _History(msgspec.Struct, kw_only=True):
-    """A queue's handle-time history as read, and the busy calls last seen with their elapsed times then."""
+class _History(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's handle-time history as read."""
 
     read_at: float  # monotonic
     last_handled: object  # the latest handled attempt when read (None: no history)
     handle_times_s: tuple[float, ...]
     extra_attempts: float
-    busy_started: tuple[dt.datetime, ...] | None = None
-    busy_elapsed_s: tuple[float, ...] = ()
+
+
+class _BusyCalls(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's busy calls (their starts) as first seen, with how long each had run then."""
+
+    seen_at: float  # monotonic
+    started: tuple[dt.datetime, ...]
+    elapsed_s: tuple[float, ...]
 
 
 class QueueReads(msgspec.Struct, kw_only=True):
@@ -151,6 +157,7 @@ class QueueCache:
         # Each queue's handle-time history for requests, which read their live figures themselves.
         self._history: dict[tuple[str, str], _History] = {}
         self._history_generations: dict[tuple[str, str], int] = {}
+        self._busy: dict[tuple[str, str], _BusyCalls] = {}
 
     async def snapshot(
         self,
@@ -257,12 +264,15 @@ class QueueCache:
             # A read begun before a call ended is used by its caller but not kept.
             if self._history_generations.get(key, 0) == generation:
                 self._history[key] = kept
-        if kept.busy_started != busy_started:
-            kept.busy_started = busy_started
-            kept.busy_elapsed_s = tuple(max((now - started).total_seconds(), 0.0) for started in busy_started)
+        busy = self._busy.get(key)
+        if busy is None or busy.started != busy_started or self.monotonic() - busy.seen_at >= self.ttl_s:
+            elapsed_s = tuple(max((now - started).total_seconds(), 0.0) for started in busy_started)
+            busy = self._busy[key] = _BusyCalls(
+                seen_at=self.monotonic(), started=busy_started, elapsed_s=elapsed_s
+            )
         return QueueSnapshot(
             ready_agents=ready_agents,
-            busy_elapsed_s=kept.busy_elapsed_s,
+            busy_elapsed_s=busy.elapsed_s,
             ahead=due_now,
             later_due_s=later_due_s,
             handle_time_samples_s=kept.handle_times_s,
