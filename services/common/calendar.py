@@ -166,10 +166,11 @@ def _offset_at(tz: ZoneInfo, instant: dt.datetime) -> dt.timedelta:
     return offset
 
 
-def offset_segments(
+def _probe_segments(
     tz: ZoneInfo, start: dt.datetime, end: dt.datetime
 ) -> list[tuple[Interval, dt.timedelta]]:
-    """Split UTC [start, end) into pieces of constant UTC offset in `tz`, exact to the microsecond."""
+    """Split UTC [start, end) into pieces of constant UTC offset in `tz` by probing every hour and
+    bisecting a change to the microsecond."""
     segments: list[tuple[Interval, dt.timedelta]] = []
     segment_start, offset = start, _offset_at(tz, start)
     probe = start
@@ -189,6 +190,37 @@ def offset_segments(
         segments.append(((segment_start, high), offset))
         segment_start, offset, probe = high, _offset_at(tz, high), high
     segments.append(((segment_start, end), offset))
+    return segments
+
+
+# Offsets are probed once per zone and UTC week (from the epoch) and kept: promises and slots split two
+# weeks into offset pieces for every offer and request, and an hourly probe is a zone lookup each.
+_OFFSET_BLOCK = dt.timedelta(days=7)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@functools.lru_cache(maxsize=2048)
+def _block_segments(tz: ZoneInfo, block: int) -> tuple[tuple[Interval, dt.timedelta], ...]:
+    start = _EPOCH + block * _OFFSET_BLOCK
+    return tuple(_probe_segments(tz, start, start + _OFFSET_BLOCK))
+
+
+def offset_segments(
+    tz: ZoneInfo, start: dt.datetime, end: dt.datetime
+) -> list[tuple[Interval, dt.timedelta]]:
+    """Split UTC [start, end) into pieces of constant UTC offset in `tz`, exact to the microsecond."""
+    if end <= start or start.tzinfo is None:
+        return _probe_segments(tz, start, end)
+    segments: list[tuple[Interval, dt.timedelta]] = []
+    for block in range((start - _EPOCH) // _OFFSET_BLOCK, (end - _TICK - _EPOCH) // _OFFSET_BLOCK + 1):
+        for (piece_start, piece_end), offset in _block_segments(tz, block):
+            low, high = max(piece_start, start), min(piece_end, end)
+            if low >= high:
+                continue
+            if segments and segments[-1][1] == offset and segments[-1][0][1] == low:
+                segments[-1] = ((segments[-1][0][0], high), offset)  # one piece across a week's bound
+            else:
+                segments.append(((low, high), offset))
     return segments
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,14 +14,26 @@ import pytest
 from support.callback_api import site_body
 from support.harness import migrate_service
 
-from services.callback.schemas import CallbackCreate, SiteSettings
+from services.callback.domain import promise
+from services.callback.schemas import CallbackCreate, CallbackCreated, SiteSettings
 from services.callback.store import callbacks as callback_store
 from services.callback.store import sites as site_store
 from services.callback.usecases.intake import Intake
+from services.callback.usecases.presence import PresenceAgents
+from services.callback.usecases.queues import QueueCache, joins_line
+from services.callback.usecases.repromise import Repromiser
 from services.callback.usecases.sites import SiteDirectory
 from services.common import db as dbmod
 from services.common.crypto import DataProtector
 from services.common.domain_errors import TooMany
+from services.common.events import (
+    CallbackCancelled,
+    CallbackCompleted,
+    CallbackDialing,
+    CallbackMerged,
+    CallbackRequested,
+    CallbackScheduled,
+)
 from services.common.settings import Settings
 
 
@@ -36,8 +49,12 @@ async def one_connection(settings: Settings) -> AsyncIterator[Intakes]:
     pool = await dbmod.create_pool(settings.database_url, "callback", max_size=1, min_size=1)
     async with pool.acquire() as conn:
         await site_store.upsert_site(conn, "shop", msgspec.convert(site_body(), SiteSettings))
+    sites = SiteDirectory(pool)
+    # The queue's handle-time history is kept for the test's length (in a service: a second), so what a
+    # request sends does not depend on how fast the machine is.
+    queues = QueueCache(PresenceAgents(), sites, ttl_s=3600)
     try:
-        yield Intakes(Intake(pool, DataProtector.from_settings(settings), SiteDirectory(pool)), pool)
+        yield Intakes(Intake(pool, DataProtector.from_settings(settings), sites, queues=queues), pool)
     finally:
         await pool.close()
 
@@ -76,7 +93,8 @@ async def request(intake: Intake, phone: str, *, key: str | None = None, ip: str
 
 async def test_a_request_takes_few_round_trips(one_connection: Intakes) -> None:
     """Before: 23 statements for a new request (20 inside its transaction, three advisory locks, the row
-    inserted as requested and updated to scheduled), 16 for a repeat that joins, 5 for a replay."""
+    inserted as requested and updated to scheduled), 16 for a repeat that joins, 5 for a replay; then 10
+    for a new request (the queue's four reads of its own)."""
     intake, pool = one_connection.intake, one_connection.pool
     # Warm: the site is cached and asyncpg has prepared the statements, as in a running service.
     assert await request(intake, "+79120000001", key="warm") == 201
@@ -91,9 +109,9 @@ async def test_a_request_takes_few_round_trips(one_connection: Intakes) -> None:
     merge_body = msgspec.structs.replace(body, form_token=await form_token(intake))
     async with statements_sent(pool) as merge:
         await intake.create("shop", merge_body, client_ip="10.0.0.2", idempotency_key="k-merge")
-    # BEGIN, the claim, the checks, the queue's fresh read for the promise (offers share a cached one;
-    # a request reads its own, for slot capacity and order), one write, COMMIT and the pool's reset.
-    assert len(fresh) <= 10, fresh
+    # BEGIN, the claim, the checks (with the queue's agents and line, read fresh for the promise and a
+    # slot's capacity), one write, COMMIT and the pool's reset; the handle-time history is shared.
+    assert len(fresh) <= 6, fresh
     assert len(merge) <= 6, merge
     assert len(replay) <= 4, replay
     everything = fresh + merge + replay
@@ -101,6 +119,44 @@ async def test_a_request_takes_few_round_trips(one_connection: Intakes) -> None:
     assert sum("pg_advisory_xact_lock" in q for q in fresh) == 1, "one lock statement (the address budget)"
     writes = [q for q in fresh if q.split()[0].lower() in {"insert", "update", "delete", "with"}]
     assert len(writes) == 2, writes  # the claim and the write
+
+
+async def test_newcomers_to_a_busy_queue_share_one_wait_simulation(one_connection: Intakes) -> None:
+    """Before: every request read the queue afresh, and its busy agent's call had run a little longer at
+    each read, so each request simulated the queue's wait anew (the cost growing with the line). Now the
+    same agents and calls keep one simulation for the cache's TTL, and a newcomer only takes the next place
+    in it: later requests are promised no earlier."""
+    intake, pool = one_connection.intake, one_connection.pool
+    assert await request(intake, "+79120000100") == 201
+    async with pool.acquire() as conn:
+        # The one agent of the queue is on that request's call, begun half a minute ago; nobody is Ready.
+        await conn.execute(
+            "with agent as (insert into agents (id, login, name, password_hash, queues, endpoint)"
+            "  values (gen_random_uuid(), 'busy', 'Busy', 'x', '{default}', 'sim') returning id),"
+            " attempt as (insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state,"
+            "  started_at) select gen_random_uuid(), c.id, 1, agent.id, 'sim', 'connected',"
+            "  now() - interval '30 seconds' from callbacks c, agent returning id, agent_id, callback_id)"
+            " insert into agent_presence (agent_id, status, ready_since, last_seen_at, current_callback,"
+            "  current_attempt) select agent_id, 'ready', now(), now(), callback_id, id from attempt"
+        )
+        await conn.execute("update callbacks set status = 'connected'")
+    # Forms first: an offer reads the queue its own way (and may simulate it), which is not counted here.
+    forms = [await form_token(intake) for _ in range(12)]
+    curves = promise.WORK.curves
+    answers: list[CallbackCreated] = []
+    for n, form in enumerate(forms):
+        body = CallbackCreate(
+            phone=f"+791200002{n:02d}", visitor_tz="Europe/Moscow", form_token=form, consent=True
+        )
+        status, created = await intake.create("shop", body, client_ip=f"10.0.5.{n}", idempotency_key=None)
+        assert status == 201
+        answers.append(created)
+    assert promise.WORK.curves - curves <= 1, "one simulation for the queue's agents and calls"
+    promised = [created.promise for created in answers]
+    assert all(p is not None and p.kind == "asap" for p in promised), promised
+    latest = [p.latest for p in promised if p is not None]
+    assert latest == sorted(latest), "each newcomer is one place further back"
+    assert latest[-1] > latest[0]
 
 
 async def test_concurrent_replays_of_one_key_make_one_request(
@@ -394,3 +450,56 @@ async def test_an_attempt_carries_its_requests_queue(one_connection: Intakes) ->
         )
     assert attempt is not None
     assert (attempt["org_id"], attempt["queue"]) == ("default", "default")
+
+
+# --- what a newcomer changes ----------------------------------------------------------------------------
+
+
+def test_a_newcomer_or_a_repeat_changes_only_the_line() -> None:
+    """Their events move nobody already waiting and no agent: the re-promise pass and the queue's kept
+    agents and simulation ignore them. Before, every request's `callback.scheduled` sent the re-promise
+    pass over the queue's waiting requests (up to 100, each a promise) once a second under intake load."""
+    at = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    ids = {"callback_id": uuid.uuid4(), "site_key": "shop"}
+    window = {"due_at": at, "promised_earliest": at, "promised_latest": at}
+    births = [
+        CallbackRequested(
+            **ids,
+            state="requested",
+            phone="+79120000001",
+            visitor_tz="Europe/Moscow",
+            lang="ru",
+            promised_earliest=at,
+            promised_latest=at,
+            promise_kind="asap",
+        ),
+        *(
+            CallbackScheduled(**ids, state="scheduled", reason=reason, **window)
+            for reason in ("queue", "chosen_slot")
+        ),
+        CallbackMerged(**ids, state="scheduled"),
+    ]
+    changes = [
+        CallbackScheduled(**ids, state="scheduled", reason=reason, **window)
+        for reason in ("rescheduled", "repromise", "retry_after_busy", "outside_window")
+    ]
+    changes += [
+        CallbackDialing(**ids, state="dialing", attempt=1),
+        CallbackCompleted(**ids, state="completed"),
+        CallbackCancelled(**ids, state="cancelled"),
+    ]
+    assert [joins_line(event) for event in births] == [True] * len(births)
+    assert [joins_line(event) for event in changes] == [False] * len(changes)
+
+
+async def test_the_repromise_pass_ignores_newcomers(one_connection: Intakes) -> None:
+    pool = one_connection.pool
+    repromiser = Repromiser(pool, SiteDirectory(pool))
+    at = dt.datetime.now(dt.UTC)
+    ids = {"callback_id": uuid.uuid4(), "site_key": "shop"}
+    window = {"due_at": at, "promised_earliest": at, "promised_latest": at}
+    await repromiser.notice_event(CallbackScheduled(**ids, state="scheduled", reason="queue", **window))
+    await repromiser.notice_event(CallbackMerged(**ids, state="scheduled"))
+    assert not repromiser._changed, "nothing to look at"  # what a pass would visit
+    await repromiser.notice_event(CallbackDialing(**ids, state="dialing", attempt=1))
+    assert repromiser._changed == {("default", "default")}

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from services.callback.domain.calendar import (
     CalleeWindow,
+    Interval,
     SiteCalendar,
     Slot,
     as_utc,
@@ -42,6 +43,7 @@ from services.callback.domain.staffing import StaffingTimeline
 from services.common.calendar import intersect_intervals
 
 __all__ = [
+    "PROMISE_HORIZON_DAYS",
     "SLOT_SAFETY_FACTOR",
     "WORK",
     "EstimateWork",
@@ -74,7 +76,7 @@ _MONTE_CARLO_RUNS = 600
 _EARLIEST_QUANTILE = 0.10
 # Below this many completed calls an empirical distribution is noise; fall back to Erlang C.
 _MIN_HANDLE_TIME_SAMPLES = 20
-_PROMISE_HORIZON_DAYS = 14
+PROMISE_HORIZON_DAYS = 14
 _TICK = dt.timedelta(microseconds=1)
 
 _Floats = npt.NDArray[np.float64]
@@ -362,11 +364,13 @@ def promise_callback_time(
     *,
     confidence: float = 0.95,
     staffing: StaffingTimeline | None = None,
+    intervals: list[Interval] | None = None,
 ) -> Promise | None:
     """What to promise a visitor at `now`; None when nobody will be at work to call within 14 days.
 
     Agents come from presence now (Ready and on a call) and from the staffing schedule later; never from
-    a guess. `staffing` must cover the 14 days ahead (None: nobody is scheduled).
+    a guess. `staffing` must cover the 14 days ahead (None: nobody is scheduled). `intervals`, when the
+    caller has them already, are `callable_intervals(now, now + 14 days, site, callee)`.
     - A chosen slot (already validated against `bookable_slots` by the caller) is promised as is.
     - ASAP only when someone is at work, the callee is callable now and the whole window up to `latest`
       stays inside the current callable interval: a call that might ring after closing time or into the
@@ -386,8 +390,9 @@ def promise_callback_time(
             latest=as_utc(chosen_slot.end),
             reason="chosen_slot",
         )
-    horizon = now_utc + dt.timedelta(days=_PROMISE_HORIZON_DAYS)
-    intervals = callable_intervals(now_utc, horizon, site, callee)
+    horizon = now_utc + dt.timedelta(days=PROMISE_HORIZON_DAYS)
+    if intervals is None:
+        intervals = callable_intervals(now_utc, horizon, site, callee)
     if not intervals:
         return None
     present = snapshot.ready_agents + len(snapshot.busy_elapsed_s)

@@ -8,9 +8,11 @@ from typing import Any
 
 import msgspec
 
+from services.callback.store.agents import RESERVABLE
 from services.callback.store.aliases import AliasRow
 from services.callback.store.callbacks import CALLBACK_COLUMNS, PENDING_STATES, CallbackRow
 from services.callback.store.idempotency import IdempotentAnswer
+from services.callback.store.stats import newcomer_line_sql
 from services.common import outbox
 from services.common.db import Connection
 from services.common.events import Event
@@ -76,7 +78,8 @@ async def claim(
 
 
 class Checks(msgspec.Struct, kw_only=True, frozen=True):
-    """What the budgets and the merge rule need, each count stopped at its cap (enough to decide)."""
+    """What the budgets and the merge rule need, each count stopped at its cap (enough to decide), and the
+    live part of the queue a new request's promise comes from."""
 
     ip_count: int
     ip_oldest: dt.datetime | None
@@ -84,6 +87,11 @@ class Checks(msgspec.Struct, kw_only=True, frozen=True):
     phone_oldest: dt.datetime | None
     site_count: int
     pending: CallbackRow | None  # the phone's pending request on this site, which a repeat joins
+    ready_agents: int  # Ready, idle, console alive
+    busy_started: tuple[dt.datetime, ...]  # when each busy agent's call began, ascending
+    due_now: int  # requests of the queue due now
+    later_due_s: tuple[float, ...]  # seconds from `now` at which the others fall due, ascending
+    last_handled: uuid.UUID | None  # the queue's latest ended attempt with an agent (its history's mark)
 
 
 _PENDING_SQL = "(" + ", ".join(f"'{state}'" for state in PENDING_STATES) + ")"
@@ -92,7 +100,13 @@ _PENDING_SQL = "(" + ", ".join(f"'{state}'" for state in PENDING_STATES) + ")"
 # request does not grow with a busy site's day or an address's history.
 _CHECKS = (
     "select ip.n as ip_count, ip.oldest as ip_oldest, ph.n as phone_count, ph.oldest as phone_oldest,"
-    " st.n as site_count, p.*"
+    " st.n as site_count, ag.ready, ag.busy, ln.due_now, ln.later,"
+    # The queue's latest handled attempt: its handle-time history, kept by the process, changed if this did
+    # (dial_attempts_queue_handled: one index entry).
+    " (select d.id from dial_attempts d where d.agent_id is not null and d.ended_at is not null"
+    "  and d.ended_at > d.started_at and d.org_id = $5 and d.queue = $11"
+    "  order by d.ended_at desc limit 1) as last_handled,"
+    " p.*"
     # Requests from this address, repeats that joined a pending request (aliases) included.
     " from (select count(*) as n, min(at) as oldest from ("
     "   (select requested_at as at from callbacks where site_key = $1 and client_ip_hash = $2"
@@ -105,7 +119,18 @@ _CHECKS = (
     "   select merged_count, requested_at from callbacks where org_id = $5 and phone_hash = $6"
     "   and requested_at > $7 order by requested_at limit $8) r) ph,"
     " (select count(*) as n from (select 1 from callbacks where site_key = $1 and requested_at >= $9"
-    "   limit $10) r) st"
+    "   limit $10) r) st,"
+    # The queue's agents now: Ready ones, and the start of each busy one's call (any queue's call holds
+    # the agent). A request reads them itself, in its transaction: presence lapses and calls start
+    # without a word to this process, and an agent counted Ready who is not would make a promise early.
+    " (select count(*) filter (where " + RESERVABLE + ") as ready,"
+    "   coalesce(array_agg(d.started_at order by d.started_at) filter (where d.id is not null), '{}')"
+    "   as busy"
+    "  from agents a join agent_presence p on p.agent_id = a.id"
+    "  left join dial_attempts d on d.id = p.current_attempt"
+    "  where a.org_id = $5 and $11 = any(a.queues)) ag,"
+    # The queue's line as a newcomer sees it (under the queue's lock when a slot is booked: exact).
+    " (" + newcomer_line_sql(queue="$11", now="$12", horizon="$13", org_id="$5") + ") ln"
     f" left join lateral (select {CALLBACK_COLUMNS} from callbacks"
     f"  where site_key = $1 and phone_hash = $6 and status in {_PENDING_SQL}) p on true"
 )
@@ -124,8 +149,12 @@ async def checks(
     phone_cap: int,
     site_since: dt.datetime,
     site_cap: int,
+    queue: str,
+    now: dt.datetime,
+    horizon: dt.datetime,
 ) -> Checks:
-    """The budgets (per address, phone and site) and the phone's pending request, in one round trip."""
+    """The budgets (per address, phone and site), the phone's pending request, and the queue's agents and
+    line as of `now` (pending requests due before `horizon`), in one round trip."""
     record = await conn.fetchrow(
         _CHECKS,
         site_key,
@@ -138,6 +167,9 @@ async def checks(
         phone_cap,
         site_since,
         site_cap,
+        queue,
+        now,
+        horizon,
     )
     assert record is not None
     values = dict(record)
@@ -153,6 +185,11 @@ async def checks(
         phone_oldest=values["phone_oldest"],
         site_count=int(values["site_count"]),
         pending=pending,
+        ready_agents=int(values["ready"]),
+        busy_started=tuple(values["busy"]),
+        due_now=int(values["due_now"]),
+        later_due_s=tuple(float(offset) for offset in values["later"]),
+        last_handled=values["last_handled"],
     )
 
 

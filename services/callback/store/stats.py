@@ -102,6 +102,26 @@ class NewcomerFigures(msgspec.Struct, frozen=True, kw_only=True):
     rows: int  # rows PostgreSQL returned for these figures
 
 
+def newcomer_line_sql(queue: str, now: str, horizon: str, org_id: str) -> str:
+    """The select of the organisation's queue's line as a newcomer sees it (`due_now`, `later`: seconds
+    from `now` at which the others fall due, ascending), with the given parameter placeholders."""
+    return (
+        f"select count(*) filter (where due_at <= {now}) as due_now,"
+        f" coalesce(array_agg(extract(epoch from (due_at - {now}))::float8 order by due_at)"
+        f"   filter (where due_at > {now}), '{{}}') as later"
+        f" from callbacks where org_id = {org_id} and queue = {queue}"
+        f" and status in ('requested', 'scheduled') and due_at < {horizon}"
+    )
+
+
+async def handle_times(
+    conn: Connection, org_id: str, queue: str, *, history: int = 200
+) -> tuple[tuple[float, ...], float]:
+    """The queue's recent handle times and retries per first attempt (history: it moves only as calls end,
+    so a process may keep it for a while where the live figures are read per request)."""
+    return await _handled(conn, org_id, queue, history)
+
+
 async def newcomer_figures(
     conn: Connection, org_id: str, queue: str, now: dt.datetime, *, horizon: dt.datetime, history: int = 200
 ) -> NewcomerFigures:
@@ -110,11 +130,7 @@ async def newcomer_figures(
     busy = await _busy_elapsed(conn, org_id, queue, now)
     handle_times, extra_attempts = await _handled(conn, org_id, queue, history)
     pending = await conn.fetchrow(
-        "select count(*) filter (where due_at <= $2) as due_now,"
-        " coalesce(array_agg(extract(epoch from (due_at - $2))::float8 order by due_at)"
-        "   filter (where due_at > $2), '{}') as later"
-        " from callbacks where org_id = $4 and queue = $1"
-        " and status in ('requested', 'scheduled') and due_at < $3",
+        newcomer_line_sql(queue="$1", now="$2", horizon="$3", org_id="$4"),
         queue,
         now,
         horizon,

@@ -14,9 +14,18 @@ from zoneinfo import ZoneInfo
 import msgspec
 from prometheus_client import Counter
 
-from services.callback.domain.calendar import CalleeWindow, Slot, offer_slots
+from services.callback.domain.calendar import (
+    CalleeWindow,
+    Interval,
+    SiteCalendar,
+    Slot,
+    as_utc,
+    callable_intervals,
+    offer_slots,
+)
 from services.callback.domain.lifecycle import CallbackState, retime, transition
 from services.callback.domain.promise import (
+    PROMISE_HORIZON_DAYS,
     Promise,
     PromiseReason,
     QueueSnapshot,
@@ -24,6 +33,7 @@ from services.callback.domain.promise import (
     promise_callback_time,
     render_promise_text,
 )
+from services.callback.domain.staffing import ShiftInstance, StaffingSchedule, StaffingTimeline
 from services.callback.schemas import Lang, PromiseView, SiteSettings, SlotRange
 from services.callback.store import callbacks as callback_store
 from services.callback.store import stats
@@ -196,6 +206,76 @@ async def queue_snapshot(
     return snapshot_for(await queue_state(conn, agents, settings, now, org_id=org_id), now)
 
 
+# A site's calendars over the promise horizon are worked out for a stretch this much longer, from the
+# start of the hour, and cut to each `now` within that hour.
+_CALENDAR_REUSE = dt.timedelta(hours=1)
+_CALLEE_WINDOWS_KEPT = 64
+_SITES_KEPT = 256
+_PROMISE_SPAN = dt.timedelta(days=PROMISE_HORIZON_DAYS)
+
+
+class _SiteCalendars:
+    """One site settings object's calendar, staffing schedule, staffing timeline and callable intervals
+    per callee window: each promise asked for them over the two weeks ahead, and walking two weeks of
+    days (offsets, holidays, shifts) costs more than the rest of a request. Intervals and shift instances
+    worked out over a longer stretch and cut to [now, end) are exactly what [now, end) gives: each is the
+    set of instants meeting a rule that does not depend on the stretch."""
+
+    def __init__(self, settings: SiteSettings) -> None:
+        self.settings = settings
+        self.site: SiteCalendar = site_calendar(settings)
+        self.schedule: StaffingSchedule = staffing_schedule(settings)
+        self._timeline: tuple[dt.datetime, StaffingTimeline] | None = None
+        self._callable: dict[CalleeWindow, tuple[dt.datetime, list[Interval]]] = {}
+
+    def timeline(self, now: dt.datetime) -> StaffingTimeline:
+        """`schedule.timeline(now, now + PROMISE_HORIZON)`."""
+        now = as_utc(now)
+        anchor = _anchor(now)
+        if self._timeline is None or self._timeline[0] != anchor:
+            whole = self.schedule.timeline(anchor, anchor + PROMISE_HORIZON + _CALENDAR_REUSE)
+            self._timeline = (anchor, whole)
+        # A timeline keeps the shifts begun up to a day before its start (cut there) that still run.
+        start, end = now - dt.timedelta(days=1), now + PROMISE_HORIZON
+        cut = [
+            ShiftInstance(start=max(i.start, start), end=min(i.end, end), agents=i.agents)
+            for i in self._timeline[1].instances
+            if i.end > now and i.start < end
+        ]
+        cut.sort(key=lambda instance: (instance.start, instance.end))
+        return StaffingTimeline(instances=tuple(cut))
+
+    def callable(self, now: dt.datetime, callee: CalleeWindow) -> list[Interval]:
+        """`callable_intervals(now, now + PROMISE_HORIZON_DAYS days, site, callee)`."""
+        now = as_utc(now)
+        anchor = _anchor(now)
+        kept = self._callable.get(callee)
+        if kept is None or kept[0] != anchor:
+            if len(self._callable) >= _CALLEE_WINDOWS_KEPT:
+                self._callable.clear()
+            whole = callable_intervals(anchor, anchor + _PROMISE_SPAN + _CALENDAR_REUSE, self.site, callee)
+            kept = self._callable[callee] = (anchor, whole)
+        end = now + _PROMISE_SPAN
+        return [(max(a, now), min(b, end)) for a, b in kept[1] if b > now and a < end]
+
+
+def _anchor(now_utc: dt.datetime) -> dt.datetime:
+    return now_utc.replace(minute=0, second=0, microsecond=0)
+
+
+_site_calendars: dict[int, _SiteCalendars] = {}
+
+
+def site_calendars(settings: SiteSettings) -> _SiteCalendars:
+    """The calendars of this settings object (sites are cached as objects: a changed site is a new one)."""
+    kept = _site_calendars.get(id(settings))
+    if kept is None or kept.settings is not settings:
+        if len(_site_calendars) >= _SITES_KEPT:
+            _site_calendars.clear()
+        kept = _site_calendars[id(settings)] = _SiteCalendars(settings)
+    return kept
+
+
 def promise_for(
     now: dt.datetime,
     snapshot: QueueSnapshot,
@@ -203,13 +283,15 @@ def promise_for(
     callee: CalleeWindow,
     slot: Slot | None = None,
 ) -> Promise | None:
+    calendars = site_calendars(settings)
     return promise_callback_time(
         now,
         snapshot,
-        site_calendar(settings),
+        calendars.site,
         callee,
         slot,
-        staffing=staffing_schedule(settings).timeline(now, now + PROMISE_HORIZON),
+        staffing=calendars.timeline(now),
+        intervals=None if slot is not None else calendars.callable(now, callee),
     )
 
 
@@ -217,8 +299,8 @@ def slots_for(
     now: dt.datetime, snapshot: QueueSnapshot, settings: SiteSettings, callee: CalleeWindow
 ) -> list[Slot]:
     """Slots a visitor may choose now: callable, staffed and not full (the ASAP answer's sources)."""
-    staffing = staffing_schedule(settings).timeline(now, now + PROMISE_HORIZON)
-    return bookable_slots(now, snapshot, site_calendar(settings), callee, staffing)
+    calendars = site_calendars(settings)
+    return bookable_slots(now, snapshot, calendars.site, callee, calendars.timeline(now))
 
 
 def ensure_slot_free(

@@ -40,6 +40,7 @@ from services.callback.store import callbacks as callback_store
 from services.callback.store import intake as intake_store
 from services.callback.usecases.common import (
     PHONE_CONTEXT,
+    PROMISE_HORIZON,
     SLOT_MINUTES,
     Clock,
     chosen_slot,
@@ -178,7 +179,8 @@ class Intake:
         is returned for the route because an idempotent replay answers with the original's.
 
         Round trips: BEGIN, the claim (locks, form token, Idempotency-Key), the checks (budgets, the
-        phone's pending request), the queue read for the promise (a new request only), one write, COMMIT."""
+        phone's pending request, the queue's agents and line), one write, COMMIT; and the queue's
+        handle-time history once per queue cache TTL."""
         site = await self.sites.require(site_key)
         settings = site.settings
         now = self.clock()
@@ -228,9 +230,10 @@ class Intake:
                 raise refuse(
                     Invalid, "form_token_spent", "This form was already sent; please reload it", "form_token"
                 )
-            pending = await self._check_budgets(
+            found = await self._check_budgets(
                 conn, site_key, settings, org_id=site.org_id, phone_hash=phone_hash, ip_hash=ip_hash, now=now
             )
+            pending = found.pending
             # The pending request read may be overtaken by a concurrent one (a new request for the number
             # commits first, or the pending one is dialed and finishes): each write says whether it
             # happened, and the other way is taken with a fresh look.
@@ -252,14 +255,16 @@ class Intake:
                         slot=slot,
                         now=now,
                         claim=claim,
+                        queue=found,
                     )
                 if done is not None:
                     break
                 pending = await callback_store.pending_for_phone(conn, site_key, phone_hash)
             if done is None:
                 raise refuse(Conflict, "request_contended", "Please send the request again", "phone")
-        # Committed: this queue's next offer or request here reads it again (other replicas hear the event).
-        self.queues.forget(site.org_id, [settings.queue])
+        # Committed: this queue's next offer here reads its line again (other replicas hear the event). No
+        # call started or ended, so the handle-time history and the wait simulation stay shared.
+        self.queues.forget(site.org_id, [settings.queue], calls=False)
         return done
 
     def _answer(
@@ -320,8 +325,9 @@ class Intake:
         phone_hash: bytes,
         ip_hash: bytes,
         now: dt.datetime,
-    ) -> callback_store.CallbackRow | None:
-        """TooMany when a budget is spent; else the phone's pending request on the site, if any."""
+    ) -> intake_store.Checks:
+        """TooMany when a budget is spent; else the checks' findings: the phone's pending request on the
+        site, if any, and the queue's agents and line as of `now`."""
         abuse = settings.abuse
         window = dt.timedelta(minutes=10)
         day = dt.timedelta(days=1)
@@ -340,6 +346,9 @@ class Intake:
             phone_cap=abuse.per_phone_day,
             site_since=local_midnight,
             site_cap=abuse.daily_cap,
+            queue=settings.queue,
+            now=now,
+            horizon=now + PROMISE_HORIZON,
         )
         if found.ip_count >= abuse.per_ip_10min and found.ip_oldest is not None:
             retry = (found.ip_oldest + window - now).total_seconds()
@@ -352,7 +361,7 @@ class Intake:
         if found.site_count >= abuse.daily_cap:
             retry = (local_midnight + day - now).total_seconds()
             raise refuse(TooMany, "rate_limited", "This site takes no more requests today", None, retry)
-        return found.pending
+        return found
 
     async def _insert(
         self,
@@ -369,13 +378,24 @@ class Intake:
         slot: Slot | None,
         now: dt.datetime,
         claim: intake_store.IdempotencyClaim | None,
+        queue: intake_store.Checks,
     ) -> tuple[int, CallbackCreated] | None:
         """A new request, born scheduled; None (nothing written) when the phone got a pending request
         from a concurrent one meanwhile."""
-        # A request is promised from what PostgreSQL says now, in its own transaction (a slot's last place
-        # under the queue's lock, taken in the claim); the read refreshes the queue's cached one, and the
-        # wait's simulation is shared with every offer and request that sees the same state.
-        snapshot = (await self.queues.snapshot(conn, settings, now, org_id=org_id, fresh=True)).snapshot
+        # A request is promised from what PostgreSQL said in its own transaction's checks (a slot's last
+        # place under the queue's lock, taken in the claim), with the queue's handle-time history; the
+        # wait's simulation is shared with every request that sees the same agents and calls.
+        snapshot = await self.queues.newcomer(
+            conn,
+            settings,
+            now,
+            org_id=org_id,
+            ready_agents=queue.ready_agents,
+            busy_started=queue.busy_started,
+            due_now=queue.due_now,
+            later_due_s=queue.later_due_s,
+            last_handled=queue.last_handled,
+        )
         if slot is not None:
             ensure_slot_free(slot, now, snapshot, settings, callee)
         promise = promise_for(now, snapshot, settings, callee, slot)

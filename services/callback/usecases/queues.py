@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import get_args
 
 import msgspec
 from prometheus_client import Counter
@@ -13,16 +14,23 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from services.callback.domain import promise
-from services.callback.domain.promise import QueueSnapshot
+from services.callback.domain.promise import PromiseReason, QueueSnapshot
 from services.callback.schemas import SiteSettings
 from services.callback.store import stats
 from services.callback.usecases.common import PROMISE_HORIZON
 from services.callback.usecases.presence import AgentAvailability
 from services.callback.usecases.sites import SiteDirectory
 from services.common import db
-from services.common.events import CallbackEvent
+from services.common.events import CallbackEvent, CallbackMerged, CallbackRequested, CallbackScheduled
 
-__all__ = ["QUEUE_TTL_S", "QueueCache", "QueueReads", "QueueView", "newcomer_snapshot"]
+__all__ = [
+    "QUEUE_TTL_S",
+    "QueueCache",
+    "QueueReads",
+    "QueueView",
+    "joins_line",
+    "newcomer_snapshot",
+]
 
 # A queue read is reused this long at most, however quiet the queue looks: presence expiring and calls
 # running on change nothing that announces itself, and another replica's change may arrive late.
@@ -49,6 +57,37 @@ class _EstimateWorkCollector(Collector):
 
 
 REGISTRY.register(_EstimateWorkCollector())
+
+
+# A request is born scheduled with its promise's reason (`callback.scheduled` at birth); later re-times say
+# why they happened instead ("rescheduled", "repromise", "retry_after_…", "outside_window").
+_BIRTH_REASONS = frozenset(get_args(PromiseReason))
+
+
+def joins_line(event: CallbackEvent) -> bool:
+    """A newcomer (its `callback.requested` and birth `callback.scheduled`) or a repeat joining a pending
+    request: the line grows behind everyone already in it (later arrivals never overtake), so nobody's
+    place, no agent and no handle time changes."""
+    if isinstance(event, CallbackRequested | CallbackMerged):
+        return True
+    return isinstance(event, CallbackScheduled) and event.reason in _BIRTH_REASONS
+
+
+class _History(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's handle-time history as read."""
+
+    read_at: float  # monotonic
+    last_handled: object  # the latest handled attempt when read (None: no history)
+    handle_times_s: tuple[float, ...]
+    extra_attempts: float
+
+
+class _BusyCalls(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's busy calls (their starts) as first seen, with how long each had run then."""
+
+    seen_at: float  # monotonic
+    started: tuple[dt.datetime, ...]
+    elapsed_s: tuple[float, ...]
 
 
 class QueueReads(msgspec.Struct, kw_only=True):
@@ -115,6 +154,10 @@ class QueueCache:
         # Bumped by `forget`: a read begun before a change is neither stored nor joined after it.
         self._generations: dict[tuple[str, str], int] = {}
         self._reading: dict[tuple[str, str], tuple[int, asyncio.Future[QueueView]]] = {}
+        # Each queue's handle-time history for requests, which read their live figures themselves.
+        self._history: dict[tuple[str, str], _History] = {}
+        self._history_generations: dict[tuple[str, str], int] = {}
+        self._busy: dict[tuple[str, str], _BusyCalls] = {}
 
     async def snapshot(
         self,
@@ -181,17 +224,77 @@ class QueueCache:
         QUEUE_ROWS.inc(rows)
         return snapshot
 
-    def forget(self, org_id: str, queues: Iterable[str]) -> None:
-        """These queues of the organisation changed: the next use reads them again."""
+    async def newcomer(
+        self,
+        conn: db.Connection,
+        settings: SiteSettings,
+        now: dt.datetime,
+        *,
+        org_id: str,
+        ready_agents: int,
+        busy_started: tuple[dt.datetime, ...],
+        due_now: int,
+        later_due_s: tuple[float, ...],
+        last_handled: object,
+    ) -> QueueSnapshot:
+        """A request's snapshot from the live figures it read in its own transaction (Ready agents, busy
+        calls' starts, the line, the latest handled attempt) and the queue's handle-time history, read
+        through `conn` again when another attempt is the latest, after `ttl_s`, or when a call's end is
+        heard of (`forget`). The same busy calls seen again within `ttl_s` keep the elapsed times of when
+        they were first seen: the snapshot then equals the one before but for the line, so its wait
+        simulation (keyed without the line) is shared instead of redone for every newcomer. Counted from
+        the later `now`, each such call is given up to `ttl_s` more to run than it has left: the promise
+        comes out that much later at most, never earlier."""
+        key = (org_id, settings.queue)
+        kept = self._history.get(key)
+        if kept is None or kept.last_handled != last_handled or self.monotonic() - kept.read_at >= self.ttl_s:
+            generation = self._history_generations.get(key, 0)
+            read_at = self.monotonic()
+            handle_times_s, extra_attempts = await stats.handle_times(conn, org_id, settings.queue)
+            kept = _History(
+                read_at=read_at,
+                last_handled=last_handled,
+                handle_times_s=handle_times_s,
+                extra_attempts=extra_attempts,
+            )
+            self.work.reads += 1
+            self.work.rows += len(handle_times_s)
+            QUEUE_READS.inc()
+            QUEUE_ROWS.inc(len(handle_times_s))
+            # A read begun before a call ended is used by its caller but not kept.
+            if self._history_generations.get(key, 0) == generation:
+                self._history[key] = kept
+        busy = self._busy.get(key)
+        if busy is None or busy.started != busy_started or self.monotonic() - busy.seen_at >= self.ttl_s:
+            elapsed_s = tuple(max((now - started).total_seconds(), 0.0) for started in busy_started)
+            busy = self._busy[key] = _BusyCalls(
+                seen_at=self.monotonic(), started=busy_started, elapsed_s=elapsed_s
+            )
+        return QueueSnapshot(
+            ready_agents=ready_agents,
+            busy_elapsed_s=busy.elapsed_s,
+            ahead=due_now,
+            later_due_s=later_due_s,
+            handle_time_samples_s=kept.handle_times_s,
+            extra_attempts=kept.extra_attempts,
+        )
+
+    def forget(self, org_id: str, queues: Iterable[str], *, calls: bool = True) -> None:
+        """These queues of the organisation changed: the next use reads them again. `calls=False`: only
+        their lines changed (a newcomer), no call started or ended."""
         for queue in queues:
             key = (org_id, queue)
             self._entries.pop(key, None)
             self._generations[key] = self._generations.get(key, 0) + 1
+            if calls:
+                self._history.pop(key, None)
+                self._history_generations[key] = self._history_generations.get(key, 0) + 1
 
     async def notice_event(self, event: CallbackEvent) -> None:
-        """A callback event from any replica: its queue changed (a request joined, left or moved)."""
+        """A callback event from any replica: its queue changed (a request joined, left or moved; a call
+        started or ended)."""
         if self.sites is None:
             return
         site = await self.sites.get(event.site_key)
         if site is not None:
-            self.forget(site.org_id, [site.settings.queue])
+            self.forget(site.org_id, [site.settings.queue], calls=not joins_line(event))

@@ -21,9 +21,10 @@ from services.callback.usecases.common import (
     utc_now,
 )
 from services.callback.usecases.presence import AgentAvailability, PresenceAgents
+from services.callback.usecases.queues import joins_line
 from services.callback.usecases.sites import SiteDirectory, callee_window
 from services.common import db
-from services.common.events import CallbackEvent, CallbackRequested, CallbackScheduled
+from services.common.events import CallbackEvent, CallbackScheduled
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ class Repromiser:
 
     async def notice_event(self, event: CallbackEvent) -> None:
         """A callback event: its queue changed, unless the event changes nobody else's wait (a newcomer
-        joins behind everyone) or is a re-promise itself (which would feed on itself)."""
-        if isinstance(event, CallbackRequested):
+        joins behind everyone, a repeat joins a pending request) or is a re-promise itself (which would
+        feed on itself)."""
+        if joins_line(event):
             return
         if isinstance(event, CallbackScheduled) and event.reason == REASON:
             return
