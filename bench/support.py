@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,11 +204,11 @@ class CpuMeter:
         )
 
 
-def _run_coroutine(target: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
+def _run_coroutine(target: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> Any:
     return asyncio.run(target(*args))
 
 
-async def in_load_process(target: Callable[..., Awaitable[T]], *args: Any) -> T:
+async def in_load_process(target: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Run `target(*args)` (a module-level coroutine function; picklable arguments) in a fresh process and
     return its result: the load generator's own CPU is then not the service's or this process's.
 
