@@ -155,13 +155,11 @@ def report(title: str, body: str, args: argparse.Namespace) -> None:
         append_report(title, body)
 
 
-def cpu_seconds(root: int, *, with_children: bool = False) -> float:
-    """User+system CPU seconds of process `root` (and, with_children, its direct children: PostgreSQL's
-    backends under the postmaster), from /proc; 0 where there is no /proc.
-
-    Throughput on a shared machine swings with the neighbours; CPU per request does much less."""
+def process_cpu(root: int, *, with_children: bool = False) -> dict[int, float]:
+    """User+system CPU seconds of process `root` (and, with_children, of each direct child: PostgreSQL's
+    backends under the postmaster) by pid, from /proc; empty where there is no /proc."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0.0
+    found: dict[int, float] = {}
     proc = Path("/proc")
     for entry in proc.iterdir() if (proc / "self" / "stat").exists() else []:
         if not entry.name.isdigit():
@@ -171,30 +169,45 @@ def cpu_seconds(root: int, *, with_children: bool = False) -> float:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
             pid, ppid = int(entry.name), int(fields[1])
             if pid == root or (with_children and ppid == root):
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+                found[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_seconds(root: int, *, with_children: bool = False) -> float:
+    """Throughput on a shared machine swings with the neighbours; CPU per request does much less."""
+    return sum(process_cpu(root, with_children=with_children).values())
 
 
 class CpuMeter:
     """CPU seconds spent by named processes between start() and stop(): {"service": pid, ...}; a name
-    ending in "+" (like "postgres+") counts the process's direct children too."""
+    ending in "+" (like "postgres+") counts the process's direct children too.
+
+    Counted per process: a backend that started meanwhile counts from zero; one that ended meanwhile
+    counts nothing (its last figures are gone), so a delta is never negative."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
-        self._start: dict[str, float] = {}
+        self._start: dict[str, dict[int, float]] = {}
         self.used: dict[str, float] = {}
+        self._started_at = 0.0
+        self.elapsed = 0.0
 
-    def _sample(self) -> dict[str, float]:
+    def _sample(self) -> dict[str, dict[int, float]]:
         return {
-            name.rstrip("+"): cpu_seconds(pid, with_children=name.endswith("+"))
+            name.rstrip("+"): process_cpu(pid, with_children=name.endswith("+"))
             for name, pid in self.pids.items()
         }
 
     def start(self) -> None:
         self._start = self._sample()
+        self._started_at = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
-        self.used = {name: value - self._start[name] for name, value in self._sample().items()}
+        self.elapsed = time.perf_counter() - self._started_at
+        self.used = {
+            name: sum(max(seconds - self._start[name].get(pid, 0.0), 0.0) for pid, seconds in now.items())
+            for name, now in self._sample().items()
+        }
         return self.used
 
     def per(self, count: int) -> str:
