@@ -353,7 +353,7 @@ async def measure(args: Any, work: Path) -> str:
     notes: list[str] = []
     fills: list[str] = []
     try:
-        await wait_ready(base, proc, log)
+        await wait_ready(base, proc, log, timeout_s=180)  # generous: a loaded machine starts slowly
         pg = await asyncpg.connect(postgres.url)
         # The fill writes gigabytes of WAL: checkpoints every 1 GB (the default) would fsync mid-fill.
         await pg.execute("alter system set max_wal_size = '8GB'")

@@ -344,7 +344,7 @@ async def measure(args: Any, work: Path) -> str:
     rows: list[str] = []
     notes: list[str] = []
     try:
-        await wait_ready(base, proc, log)
+        await wait_ready(base, proc, log, timeout_s=180)  # generous: a loaded machine starts slowly
         async with httpx.AsyncClient() as probe:
             for _ in range(300):
                 if sandbox.returncode is not None:
