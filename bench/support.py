@@ -3,18 +3,25 @@ service started as its own process (as a container runs it) against the bench's 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
+import multiprocessing
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "docs" / "benchmarks.md"
 _REPORT_HEADER = (
@@ -120,3 +127,159 @@ async def stop_service(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -
     except subprocess.TimeoutExpired:
         proc.kill()
         await asyncio.to_thread(proc.wait)
+
+
+# --- shared by the benches: flags, CPU meters, load from another process, flame graphs ------------------
+
+FLAMES = REPO / "docs" / "bench"
+
+
+def bench_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags every bench takes: --quick (a short smoke run, minutes → seconds), --no-report (print
+    only: a run on a busy machine should not land in docs/benchmarks.md) and --no-profile."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run with small counts")
+    parser.add_argument(
+        "--no-report", action="store_true", help="print the table but do not append it to docs/benchmarks.md"
+    )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the py-spy flame graph of the slowest path"
+    )
+    return parser.parse_args(argv)
+
+
+def report(title: str, body: str, args: argparse.Namespace) -> None:
+    """Print the run and append it to docs/benchmarks.md unless --no-report."""
+    print(body)
+    if not args.no_report:
+        append_report(title, body)
+
+
+def process_cpu(root: int, *, with_children: bool = False) -> dict[int, float]:
+    """User+system CPU seconds of process `root` (and, with_children, of each direct child: PostgreSQL's
+    backends under the postmaster) by pid, from /proc; empty where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found: dict[int, float] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if (proc / "self" / "stat").exists() else []:
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after the ")" closing the command name: state ppid ... utime(14) stime(15).
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            pid, ppid = int(entry.name), int(fields[1])
+            if pid == root or (with_children and ppid == root):
+                found[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_seconds(root: int, *, with_children: bool = False) -> float:
+    """Throughput on a shared machine swings with the neighbours; CPU per request does much less."""
+    return sum(process_cpu(root, with_children=with_children).values())
+
+
+class CpuMeter:
+    """CPU seconds spent by named processes between start() and stop(): {"service": pid, ...}; a name
+    ending in "+" (like "postgres+") counts the process's direct children too.
+
+    Counted per process: a backend that started meanwhile counts from zero; one that ended meanwhile
+    counts nothing (its last figures are gone), so a delta is never negative."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, dict[int, float]] = {}
+        self.used: dict[str, float] = {}
+        self._started_at = 0.0
+        self.elapsed = 0.0
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {
+            name.rstrip("+"): process_cpu(pid, with_children=name.endswith("+"))
+            for name, pid in self.pids.items()
+        }
+
+    def start(self) -> None:
+        self._start = self._sample()
+        self._started_at = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        self.elapsed = time.perf_counter() - self._started_at
+        self.used = {
+            name: sum(max(seconds - self._start[name].get(pid, 0.0), 0.0) for pid, seconds in now.items())
+            for name, now in self._sample().items()
+        }
+        return self.used
+
+    def per(self, count: int) -> str:
+        """ "service 3.1 ms, postgres 1.2 ms" per unit of work."""
+        return ", ".join(
+            f"{name} {seconds / max(count, 1) * 1000:.2f} ms" for name, seconds in self.used.items()
+        )
+
+
+def _run_coroutine(target: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> Any:
+    return asyncio.run(target(*args))
+
+
+async def in_load_process(target: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run `target(*args)` (a module-level coroutine function; picklable arguments) in a fresh process and
+    return its result: the load generator's own CPU is then not the service's or this process's.
+
+    The process is spawned (no inherited event loop or connections) and imports `target`'s module anew."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        future = pool.submit(_run_coroutine, target, args)
+        result: T = await asyncio.wrap_future(future)
+        return result
+
+
+@contextlib.asynccontextmanager
+async def flame_graph(
+    pid: int, name: str, *, enabled: bool = True, rate: int = 50
+) -> AsyncIterator[Path | None]:
+    """A py-spy flame graph (SVG) of process `pid` for as long as the block runs, saved as
+    docs/bench/<name>.svg next to the report; yields that path (None when disabled or py-spy is missing).
+
+    py-spy samples from outside (no change to the service, `--nonblocking` so the service is not paused),
+    at `rate` Hz, and writes the file when interrupted."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not enabled or not py_spy.exists():
+        yield None
+        return
+    FLAMES.mkdir(parents=True, exist_ok=True)
+    out = FLAMES / f"{name}.svg"
+    proc = await asyncio.create_subprocess_exec(
+        str(py_spy),
+        "record",
+        "--nonblocking",
+        "--rate",
+        str(rate),
+        "--pid",
+        str(pid),
+        "--output",
+        str(out),
+        "--format",
+        "flamegraph",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield out
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes the graph on Ctrl-C
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            err = b""
+        if not out.exists():
+            print(f"py-spy wrote no flame graph: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+
+
+def flame_note(path: Path | None, what: str) -> str:
+    """The report's line pointing at a flame graph (relative to docs/benchmarks.md), or nothing."""
+    if path is None or not path.exists():
+        return ""
+    return f"Profile of {what}: [{path.name}](bench/{path.name}) (py-spy, 50 Hz, service process)."

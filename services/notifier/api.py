@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import get, post, put
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from services.common import db
 from services.common.auth_guard import requires
-from services.common.errors import ApiError
+from services.common.errors import ApiError, ErrorResponse
 from services.notifier import store
 from services.notifier.context import NOTIFIER_ADMIN, NOTIFIER_READ, PoolDependency, notifier_context
 
@@ -218,6 +219,7 @@ class RecipientRef(msgspec.Struct, kw_only=True):
     tags=["recipients"],
     summary="Find a recipient by phone (in the body: phones never go into URLs)",
     status_code=200,
+    responses={404: ResponseSpec(ErrorResponse, description="No messages were ever sent to this number")},
 )
 async def lookup_recipient(data: JSONBody[PhoneLookup], pool: PoolDependency, state: State) -> RecipientRef:
     notifier = notifier_context(state).require()

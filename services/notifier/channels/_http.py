@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from litestar import Request, post
+from litestar.exceptions import SerializationException
 from litestar.handlers.http_handlers import HTTPRouteHandler
 
 from services.common.errors import ApiError
@@ -62,6 +63,12 @@ def retry_after_of(response: httpx.Response) -> float | None:
         return None
 
 
+def as_object(value: object) -> Mapping[str, Any]:
+    """A member a platform documents as an object; anything else (a number, a list, null) reads as empty,
+    so an update of an unexpected shape is an "other" update rather than a 500 the platform retries."""
+    return value if isinstance(value, dict) else {}
+
+
 def messenger_webhook(
     path: str,
     secret_header: str,
@@ -80,7 +87,7 @@ def messenger_webhook(
             raise ApiError(401, "unauthorized", "The webhook secret is not valid")
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, SerializationException):  # Litestar's own, for malformed JSON: not a 500
             raise ApiError(400, "invalid_request", "The update is not JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request", "The update is not a JSON object")

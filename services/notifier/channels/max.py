@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from litestar.handlers import HTTPRouteHandler
 
-from services.notifier.channels._http import DEFAULT_RETRY_S, messenger_webhook, retry_after_of
+from services.notifier.channels._http import DEFAULT_RETRY_S, as_object, messenger_webhook, retry_after_of
 from services.notifier.channels.base import (
     ChannelKind,
     InboundUpdate,
@@ -126,14 +126,15 @@ def parse_update(body: Mapping[str, Any], *, channel: str = "max") -> InboundUpd
     message = body.get("message")
     if kind != "message_created" or not isinstance(message, dict):
         return InboundUpdate(channel=channel, kind="other", chat_id=str(body.get("chat_id", "")))
-    chat_id = str((message.get("recipient") or {}).get("chat_id", ""))
-    sender_id = (message.get("sender") or {}).get("user_id")
-    content = message.get("body") or {}
-    for attachment in content.get("attachments") or []:
+    chat_id = str(as_object(message.get("recipient")).get("chat_id", ""))
+    sender_id = as_object(message.get("sender")).get("user_id")
+    content = as_object(message.get("body"))
+    attachments = content.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else []:
         if not isinstance(attachment, dict) or attachment.get("type") != "contact":
             continue
-        contact = attachment.get("payload") or {}
-        owner = (contact.get("max_info") or {}).get("user_id")
+        contact = as_object(attachment.get("payload"))
+        owner = as_object(contact.get("max_info")).get("user_id")
         phone = _phone_of(contact)
         # A request_contact answer carries the sender as max_info; a forwarded card is someone else.
         if sender_id is not None and owner == sender_id and phone:

@@ -227,7 +227,7 @@ def parse_sms_ru_receipts(form: Mapping[str, str], *, channel: str = "sms_ru") -
                 if len(lines) > 3
                 else dt.datetime.now(dt.UTC)
             )
-        except ValueError:
+        except (ValueError, OverflowError, OSError):  # a time past time_t is as unreadable as "abc"
             continue
         if code == SMS_RU_DELIVERED:
             receipts.append(
@@ -348,7 +348,7 @@ def parse_smsc_receipt(form: Mapping[str, str], *, channel: str = "smsc") -> lis
         return []
     try:
         at = dt.datetime.fromtimestamp(int(form["ts"]), dt.UTC)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError, OSError):
         at = dt.datetime.now(dt.UTC)
     if code in SMSC_DELIVERED:
         return [DeliveryReceipt(channel=channel, provider_message_id=sms_id, status="delivered", at=at)]
@@ -385,7 +385,8 @@ def receipt_routes(sink: ReceiptSink, secret: str) -> list[HTTPRouteHandler]:
 
     def check(channel: str, token: str) -> None:
         # An empty secret would make every token guessable: such a deployment accepts no receipts.
-        if not secret or not hmac.compare_digest(token, receipt_token(secret, channel)):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500 on a fuzzed URL).
+        if not secret or not hmac.compare_digest(token.encode(), receipt_token(secret, channel).encode()):
             raise ApiError(401, "unauthorized", "The receipt URL's token is not valid")
 
     async def form_of(request: Request[Any, Any, Any]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from litestar.handlers import HTTPRouteHandler
 
-from services.notifier.channels._http import DEFAULT_RETRY_S, call_json, messenger_webhook
+from services.notifier.channels._http import DEFAULT_RETRY_S, as_object, call_json, messenger_webhook
 from services.notifier.channels.base import (
     ChannelKind,
     InboundUpdate,
@@ -110,16 +110,16 @@ def parse_update(body: Mapping[str, Any], *, channel: str = "telegram") -> Inbou
     """What a Telegram update means for bindings: /start <token>, the sender's own contact, stop, blocked."""
     member = body.get("my_chat_member")
     if isinstance(member, dict):
-        chat_id = str((member.get("chat") or {}).get("id", ""))
-        status = (member.get("new_chat_member") or {}).get("status")
+        chat_id = str(as_object(member.get("chat")).get("id", ""))
+        status = as_object(member.get("new_chat_member")).get("status")
         if status == "kicked":
             return InboundUpdate(channel=channel, kind="blocked", chat_id=chat_id)
         return InboundUpdate(channel=channel, kind="other", chat_id=chat_id)
     message = body.get("message")
     if not isinstance(message, dict):
         return InboundUpdate(channel=channel, kind="other", chat_id="")
-    chat_id = str((message.get("chat") or {}).get("id", ""))
-    sender_id = (message.get("from") or {}).get("id")
+    chat_id = str(as_object(message.get("chat")).get("id", ""))
+    sender_id = as_object(message.get("from")).get("id")
     contact = message.get("contact")
     if isinstance(contact, dict):
         # Anyone's contact card can be forwarded; only the sender's own proves the number is theirs.
