@@ -137,16 +137,17 @@ async def case_states(db: asyncpg.Connection, ledger: Ledger) -> tuple[dict[str,
     return states, lost
 
 
-async def settled(db: asyncpg.Connection, ledger: Ledger) -> bool:
-    """Every accepted request and case is final or planned for later, and every outbox is published."""
+async def unsettled(db: asyncpg.Connection, ledger: Ledger) -> collections.Counter[str]:
+    """What is still moving: accepted requests and cases neither final nor planned for later (by state),
+    and unpublished outbox rows (by schema). Empty once the system has settled."""
     callbacks, _ = await callback_states(db, ledger)
     cases, _ = await case_states(db, ledger)
-    if any(s.startswith("in progress") for s in (*callbacks.values(), *cases.values())):
-        return False
+    moving = collections.Counter(s for s in (*callbacks.values(), *cases.values()) if s.startswith("in "))
     for schema in ("callback", "verification", "notifier"):
-        if await db.fetchval(f"select count(*) from {schema}.outbox where published_at is null"):
-            return False
-    return True
+        count = await db.fetchval(f"select count(*) from {schema}.outbox where published_at is null")
+        if count:
+            moving[f"{schema} outbox"] = count
+    return moving
 
 
 async def agents_on_two_calls(db: asyncpg.Connection) -> list[str]:

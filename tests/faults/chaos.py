@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -23,7 +25,7 @@ from support.harness import make_settings, settings_env
 from support.nats_cluster import NatsCluster
 from support.supervisor import Child, NatsChild, PostgresChild, Supervisor, service_child
 
-from faults.audit import DialTap, Findings, audit, events_not_delivered, settled
+from faults.audit import DialTap, Findings, audit, events_not_delivered, unsettled
 from faults.load import CallbackVisitors, CaseOpeners, Ledger, agent_console
 from services.common.embedded import free_port
 from services.common.settings import Settings
@@ -144,6 +146,8 @@ def build(run: Run, sms_url: str, telegram_url: str) -> Settings:
     esia = dev_sandbox(root / "esia-sandbox", "127.0.0.1", free_port())
     registry = dev_registry("127.0.0.1", free_port(), 0.0)
     base_env = settings_env(settings)
+    # Every recipient here lives in Moscow (visitor_tz, +7 91x numbers): quiet half a day from now there.
+    quiet = dt.datetime.now(ZoneInfo("Europe/Moscow")) + dt.timedelta(hours=12)
     sup.add(Child("esia-sandbox", esia.command, base_env, root / "esia-sandbox.log", f"{esia.url}/jwks"))
     sup.add(Child("registry-sandbox", registry.command, base_env, root / "registry-sandbox.log"))
     env = settings_env(
@@ -166,9 +170,9 @@ def build(run: Run, sms_url: str, telegram_url: str) -> Settings:
         ABONENT_SMS_RECEIPT_SECRET="fault-run-receipts",
         ABONENT_NOTIFY_SEND_LEASE_S="5",
         ABONENT_NOTIFY_SMS_DAILY_BUDGET="100",
-        # Quiet hours of one minute: the run may happen at any hour and its messages must go out now.
-        ABONENT_NOTIFY_QUIET_START="03:00",
-        ABONENT_NOTIFY_QUIET_END="03:01",
+        # Quiet hours of one minute, half a day away: the run may happen at any hour, its messages go now.
+        ABONENT_NOTIFY_QUIET_START=f"{quiet:%H:%M}",
+        ABONENT_NOTIFY_QUIET_END=f"{quiet + dt.timedelta(minutes=1):%H:%M}",
     )
     for service in SERVICES:
         port = free_port()
@@ -264,7 +268,7 @@ async def run_faults(form: Form, root: Path) -> tuple[Findings, Run, Ledger]:
                 await put_site(http, abuse={"min_fill_ms": 0, "per_ip_10min": 10000, "per_phone_day": 100})
             ready = [asyncio.Event() for _ in AGENTS]
             tasks += [
-                asyncio.create_task(agent_console(run.urls["callback"], login, flag, stops["agents"]))
+                asyncio.create_task(agent_console(run.urls["callback"], login, flag, stops["agents"], ledger))
                 for login, flag in zip(AGENTS, ready, strict=True)
             ]
             await asyncio.wait_for(asyncio.gather(*(flag.wait() for flag in ready)), 60)
@@ -306,7 +310,11 @@ async def drain_and_audit(
     db = await asyncpg.connect(settings.database_url)
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not await settled(db, ledger):
+        last_said = 0.0
+        while time.monotonic() < deadline and (moving := await unsettled(db, ledger)):
+            if time.monotonic() - last_said > 10:
+                print(f"faults: still moving {dict(moving)}", flush=True)
+                last_said = time.monotonic()
             await asyncio.sleep(0.5)
         run.mark("settled")
         while time.monotonic() < deadline and (await events_not_delivered(db))[0]:
@@ -326,7 +334,8 @@ def report(findings: Findings, run: Run, ledger: Ledger) -> str:
             f"faults load: callbacks {len(ledger.callbacks)}, cases {len(ledger.cases)}, merges tried"
             f" {ledger.merges_tried}, replays {ledger.replays} (mismatched {len(ledger.replay_mismatches)}),"
             f" answers dropped and retried {ledger.lost_answers}, retries {ledger.retries},"
-            f" unanswered {ledger.unanswered}, refused {dict(ledger.refused)}",
+            f" unanswered {ledger.unanswered}, refused {dict(ledger.refused)}; retried after"
+            f" {dict(ledger.retried)}; server errors {dict(ledger.server_errors)}",
             f"faults injected: {', '.join(str(f) for f in run.form.faults)}; failpoints fired"
             f" {run.fired}; restarts {restarts}; not-ready while PostgreSQL was down {run.not_ready_seen}",
             f"faults details: {findings.details}; statuses {dict(findings.statuses)}",

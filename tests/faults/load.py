@@ -34,6 +34,14 @@ class Ledger:
     cases: dict[str, str] = field(default_factory=dict)  # case id -> msisdn
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     retries: int = 0
+    retried: collections.Counter[str] = field(default_factory=collections.Counter)  # why, per path
+    # 5xx other than 503 on any path (a dependency down is 503 with Retry-After; anything else is a bug).
+    server_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def saw(self, what: str, response: httpx.Response | None) -> None:
+        if response is not None and response.status_code >= 500 and response.status_code != 503:
+            self.server_errors[f"{what} {response.status_code}"] += 1
+
     lost_answers: int = 0  # answers the client dropped on purpose (then asked again with the same key)
     replays: int = 0  # a 2xx request sent again with its key: the same id must come back
     replay_mismatches: list[str] = field(default_factory=list)
@@ -68,9 +76,11 @@ async def _until_answered(
             response = await http.request(method, url, json=body, headers=headers)
         except httpx.HTTPError:
             response = None
+        ledger.saw(f"{method} {url}", response)
         if response is not None and response.status_code not in RETRIED:
             return response
         ledger.retries += 1
+        ledger.retried[f"{url.rsplit('/', 1)[-1]} {response.status_code if response else 'no answer'}"] += 1
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 2.0)
     ledger.unanswered += 1
@@ -148,6 +158,7 @@ class CallbackVisitors:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
                 offer = await http.get("/v1/sites/shop/offer", params={"tz": "Europe/Moscow"})
+                self.ledger.saw("GET offer", offer)
                 if offer.status_code == 200:
                     return str(offer.json()["form_token"])
             await asyncio.sleep(0.5)
@@ -192,7 +203,9 @@ class CaseOpeners:
         self.ledger.cases[str(response.json()["id"])] = msisdn
 
 
-async def agent_console(base: str, login: str, ready: asyncio.Event, stop: asyncio.Event) -> None:
+async def agent_console(
+    base: str, login: str, ready: asyncio.Event, stop: asyncio.Event, ledger: Ledger
+) -> None:
     """An agent's open console: registered, signed in, Ready, heartbeating through restarts and outages."""
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         body = {"name": login.title(), "password": "correct horse", "queues": ["default"], "endpoint": "sim"}
@@ -207,6 +220,6 @@ async def agent_console(base: str, login: str, ready: asyncio.Event, stop: async
         ready.set()
         while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError):
-                await http.post("/agent/api/heartbeat")
+                ledger.saw("POST heartbeat", await http.post("/agent/api/heartbeat"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2)

@@ -29,6 +29,7 @@ async def _run(form: Form, tmp_path: Path) -> None:
     assert not findings.unpublished
     assert not findings.dead_letters
     assert not ledger.replay_mismatches, ledger.replay_mismatches[:5]
+    assert not ledger.server_errors, ledger.server_errors
     assert all(run.not_ready_seen.values()), run.not_ready_seen
     assert not run.restarted_during_outage, run.restarted_during_outage
 

@@ -160,7 +160,13 @@ class NatsChild(Child):
         ]  # fmt: skip
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(
-            name=name, command=command, env={}, log=node.log if node else data_dir.parent / f"{name}.log"
+            name=name,
+            command=command,
+            env={},
+            log=node.log if node else data_dir.parent / f"{name}.log",
+            # A cluster member is ready once routed and current (its own health check); one node can only
+            # be lost at a time, so the next fault waits for this.
+            ready_url=f"http://127.0.0.1:{node.http_port}/healthz" if node else "",
         )
 
     @property
