@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,21 +143,34 @@ class PostgresChild(Child):
 
     def launch(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
         # Blocks until it accepts connections (crash recovery included); the watcher runs it in a thread.
-        self.server.start()
+        try:
+            self.server.start()
+        except Exception:
+            # Started but never ready: not left running beside the next try on the same port and files.
+            if self.server.proc is not None and self.server.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.server.proc.pid, signal.SIGKILL)
+                self.server.proc.wait()
+            raise
         assert self.server.proc is not None
         return self.server.proc
 
 
 class NatsChild(Child):
-    """One nats-server: alone (fixed port and store), or a member of a NatsCluster."""
+    """One nats-server: alone (fixed port and store), or a member of a NatsCluster (its ports, store and
+    routes; restarted in place it rejoins as the same member with what it had written)."""
 
     def __init__(self, name: str, data_dir: Path, node: ClusterNode | None = None) -> None:
         self.node = node
         self.port = node.port if node else free_port()
         command = [
             nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(data_dir),
-            "--server_name", name,
+            "--server_name", node.name if node else name,
         ]  # fmt: skip
+        if node is not None:
+            routes = ",".join(peer.route_url for peer in node.peers if peer is not node)
+            command += ["-m", str(node.http_port), "--cluster_name", node.cluster_name,
+                        "--cluster", node.route_url, "--routes", routes]  # fmt: skip
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             name=name,
@@ -172,13 +185,6 @@ class NatsChild(Child):
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
-
-    def launch(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        if self.node is None:
-            return super().launch(env)
-        self.node.start()
-        assert self.node.proc is not None
-        return self.node.proc
 
 
 def service_child(name: str, service: str, env: dict[str, str], log: Path, port: int) -> Child:
@@ -253,7 +259,7 @@ class Supervisor:
         child.kill()
         self.note(f"arm {name} at {failpoint}")
 
-    async def watch(self, on_restart: Callable[[Child], None] | None = None) -> None:
+    async def watch(self) -> None:
         """The restart loop (a kubelet's): each dead child comes back after its back-off."""
         self.watching = True
         while not self._stop.is_set():
@@ -279,8 +285,6 @@ class Supervisor:
                     child.dead_since = time.monotonic()
                     continue
                 self.note(f"restart {name}")
-                if on_restart is not None:
-                    on_restart(child)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), WATCH_INTERVAL_S)
 
