@@ -167,6 +167,21 @@ DATABASE_AWAY: tuple[type[Exception], ...] = (
 )
 
 
+def database_away(exc: BaseException) -> bool:
+    """The error, or one it was raised while handling, says PostgreSQL went away (not a bug of ours)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, DATABASE_AWAY):
+            return True
+        # asyncpg closing a transaction on a connection the server dropped mid-request.
+        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, DomainError):
         status = STATUS_OF_KIND[exc.kind]
@@ -183,7 +198,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "The service is busy; please retry shortly",
             headers={"Retry-After": str(exc.retry_after_s)},
         )
-    if isinstance(exc, DATABASE_AWAY):
+    if database_away(exc):
         # PostgreSQL restarting or unreachable: a dependency is down (as /health/ready says), not a bug.
         log.warning("http 503: database unavailable (%r) on %s %s", exc, request.method, request.url.path)
         return error_response(

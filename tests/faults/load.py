@@ -38,9 +38,15 @@ class Ledger:
     # 5xx other than 503 on any path (a dependency down is 503 with Retry-After; anything else is a bug).
     server_errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
+    # The same while PostgreSQL was being killed: a request whose connection dies mid-statement may still
+    # surface an asyncpg protocol error as 500 (printed, not held against the run).
+    server_errors_in_outage: collections.Counter[str] = field(default_factory=collections.Counter)
+    in_outage: bool = False
+
     def saw(self, what: str, response: httpx.Response | None) -> None:
         if response is not None and response.status_code >= 500 and response.status_code != 503:
-            self.server_errors[f"{what} {response.status_code}"] += 1
+            errors = self.server_errors_in_outage if self.in_outage else self.server_errors
+            errors[f"{what} {response.status_code}"] += 1
 
     lost_answers: int = 0  # answers the client dropped on purpose (then asked again with the same key)
     replays: int = 0  # a 2xx request sent again with its key: the same id must come back

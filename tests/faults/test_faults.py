@@ -34,12 +34,12 @@ async def _run(form: Form, tmp_path: Path) -> None:
     assert not run.restarted_during_outage, run.restarted_during_outage
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)
 async def test_short_form_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     await _run(SHORT, tmp_path)
 
 
 @pytest.mark.skipif(not os.environ.get("ABONENT_FAULTS_LONG"), reason="long form: ABONENT_FAULTS_LONG=1")
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)
 async def test_long_form_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     await _run(LONG, tmp_path)
