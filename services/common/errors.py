@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -157,6 +158,30 @@ STATUS_OF_KIND: dict[ErrorKind, int] = {
 }
 
 
+# What a request meets while PostgreSQL is down or restarting: refused or reset connections, "the database
+# system is starting up" (57P03) and connections cut by its shutdown or crash (57P01, 57P02; class 08).
+DATABASE_AWAY: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionError,
+)
+
+
+def database_away(exc: BaseException) -> bool:
+    """The error, or one it was raised while handling, says PostgreSQL went away (not a bug of ours)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, DATABASE_AWAY):
+            return True
+        # asyncpg closing a transaction on a connection the server dropped mid-request.
+        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, DomainError):
         status = STATUS_OF_KIND[exc.kind]
@@ -172,6 +197,15 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "unavailable",
             "The service is busy; please retry shortly",
             headers={"Retry-After": str(exc.retry_after_s)},
+        )
+    if database_away(exc):
+        # PostgreSQL restarting or unreachable: a dependency is down (as /health/ready says), not a bug.
+        log.warning("http 503: database unavailable (%r) on %s %s", exc, request.method, request.url.path)
+        return error_response(
+            503,
+            "unavailable",
+            "A service we depend on is unavailable; please retry shortly",
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, ValidationException):
         return error_response(400, "invalid_request", _validation_message(exc), _field_of_validation(exc))

@@ -219,6 +219,44 @@ async def test_no_answer_is_retried_inside_the_calling_window_then_fails(
     )
 
 
+async def test_an_attempt_the_visitor_is_not_charged_for_is_dialled_again(
+    fast_client: Client, db: asyncpg.Connection
+) -> None:
+    """Our agent missing the call gives the visitor their attempt back; the redial is a new attempt row and
+    reaches the visitor (found by the fault tests: it used to collide with the first attempt's number on
+    every dispatch pass, so the request was never dialled again)."""
+    client = fast_client
+    await put_site(client)
+    visitor = "+79123450077"
+    pbx(client).script(visitor, CallOutcome.AGENT_NO_ANSWER)
+    created = (await ask(client, phone=visitor)).json()
+    callback_id = uuid.UUID(created["id"])
+    await sign_in_agent(client, "olga")
+
+    async def missed_by_the_agent() -> bool:
+        outcome = await db.fetchval(
+            "select outcome from callback.dial_attempts where callback_id = $1 and ended_at is not null",
+            callback_id,
+        )
+        return outcome == "agent_no_answer"
+
+    await until(missed_by_the_agent)
+    assert await db.fetchval("select attempts from callback.callbacks where id = $1", callback_id) == 0
+    pbx(client).script(visitor, CallOutcome.CONNECTED)
+    await sign_in_agent(client, "pavel")  # olga is on a break after missing a call
+
+    async def completed() -> bool:
+        body = (await client.get(f"/v1/callbacks/{created['id']}?token={created['status_token']}")).json()
+        return bool(body["status"] == "completed")
+
+    await until(completed)
+    rows = await db.fetch(
+        "select attempt_no, outcome from callback.dial_attempts where callback_id = $1 order by attempt_no",
+        callback_id,
+    )
+    assert [(r["attempt_no"], r["outcome"]) for r in rows] == [(1, "agent_no_answer"), (2, "connected")]
+
+
 async def test_agent_presence_expires_and_feeds_the_promise(
     fast_client: Client, db: asyncpg.Connection, settings: Settings
 ) -> None:

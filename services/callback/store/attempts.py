@@ -42,10 +42,16 @@ async def insert_attempt(
     placing_until: dt.datetime,
     placing_by: str,
 ) -> None:
-    """A new attempt in 'placing', leased to `placing_by` until `placing_until`."""
+    """A new attempt in 'placing', leased to `placing_by` until `placing_until`.
+
+    `attempt_no` is the visitor's charged attempt; an attempt they were not charged for (our agent missed
+    it, the provider refused, a crash left it unknown) gave that number back, so the row takes the next
+    number after this request's earlier attempts instead of colliding with them forever.
+    """
     await conn.execute(
         "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at,"
-        " placing_until, placing_by) values ($1, $2, $3, $4, $5, 'placing', $6, $7, $8)",
+        " placing_until, placing_by) values ($1, $2, greatest($3, (select coalesce(max(attempt_no), 0) + 1"
+        " from dial_attempts where callback_id = $2)), $4, $5, 'placing', $6, $7, $8)",
         attempt_id,
         callback_id,
         attempt_no,
