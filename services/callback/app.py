@@ -556,6 +556,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             placing_lease_s=own.placing_lease_s,
             sink=call_events,
             database_url=runtime.settings.database_url,
+            bus=runtime.bus,
         )
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)

@@ -162,6 +162,27 @@ async def record_placement(
     )
 
 
+async def mark_placed(
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    placed_at: dt.datetime,
+    provider_call_id: str,
+    from_states: list[str],
+) -> None:
+    """The provider took the order, in one statement: placement recorded where not yet known (as in
+    record_placement: a fast provider's events may have recorded it first), the lease dropped (it has done
+    its job), and the state 'placed' only from `from_states` (an attempt already ringing or over stays)."""
+    await conn.execute(
+        "update dial_attempts set placed_at = coalesce(placed_at, $2),"
+        " provider_call_id = coalesce(provider_call_id, $3), placing_until = null,"
+        " state = case when state = any($4::text[]) then 'placed' else state end where id = $1",
+        attempt_id,
+        placed_at,
+        provider_call_id,
+        from_states,
+    )
+
+
 async def silent_attempts(conn: Connection, silent_before: dt.datetime) -> list[AttemptRow]:
     """Placed attempts still ringing far too long: their call was lost with its process."""
     records = await conn.fetch(
