@@ -234,7 +234,8 @@ def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp
     Answers 429 in the one error shape with Retry-After.
     """
 
-    def limited(request: Request[Any, Any, Any]) -> bool:
+    # Async on purpose: Litestar runs a sync check in a worker thread, and it runs for every request.
+    async def limited(request: Request[Any, Any, Any]) -> bool:
         return bool(request.route_handler.opt.get(RATE_LIMITED) == name)
 
     def identifier(request: Request[Any, Any, Any]) -> str:
