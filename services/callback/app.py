@@ -20,6 +20,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
 
 from services.callback.attempts import AttemptTracker
 from services.callback.call_events import DurableNotices, JetStreamCallEvents, call_event_consumer_spec
@@ -291,7 +292,7 @@ async def offer(
     if_none_match: Annotated[
         str | None, HeaderParameter(name="If-None-Match", required=False, max_length=200)
     ] = None,
-) -> Response[bytes | None]:
+) -> ASGIResponse:
     """Cacheable for a few seconds per site, zone, language and "not before" (the URL), in the visitor's
     browser only: the body carries a one-time form token, so shared caches must not hand it to others.
     The body comes pre-encoded (offers.py): it is documented as `Offer` above."""
@@ -301,9 +302,11 @@ async def offer(
         raise ApiError(400, "invalid_timezone", str(exc).split(": ", 1)[1], "tz") from None
     body, etag = await offers.answer(site_key, tz, lang, not_before)
     headers = {"Cache-Control": OFFER_CACHE_CONTROL, "ETag": etag}
+    # Sent as it is: the body is already JSON, so Litestar's Response (its encoding and header
+    # normalising) would only repeat work on the widget's most frequent request.
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
-        return Response(None, status_code=304, headers=headers)
-    return Response(body, media_type=MediaType.JSON, headers=headers)
+        return ASGIResponse(status_code=304, headers=headers)
+    return ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
 
 
 @post(
