@@ -10,6 +10,12 @@ Safety argument (nothing lost, nothing twice):
   one statement (its own transaction) right before the provider call, which also records `ordered_at`
   (the call carries the attempt id as its idempotency key). Orders are placed concurrently (at most
   PLACE_CONCURRENCY at once), so a slow provider cannot hold a batch past its leases.
+- An attempt whose lease ran out without its "placed" mark was orphaned. Recovery, in any replica, takes
+  only those. If the order was provably never sent (no `ordered_at`: a crash between reservation and
+  dial) it is placed now, once. If it may have been sent (a crash between the provider call and the
+  mark) it is NEVER placed again: the provider is asked whether the call exists (then it is followed
+  like any placed call), otherwise it is closed as `unknown`, which frees the agent and re-times the
+  request without charging the visitor. One attempt can therefore ring a phone at most once.
 - What happens to the call afterwards is the attempt tracker's (attempts.py).
 
 Latency: a pass starts at the commit that creates work, in every replica: PostgreSQL NOTIFYs
