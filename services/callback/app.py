@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections import OrderedDict
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, MediaType, Request, Response, get, post, put
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -21,6 +20,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
 
 from services.callback.attempts import AttemptTracker
 from services.callback.call_events import DurableNotices, JetStreamCallEvents, call_event_consumer_spec
@@ -29,6 +29,7 @@ from services.callback.cors import per_site_cors
 from services.callback.dispatcher import Dispatcher
 from services.callback.domain.guard import FORM_TOKEN_MAX_AGE
 from services.callback.live import StatusFeed
+from services.callback.offers import OfferResponder
 from services.callback.organisations import (
     OrgQuery,
     TenancyDependency,
@@ -80,6 +81,7 @@ TokenHeader = Annotated[
     HeaderParameter(name="X-Status-Token", required=False, description="Status token (or ?token=)"),
 ]
 IntakeDependency = NamedDependency[Intake]
+OffersDependency = NamedDependency[OfferResponder]
 RequestsDependency = NamedDependency[Requests]
 SiteAdminDependency = NamedDependency[SiteAdmin]
 
@@ -165,6 +167,10 @@ def intake_of(state: State) -> Intake:
     return runtime_extra(state, "intake", Intake)
 
 
+def offers_of(state: State) -> OfferResponder:
+    return runtime_extra(state, "offers", OfferResponder)
+
+
 def requests_of(state: State) -> Requests:
     return runtime_extra(state, "requests", Requests)
 
@@ -230,20 +236,7 @@ async def list_sites(site_admin: SiteAdminDependency, tenancy: TenancyDependency
 
 # Seconds a browser may reuse an offer without asking; the widget revalidates (ETag) instead.
 OFFER_MAX_AGE_S = 5
-
-
-def offer_etag(offer: Offer) -> str:
-    """A weak ETag over what the visitor sees (promise kind and text, slots, challenge). The exact promised
-    instants and the form token are left out: an offer that reads the same is the same offer a few
-    seconds later, and the client's earlier token stays good until it is spent."""
-    seen = (
-        offer.open_now,
-        None if offer.promise is None else (offer.promise.kind, offer.promise.text),
-        offer.slot_minutes,
-        offer.slot_ranges,
-        offer.pow,
-    )
-    return 'W/"' + hashlib.sha256(msgspec.json.encode(seen)).hexdigest()[:24] + '"'
+OFFER_CACHE_CONTROL = f"private, max-age={OFFER_MAX_AGE_S}"
 
 
 @get(
@@ -281,7 +274,7 @@ async def widget_config(
 )
 async def offer(
     site_key: FromPath[str],
-    intake: IntakeDependency,
+    offers: OffersDependency,
     *,
     tz: Annotated[
         str, QueryParameter(name="tz", description="Visitor's IANA time zone", schema_extra=ZONE_ENUM)
@@ -293,19 +286,21 @@ async def offer(
     if_none_match: Annotated[
         str | None, HeaderParameter(name="If-None-Match", required=False, max_length=200)
     ] = None,
-) -> Response[Offer | None]:
+) -> ASGIResponse:
     """Cacheable for a few seconds per site, zone, language and "not before" (the URL), in the visitor's
-    browser only: the body carries a one-time form token, so shared caches must not hand it to others."""
+    browser only: the body carries a one-time form token, so shared caches must not hand it to others.
+    The body comes pre-encoded (offers.py): it is documented as `Offer` above."""
     try:
         check_zone(tz, "tz")
     except ValueError as exc:
         raise ApiError(400, "invalid_timezone", str(exc).split(": ", 1)[1], "tz") from None
-    result = await intake.offer(site_key, tz, lang, not_before)
-    etag = offer_etag(result)
-    headers = {"Cache-Control": f"private, max-age={OFFER_MAX_AGE_S}", "ETag": etag}
+    body, etag = await offers.answer(site_key, tz, lang, not_before)
+    headers = {"Cache-Control": OFFER_CACHE_CONTROL, "ETag": etag}
+    # Sent as it is: the body is already JSON, so Litestar's Response (its encoding and header
+    # normalising) would only repeat work on the widget's most frequent request.
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
-        return Response(None, status_code=304, headers=headers)
-    return Response(result, headers=headers)
+        return ASGIResponse(status_code=304, headers=headers)
+    return ASGIResponse(body=body, media_type=MediaType.JSON, headers=headers)
 
 
 @post(
@@ -550,6 +545,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
             placing_lease_s=own.placing_lease_s,
             sink=call_events,
             database_url=runtime.settings.database_url,
+            bus=runtime.bus,
         )
         await dialer.start()
         webhook_http = httpx.AsyncClient(follow_redirects=False)
@@ -557,6 +553,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         await webhooks.start()
         runtime.extras.update(
             intake=intake,
+            offers=OfferResponder(intake),
             requests=requests,
             site_admin=site_admin,
             presence=presence,
@@ -630,6 +627,7 @@ def make_spec(context: CallbackContext, section: CallbackSettings | None = None)
         ],
         dependencies={
             "intake": Provide(intake_of, sync_to_thread=False),
+            "offers": Provide(offers_of, sync_to_thread=False),
             "requests": Provide(requests_of, sync_to_thread=False),
             "site_admin": Provide(site_admin_of, sync_to_thread=False),
             "presence": Provide(presence_of, sync_to_thread=False),

@@ -105,6 +105,8 @@ class CallEventSink(Protocol):
     async def send(self, adapter: str, event: CallEvent) -> None: ...
 
 
+# States an attempt may move to 'placed' from (one statement applies the state machine's rule).
+_PLACEABLE_FROM = [state.value for state in AttemptState if can_move(state.value, AttemptState.PLACED)]
 # Applying an event directly (no sink) retries outages this long at most between tries.
 _DIRECT_RETRY_MAX_S = 2.0
 # ... and gives up on an event that keeps failing for another reason (a bug) after this many tries.
@@ -205,15 +207,8 @@ class AttemptTracker:
     async def mark_placed(self, attempt_id: uuid.UUID, provider_call_id: str) -> None:
         """The provider took the order. A fast provider's events can overtake this: the attempt may already
         be ringing or even over; when and under which provider id it was placed is recorded either way."""
-        async with db.transaction(self.pool) as conn:
-            attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)
-            if attempt is None:
-                return
-            await attempt_store.record_placement(conn, attempt_id, self.clock(), provider_call_id)
-            changes: dict[str, object] = {"placing_until": None}  # the lease has done its job
-            if can_move(attempt.state, AttemptState.PLACED):
-                changes["state"] = AttemptState.PLACED
-            await attempt_store.update_attempt(conn, attempt_id, **changes)
+        async with self.pool.acquire() as conn:
+            await attempt_store.mark_placed(conn, attempt_id, self.clock(), provider_call_id, _PLACEABLE_FROM)
 
     async def _progress(self, conn: db.Connection, attempt_id: uuid.UUID, step: AttemptState) -> None:
         attempt = await attempt_store.get_attempt(conn, attempt_id, for_update=True)

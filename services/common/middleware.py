@@ -6,12 +6,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.exceptions import TooManyRequestsException
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware, get_remote_address
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
 
@@ -83,42 +81,71 @@ def request_id_middleware(app: ASGIApp, service: str) -> ASGIApp:
 RATE_LIMITED = "rate_limited"
 
 
+# Per-IP windows kept before the expired ones are swept out (a sweep is one pass over the table).
+_WINDOWS_SWEPT_AT = 4096
+
+
 def rate_limit_per_ip(name: str, per_minute: int) -> Callable[[ASGIApp], ASGIApp]:
-    """Litestar's built-in rate limiting, per client IP, for routes that carry `opt={"rate_limited": name}`.
+    """A fixed one-minute window per client IP, for routes that carry `opt={"rate_limited": name}`.
 
-    Counts live in the app's "rate_limit" store (process memory unless the app registers another):
-    each replica counts on its own. `name` keeps separately limited routes from sharing counts.
-    Answers 429 in the one error shape with Retry-After.
+    Counts live in process memory: each replica counts on its own. `name` keeps separately limited routes
+    from sharing counts. Answers 429 in the one error shape with Retry-After, and every limited answer
+    carries the RateLimit-* headers (as Litestar's RateLimitMiddleware does, whose windows these are).
+    Ours because Litestar's re-encodes the window's whole history as JSON and takes an anyio lock on every
+    request: on the offer, the widget's hottest route, that cost more than the offer itself.
     """
+    # (count, reset at) per client address; the address is the one uvicorn puts on the scope (after its
+    # trusted-proxy handling), as Litestar's get_remote_address reads it.
+    windows: dict[str, tuple[int, int]] = {}
+    policy = f"{per_minute}; w=60".encode()
+    limit = str(per_minute).encode()
 
-    # A coroutine on purpose: Litestar runs a plain function given here in a worker thread, a thread hop
-    # for every request of every route just to read a route option.
-    async def limited(request: Request[Any, Any, Any]) -> bool:
-        return bool(request.route_handler.opt.get(RATE_LIMITED) == name)
+    def count(client: str, now: int) -> tuple[int, int]:
+        seen, reset = windows.get(client, (0, 0))
+        if reset <= now:
+            if len(windows) >= _WINDOWS_SWEPT_AT:
+                for stale in [k for k, (_, at) in windows.items() if at <= now]:
+                    del windows[stale]
+            seen, reset = 0, now + 60
+        if seen < per_minute:
+            windows[client] = (seen + 1, reset)
+        return seen, reset
 
-    def identifier(request: Request[Any, Any, Any]) -> str:
-        return f"{name}:{get_remote_address(request)}"
-
-    config = RateLimitConfig(
-        rate_limit=("minute", per_minute),
-        check_throttle_handler=limited,
-        identifier_for_request=identifier,
-    )
+    def headers(seen: int, reset: int, now: int) -> list[tuple[bytes, bytes]]:
+        remaining = max(per_minute - seen - 1, 0) if seen < per_minute else 0
+        return [
+            (b"ratelimit-policy", policy),
+            (b"ratelimit-limit", limit),
+            (b"ratelimit-remaining", str(remaining).encode()),
+            (b"ratelimit-reset", str(reset - now).encode()),
+        ]
 
     def middleware(app: ASGIApp) -> ASGIApp:
-        limiter = RateLimitMiddleware(app, config)
-
         async def answer_here(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await limiter(scope, receive, send)
-            except TooManyRequestsException as exc:
-                # Route handlers' own errors never get here (Litestar answers them inside). Left to
-                # propagate, the limiter's 429 would be answered outside every route middleware, without
-                # the CORS headers that let a browser widget read it and its Retry-After.
+            handler = scope.get("route_handler")
+            if scope["type"] != ScopeType.HTTP or handler is None or handler.opt.get(RATE_LIMITED) != name:
+                await app(scope, receive, send)
+                return
+            client = scope.get("client")
+            now = int(time.time())
+            seen, reset = count(client[0] if client else "127.0.0.1", now)
+            extra = headers(seen, reset, now)
+            if seen >= per_minute:
+                # Answered here with the route's error shape, inside the route's middleware (CORS), so a
+                # browser widget can read the 429 and its Retry-After.
+                exc = TooManyRequestsException(headers={k.decode(): v.decode() for k, v in extra})
                 litestar_app: Litestar = scope["litestar_app"]
                 request = litestar_app.request_class(scope)
                 response = handle_exception(request, exc)
                 await response.to_asgi_response(None, request)(scope, receive, send)
+                return
+
+            async def send_with_limits(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await send(message)
+
+            await app(scope, receive, send_with_limits)
 
         return answer_here
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from fakes.fake_ari import EndpointScript, serve_fake_ari
+from nats.aio.msg import Msg
 from support.dispatch_world import DispatchWorld
 from support.harness import migrate_service
 from support.polling import until
@@ -19,6 +20,8 @@ from services.callback.store import agents as agent_store
 from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
 from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
 from services.callback.usecases.sites import SiteDirectory
+from services.common import db as dbmod
+from services.common.bus import Bus
 from services.common.settings import Settings
 
 # Far longer than any test here waits: a dispatch seen within it was woken by a NOTIFY, not by the poll.
@@ -189,3 +192,138 @@ async def test_placement_is_recorded_when_the_providers_events_overtake_the_orig
     for attempt in attempts:
         assert attempt["placed_at"] >= attempt["started_at"]
         assert attempt["provider_call_id"], attempt
+
+
+class StatementLog:
+    """Every statement a pool's connections send, tagged with its connection (asyncpg's query logger)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str]] = []
+
+    async def init(self, conn: asyncpg.Connection) -> None:
+        await dbmod._init_connection(conn)
+        conn.add_query_logger(lambda logged: self.entries.append((id(conn), logged.query)))
+
+    def kinds(self) -> list[tuple[int, str]]:
+        return [(conn, kind_of(query)) for conn, query in self.entries]
+
+
+def kind_of(query: str) -> str:
+    if query.startswith("select c.id,"):
+        return "pick"
+    if "with c as materialized" in query:
+        return "reserve"
+    if "ordered_at = coalesce" in query:
+        return "ordered"
+    return query.split(maxsplit=1)[0].lower().rstrip(";")
+
+
+async def test_from_the_commit_to_the_originate_a_request_costs_three_statements_on_one_connection(
+    world: World, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Pick, reserve (one statement: the attempt, the agent's hold, the request's 'dialing' and its event),
+    mark as ordered, then the provider call: no BEGIN/COMMIT round trips, no pool acquire in between."""
+    await world.site("shop")
+    await world.agent("olga", endpoint="sim-1")
+    log = StatementLog()
+    pool = dbmod.GuardedPool(
+        settings.database_url,
+        name="dialer",
+        schema="callback",
+        acquire_timeout_s=5.0,
+        min_size=1,
+        max_size=4,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        init=log.init,
+        server_settings={"search_path": "callback,public"},
+    )
+    await pool
+    pbx = SimulatedPbx(SimConfig(manual=True), time_scale=0.01)
+    sites = SiteDirectory(pool, ttl_s=600.0)
+    dialer = Dispatcher(pool, world.protector, sites, pbx, poll_interval_s=SLOW_POLL_S)
+    await dialer.start()
+    try:
+        await until(lambda: _swept(log))  # its first loop is over
+        await sites.require("shop")  # sites are cached: a pass reads one only every few seconds
+        log.entries.clear()
+        created = await world.ask("shop")  # through the world's own pool: not logged
+        dialer.wake()
+
+        async def placed() -> bool:
+            return bool(
+                await db.fetchval(
+                    "select placed_at is not null from callback.dial_attempts where callback_id = $1",
+                    created,
+                )
+            )
+
+        await until(placed)
+    finally:
+        await dialer.stop()
+        await pool.close()
+    # From the read that finds the request to the statement that marks its order as being sent (the
+    # originate follows at once): every statement any of the dialer's connections sent in between.
+    queries = [query for _, query in log.entries]
+    start = next(i for i, query in enumerate(queries) if "status = 'scheduled'" in query)
+    end = next(i for i, query in enumerate(queries) if "ordered_at = coalesce" in query)
+    path = log.kinds()[start : end + 1]
+    assert [kind for _, kind in path] == ["pick", "reserve", "ordered"], path
+    assert len({conn for conn, _ in path}) == 1, "one connection, no acquire in between"
+
+
+async def _swept(log: StatementLog) -> bool:
+    # The safety nets run after the first pass: their last statement ends the loop's first round.
+    return any("max_talk" in query or "ended_at is null" in query for _, query in log.entries)
+
+
+async def test_the_dialing_event_reaches_nats_without_any_relay(
+    world: World, db: asyncpg.Connection, bus: Bus, settings: Settings
+) -> None:
+    """The dispatcher publishes callback.dialing itself right after the reservation commits: with no relay
+    running at all, the event is on JetStream and its outbox row marked published."""
+    await world.site("shop")
+    await world.agent("olga", endpoint="sim-1")
+    heard: list[bytes] = []
+
+    async def on_dialing(msg: Msg) -> None:
+        heard.append(msg.data)
+
+    subscription = await bus.nc.subscribe(bus.ns.subject("callback.dialing"), cb=on_dialing)
+    pbx = SimulatedPbx(SimConfig(manual=True), time_scale=0.01)
+    dialer = Dispatcher(
+        world.pool,
+        world.protector,
+        SiteDirectory(world.pool),
+        pbx,
+        poll_interval_s=SLOW_POLL_S,
+        database_url=settings.database_url,
+        bus=bus,
+    )
+    await dialer.start()
+    try:
+        created = await world.ask("shop")  # woken by the commit's NOTIFY
+
+        async def heard_it() -> bool:
+            return any(str(created) in data.decode() for data in heard)
+
+        await until(heard_it)
+
+        async def marked() -> bool:
+            return bool(
+                await db.fetchval(
+                    "select published_at is not null from callback.outbox where subject = 'callback.dialing'"
+                )
+            )
+
+        await until(marked)
+    finally:
+        await dialer.stop()
+        await subscription.unsubscribe()
+    rows = await db.fetch("select subject, published_at from callback.outbox order by seq")
+    # What the intake wrote is the relay's (none runs here); only the dialer's own event went out.
+    assert [(r["subject"], r["published_at"] is not None) for r in rows][-1] == ("callback.dialing", True)
+    assert sum(1 for r in rows if r["published_at"] is not None) == 1

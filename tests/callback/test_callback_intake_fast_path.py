@@ -17,6 +17,7 @@ from support.harness import migrate_service
 from services.callback.domain import promise
 from services.callback.schemas import CallbackCreate, CallbackCreated, SiteSettings
 from services.callback.store import callbacks as callback_store
+from services.callback.store import dispatch as dispatch_store
 from services.callback.store import sites as site_store
 from services.callback.usecases.intake import Intake
 from services.callback.usecases.presence import PresenceAgents
@@ -405,6 +406,7 @@ async def test_what_a_request_an_offer_and_a_dispatch_pass_read_uses_indexes(
     async with pool.acquire() as conn:
         # The dispatcher's pick and the sweeps over waiting requests.
         await callback_store.due_callbacks(conn, now, 10)
+        await dispatch_store.next_pick(conn, now, [])
         await callback_store.overdue(conn, now)
         await callback_store.queues_with_overdue_promises(conn, now)
         await callback_store.repromise_candidates(conn, "default", "default", now, 50)

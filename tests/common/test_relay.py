@@ -16,7 +16,7 @@ from support.probe_process import SCHEMA
 from services.common import bus as busmod
 from services.common import db as dbmod
 from services.common import outbox
-from services.common.events import SystemProbe, decode_event
+from services.common.events import SystemProbe, decode_event, encode_event
 from services.common.settings import Settings
 
 PROBE = str(REPO / "tests" / "support" / "probe_process.py")
@@ -127,5 +127,51 @@ async def test_a_failed_publish_releases_the_rest_of_the_batch_at_once(
         # Released, not left leased for 60 s: the next pass (any relay's) tries again at once.
         assert all(r["claimed_until"] is None and r["published_at"] is None for r in rows.values())
     finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_row_leased_by_its_committer_is_published_by_it_and_left_alone_by_relays(
+    settings: Settings, bus: busmod.Bus
+) -> None:
+    """publish_claimed: the committer publishes its own (leased) rows at once; a running relay passes over
+    them meanwhile, and a failed publish gives them back to the relays at once."""
+    conn = await plumbing_schema(settings.database_url, SCHEMA)
+    pool = await dbmod.create_pool(settings.database_url, SCHEMA)
+    relay = outbox.OutboxRelay(pool, bus, SCHEMA, settings.database_url, poll_interval_s=0.05)
+    try:
+        mine, stray = SystemProbe(note="mine"), uuid.uuid4()
+        rows = [(mine.event_id, mine.SUBJECT, encode_event(mine)), (stray, "nowhere.to.go", b"{}")]
+        for event_id, subject, payload in rows:
+            await conn.execute(
+                "insert into outbox (id, subject, payload, claimed_by, claimed_until)"
+                " values ($1, $2, $3, 'me', now() + interval '60 seconds')",
+                event_id,
+                subject,
+                payload,
+            )
+        await relay.start()
+        # A relay pass is over once an ordinary event behind the leased ones is out; they are still in.
+        ordinary = (await append_events(conn, transactions=1, per_transaction=1))[0]
+        await until(
+            lambda: conn.fetchval("select published_at is not null from outbox where id = $1", ordinary)
+        )
+        leased = await conn.fetch("select id from outbox where published_at is null and claimed_by = 'me'")
+        assert {r["id"] for r in leased} == {mine.event_id, stray}
+
+        # Published by its committer, in order; the one no stream takes fails and is released at once
+        # (the relay then retries it like any failed row).
+        assert await outbox.publish_claimed(pool, bus, "me", rows, SCHEMA) == 1
+        state = {
+            r["id"]: r
+            for r in await conn.fetch("select id, published_at, claimed_until, attempts from outbox")
+        }
+        assert state[mine.event_id]["published_at"] is not None
+        assert state[stray]["published_at"] is None
+        assert state[stray]["claimed_until"] is None or state[stray]["attempts"] >= 1
+        on_stream = await stream_event_ids(bus)
+        assert on_stream.count(mine.event_id) == 1
+    finally:
+        await relay.stop(timeout=5)
         await pool.close()
         await conn.close()

@@ -30,39 +30,6 @@ class AttemptRow(msgspec.Struct, kw_only=True):
 _ATTEMPT_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(AttemptRow))
 
 
-async def insert_attempt(
-    conn: Connection,
-    attempt_id: uuid.UUID,
-    callback_id: uuid.UUID,
-    attempt_no: int,
-    agent_id: uuid.UUID | None,
-    *,
-    adapter: str,
-    now: dt.datetime,
-    placing_until: dt.datetime,
-    placing_by: str,
-) -> None:
-    """A new attempt in 'placing', leased to `placing_by` until `placing_until`.
-
-    `attempt_no` is the visitor's charged attempt; an attempt they were not charged for (our agent missed
-    it, the provider refused, a crash left it unknown) gave that number back, so the row takes the next
-    number after this request's earlier attempts instead of colliding with them forever.
-    """
-    await conn.execute(
-        "insert into dial_attempts (id, callback_id, attempt_no, agent_id, adapter, state, started_at,"
-        " placing_until, placing_by) values ($1, $2, greatest($3, (select coalesce(max(attempt_no), 0) + 1"
-        " from dial_attempts where callback_id = $2)), $4, $5, 'placing', $6, $7, $8)",
-        attempt_id,
-        callback_id,
-        attempt_no,
-        agent_id,
-        adapter,
-        now,
-        placing_until,
-        placing_by,
-    )
-
-
 async def renew_placing_lease(
     conn: Connection, attempt_id: uuid.UUID, holder: str, until: dt.datetime, now: dt.datetime
 ) -> bool:
@@ -165,6 +132,27 @@ async def record_placement(
         attempt_id,
         placed_at,
         provider_call_id,
+    )
+
+
+async def mark_placed(
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    placed_at: dt.datetime,
+    provider_call_id: str,
+    from_states: list[str],
+) -> None:
+    """The provider took the order, in one statement: placement recorded where not yet known (as in
+    record_placement: a fast provider's events may have recorded it first), the lease dropped (it has done
+    its job), and the state 'placed' only from `from_states` (an attempt already ringing or over stays)."""
+    await conn.execute(
+        "update dial_attempts set placed_at = coalesce(placed_at, $2),"
+        " provider_call_id = coalesce(provider_call_id, $3), placing_until = null,"
+        " state = case when state = any($4::text[]) then 'placed' else state end where id = $1",
+        attempt_id,
+        placed_at,
+        provider_call_id,
+        from_states,
     )
 
 
