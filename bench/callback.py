@@ -406,15 +406,6 @@ async def keep_pending(pg: asyncpg.Connection, keep: list[uuid.UUID]) -> None:
     )
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def intake(run: Run, pg: asyncpg.Connection, keep: list[uuid.UUID]) -> None:
     best = (0.0, 0, 0, 0.0)  # accepted/s, level, refused, service CPU s per accepted request
     for level in INTAKE_LEVELS:

@@ -58,9 +58,9 @@ async def next_pick(conn: Connection, now: dt.datetime, exclude: list[uuid.UUID]
 # both are had do the four writes happen, all in this one statement (one transaction): the attempt in
 # 'placing' under its lease (numbered after the request's earlier attempts: one the visitor was not charged
 # for — our agent missed it, the provider refused, a crash left it unknown — gave its charge back, so
-# attempts + 1 may already exist), the agent held by it, the request 'dialing', and its event. `claimed_by` (or
-# null) leases the event's outbox row to whoever publishes it right after the commit; relays skip it until
-# the lease runs out, so a publisher that dies only delays the event.
+# attempts + 1 may already exist), the agent held by it, the request 'dialing', and its event.
+# `claimed_by` (or null) leases the event's outbox row to whoever publishes it right after the commit;
+# relays skip it until the lease runs out, so a publisher that dies only delays the event.
 _RESERVE_SQL = (
     "with c as materialized (select id from callbacks where id = $1 and status = 'scheduled'"
     "  and due_at <= $2 and attempts = $3 and updated_at = $4 for update skip locked),"
@@ -97,8 +97,8 @@ async def reserve(
     claimed_by: str | None,
     claim_s: float,
 ) -> bool:
-    """Reserve the pick's agent for its request and start the attempt (numbered after its earlier ones) with its
-    event (id, subject, payload), atomically; False when either was taken or changed meanwhile."""
+    """Reserve the pick's agent for its request and start the attempt (numbered after its earlier ones)
+    with its event (id, subject, payload), atomically; False when either was taken or changed meanwhile."""
     row = pick.row
     taken = await conn.fetchval(
         _RESERVE_SQL,
