@@ -116,6 +116,7 @@ def make_spec(
         public = section.public_url(settings.host, settings.verification_port)
         link_base = section.link_base(settings.host, settings.verification_port)
         the_clock = clock or SystemClock()
+        flow_section = flow or get_flow_settings()
         web = VerificationService(
             pool=runtime.pool,
             protector=protector,
@@ -125,6 +126,7 @@ def make_spec(
             public_url=public,
             link_base=link_base,
             provider=provider,
+            corpsim_zone=flow_section.corpsim_zone,
         )
         runtime.extras["verification"] = web
         auth = CorporateAuth(
@@ -143,7 +145,6 @@ def make_spec(
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))
         await billing.start()
         runtime.extras.update(billing=billing, http=http, provider=provider)
-        flow_section = flow or get_flow_settings()
         corporate_flow = corporate(runtime)
         company_hooks = WebhookSender(
             runtime.worker_pool, http, CORPORATE, corporate_flow.resolve_webhook, clock=the_clock.now

@@ -330,6 +330,7 @@ async def test_device_binding_lifecycle_and_bad_input(
         "imei": None,
         "mac": "00:1A:2B:3C:4D:5E",
         "installation_address": None,
+        "use_from": None,
     }
     unbound = await client.delete(url, headers=a)
     assert (unbound.json()["status"], unbound.json()["binding"], unbound.json()["device"]) == (
@@ -360,25 +361,31 @@ async def test_device_binding_lifecycle_and_bad_input(
     assert all(A_NUMBER not in json.dumps(e) for e in events)
     filtered = await client.get("/v1/corporate/sims", params={"status": "pending_submission"}, headers=a)
     assert [s["number"] for s in filtered.json()["items"]] == [A_OTHER]
-    # No deadlines are set yet (the registration timers set them): a deadline filter finds none.
+    # Every SIM got its deadline when it was put on the contract (10 working days from Monday 30 Nov).
     dated = await client.get(
-        "/v1/corporate/sims", params={"deadline_before": "2030-01-01T00:00:00Z"}, headers=a
+        "/v1/corporate/sims", params={"deadline_before": "2026-12-14T21:00:00Z"}, headers=a
     )
     assert dated.json()["items"] == []
+    dated = await client.get(
+        "/v1/corporate/sims", params={"deadline_before": "2026-12-14T21:00:01Z"}, headers=a
+    )
+    assert len(dated.json()["items"]) == 2
     for value in ("-13823", "2026-13-45T25:00Z", "tomorrow"):
         wrong = await client.get("/v1/corporate/sims", params={"deadline_after": value}, headers=a)
         assert (wrong.status_code, wrong.json()["error"]["field"]) == (400, "deadline_after"), value
     paged = await client.get("/v1/corporate/sims", params={"page_size": 1}, headers=a)
     assert (len(paged.json()["items"]), paged.json()["next_page"]) == (1, 2)
     timeline = await db.fetch("select kind, actor from verification.sim_timeline order by id")
-    assert [r["kind"] for r in timeline][:5] == [
+    assert [r["kind"] for r in timeline][:7] == [
         "added_to_contract",
+        "deadline_set",
         "added_to_contract",
+        "deadline_set",
         "bound",
         "rebound",
         "unbound",
     ]
-    assert timeline[2]["actor"] == f"client:{client_id}"
+    assert timeline[4]["actor"] == f"client:{client_id}"
 
 
 async def sign_in(client: AsyncTestClient[Any], sandbox: Sandbox, link: str, oid: str) -> str:

@@ -25,6 +25,7 @@ from services.verification.corporate.domain.sim import SimStatus
 from services.verification.corporate.oauth import JWKS_MAX_AGE_S, SCOPE_READ, SCOPE_WRITE, Caller
 from services.verification.corporate.schemas import (
     DEVICE_EXAMPLE,
+    DEVICE_FROM_EXAMPLE,
     EMPLOYEE_EXAMPLE,
     SIM_EXAMPLE,
     Binding,
@@ -272,6 +273,7 @@ async def get_sim(number: Number, corporate: Corporate, caller: CurrentCaller) -
 _BIND_BODY = Body(
     examples=[
         Example(summary="A device", value=DEVICE_EXAMPLE),
+        Example(summary="A device that starts service on a given day", value=DEVICE_FROM_EXAMPLE),
         Example(summary="An employee (they confirm through Gosuslugi)", value=EMPLOYEE_EXAMPLE),
     ]
 )
@@ -285,7 +287,9 @@ _BIND_BODY = Body(
     description="An employee moves the SIM to `pending_employee_confirmation`: they get a link (SMS to "
     "the number; also `confirmation_link` here) and confirm through Gosuslugi; a match moves it to "
     "`pending_submission`, a mismatch rejects it with the fields that differ. A device goes to "
-    "`pending_submission` at once. Each change is a `corpsim.*` event. A bound SIM answers 409: use PUT.",
+    "`pending_submission` at once; with `device.use_from` (the day it starts service) its `deadline` is "
+    "the end of the 3rd working day before it (Russian production calendar), if that is earlier. Each "
+    "change is a `corpsim.*` event. A bound SIM answers 409: use PUT.",
     status_code=200,
     responses={
         200: ResponseSpec(SimView, examples=[Example(value=SIM_EXAMPLE)]),

@@ -236,6 +236,10 @@ class SimRow(msgspec.Struct, kw_only=True):
     created_at: dt.datetime
     bound_at: dt.datetime | None = None
     updated_at: dt.datetime
+    # When the deadline passed unregistered (a later registration restores the number).
+    suspended_at: dt.datetime | None = None
+    # The day a device SIM starts service (it is registered 3 working days before); part of the binding.
+    use_from: dt.date | None = None
 
 
 class SimWithNumber(msgspec.Struct, kw_only=True):
