@@ -13,6 +13,7 @@ import asyncpg
 import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
+from support.corporate_api import GAZPROM, SBER, bearer, get_token, jwt_part, onboard
 from support.esia_sandbox import Sandbox
 from support.harness import TEST_DATA_KEYS, TEST_INDEX_KEY, make_settings
 from support.polling import until
@@ -28,8 +29,6 @@ from services.common.settings import Settings
 from services.verification.app import ENCRYPTED_COLUMNS
 from services.verification.identity.base import SignInStart
 
-SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
-GAZPROM = {"name": "ПАО Газпром", "inn": "7736050003", "ogrn": "1027700070518"}
 A_NUMBER, A_OTHER, B_NUMBER, NOWHERE = "+79161230001", "+79161230002", "+79161239001", "+79161235555"
 METER = {
     "device": {
@@ -44,41 +43,6 @@ EMPLOYEE = {
     "employee": {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason")}
 }  # Иванов, whom the sandbox ESIA knows as oid 1000000001
 IVANOV, PETROVA = "1000000001", "1000000002"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def onboard(
-    client: AsyncTestClient[Any], company: dict[str, str], numbers: list[str], scopes: list[str] | None = None
-) -> tuple[str, str, str]:
-    """(company id, client id, secret)."""
-    created = await client.post("/v1/companies", json=company, headers=AUTH)
-    assert created.status_code == 201, created.text
-    company_id = created.json()["id"]
-    added = await client.post(f"/v1/companies/{company_id}/numbers", json={"numbers": numbers}, headers=AUTH)
-    assert added.status_code == 200, added.text
-    body = {"name": "HR"} if scopes is None else {"name": "HR", "scopes": scopes}
-    made = await client.post(f"/v1/companies/{company_id}/clients", json=body, headers=AUTH)
-    assert made.status_code == 201, made.text
-    return company_id, made.json()["client_id"], made.json()["client_secret"]
-
-
-async def get_token(client: AsyncTestClient[Any], client_id: str, secret: str, **form: str) -> dict[str, Any]:
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    response = await client.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def jwt_part(token: str, index: int) -> dict[str, Any]:
-    part = token.split(".")[index]
-    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
 
 
 async def test_company_onboarding_validates_ids_and_numbers(client: AsyncTestClient[Any]) -> None:
