@@ -209,7 +209,8 @@ def make_spec(
         description="Subscribers confirm their passport data through an ESIA-style sign-in by a deadline; "
         "back office opens and watches cases. Companies register who uses their corporate SIMs "
         "(OAuth 2.0 client credentials at /oauth/token). Every 4xx has the shape "
-        '{"error": {"code", "message", "field"}}.',
+        '{"error": {"code", "message", "field"}}, except /oauth/token\'s, which are RFC 6749 §5.2 '
+        '{"error", "error_description"} for OAuth client libraries.',
         route_handlers=[
             *case_api.ROUTES,
             *subscriber.ROUTES,

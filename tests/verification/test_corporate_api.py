@@ -108,35 +108,75 @@ async def test_tokens_by_basic_and_post_and_their_errors(client: AsyncTestClient
     assert by_post.json()["scope"] == "corporate-sims:read"
     assert by_post.headers["cache-control"] == "no-store"
 
-    wrong = await client.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": "Basic " + base64.b64encode(f"{client_id}:nope".encode()).decode()},
-    )
-    assert wrong.status_code == 401
-    assert wrong.json()["error"]["code"] == "invalid_client"
-    assert wrong.headers["www-authenticate"].startswith("Basic ")
-    unknown = await client.post(
-        "/oauth/token", data={"grant_type": "client_credentials", "client_id": "cs_x", "client_secret": "y"}
-    )
-    assert unknown.status_code in (400, 401)
-    assert unknown.json()["error"]["code"] == "invalid_client"
-    grant = await client.post(
-        "/oauth/token", data={"grant_type": "password", "client_id": client_id, "client_secret": secret}
-    )
-    assert grant.status_code == 400
-    assert grant.json()["error"]["code"] == "unsupported_grant_type"
-    scope = await client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": secret,
-            "scope": "admin",
-        },
-    )
-    assert scope.status_code == 400
-    assert scope.json()["error"]["code"] == "invalid_scope"
+    # RFC 6749 §5.2: {"error", "error_description"}, which OAuth client libraries parse; invalid_client
+    # is 401 with a Basic challenge however the secret was sent; the rest 400. Never cached.
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{client_id}:nope".encode()).decode()}
+    credentials = {"client_id": client_id, "client_secret": secret}
+    for label, kwargs, status, error in [
+        (
+            "wrong secret by Basic",
+            {"data": {"grant_type": "client_credentials"}, "headers": basic},
+            401,
+            "invalid_client",
+        ),
+        (
+            "wrong secret in the form",
+            {"data": {"grant_type": "client_credentials", "client_id": client_id, "client_secret": "x"}},
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown client",
+            {"data": {"grant_type": "client_credentials", "client_id": "cs_x", "client_secret": "y"}},
+            401,
+            "invalid_client",
+        ),
+        ("no credentials", {"data": {"grant_type": "client_credentials"}}, 401, "invalid_client"),
+        (
+            "broken Basic",
+            {"data": {"grant_type": "client_credentials"}, "headers": {"Authorization": "Basic !!"}},
+            401,
+            "invalid_client",
+        ),
+        (
+            "password grant",
+            {"data": {"grant_type": "password", **credentials}},
+            400,
+            "unsupported_grant_type",
+        ),
+        ("no grant_type", {"data": credentials}, 400, "invalid_request"),
+        (
+            "unknown scope",
+            {"data": {"grant_type": "client_credentials", **credentials, "scope": "admin"}},
+            400,
+            "invalid_scope",
+        ),
+        ("JSON body", {"json": {"grant_type": "client_credentials", **credentials}}, 400, "invalid_request"),
+        (
+            "repeated field",
+            {
+                "content": b"grant_type=client_credentials&grant_type=password",
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+            },
+            400,
+            "invalid_request",
+        ),
+    ]:
+        answer = await client.post("/oauth/token", **kwargs)  # type: ignore[arg-type]
+        assert (answer.status_code, answer.json()["error"]) == (status, error), (label, answer.text)
+        assert set(answer.json()) == {"error", "error_description"}, label
+        assert answer.json()["error_description"], label
+        assert answer.headers["cache-control"] == "no-store", label
+        if status == 401:
+            assert answer.headers["www-authenticate"] == 'Basic realm="abonent-corporate", charset="UTF-8"'
+        else:
+            assert "www-authenticate" not in answer.headers, label
+    # The schema documents the exception.
+    schema = (await client.get("/schema/openapi.json")).json()
+    answers = schema["paths"]["/oauth/token"]["post"]["responses"]
+    assert answers["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenError")
+    assert answers["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenError")
+    assert "RFC 6749" in schema["paths"]["/oauth/token"]["post"]["description"]
 
 
 async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock: ManualClock) -> None:
@@ -164,6 +204,9 @@ async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock:
     expired = await client.get("/v1/corporate/sims", headers=bearer(reader))
     assert expired.status_code == 401
     assert "expired" in expired.json()["error"]["message"]
+    assert 'error="invalid_token"' in expired.headers["www-authenticate"]
+    # Resource endpoints keep the API's own error shape (only /oauth/token speaks RFC 6749's).
+    assert set(expired.json()["error"]) == {"code", "message", "field"}
 
     fresh = (await get_token(client, reader_id, reader_secret))["access_token"]
     assert (await client.get("/v1/corporate/sims", headers=bearer(fresh))).status_code == 200
@@ -174,7 +217,7 @@ async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock:
         "/oauth/token",
         data={"grant_type": "client_credentials", "client_id": reader_id, "client_secret": reader_secret},
     )
-    assert again.json()["error"]["code"] == "invalid_client"
+    assert (again.status_code, again.json()["error"]) == (401, "invalid_client")
 
 
 async def test_signing_keys_rotate_with_overlap(client: AsyncTestClient[Any], clock: ManualClock) -> None:
