@@ -223,6 +223,8 @@ def make_spec(
         on_shutdown=[finish],
         jobs=jobs,
         consumers=consumers,
+        # A safety net only: transitions set SIM deadlines in their own transaction; the sweep catches
+        # SIMs written set-based by the bulk upload (lifecycle.CorporateFlow.on_sweep says which).
         recurring=[Recurring(JOB_DEADLINE_SWEEP, every=dt.timedelta(seconds=60))],
         retention=[RetentionRule("idempotency_keys", "created_at", "retention_idempotency_keys_hours")],
         dependencies={"service": Provide(service_of, sync_to_thread=False), **corporate_api.DEPENDENCIES},
