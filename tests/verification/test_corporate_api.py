@@ -385,8 +385,8 @@ async def test_device_binding_lifecycle_and_bad_input(
     timeline = await db.fetch("select kind, actor from verification.sim_timeline order by id")
     assert [r["kind"] for r in timeline][:7] == [
         "added_to_contract",
-        "deadline_set",
         "added_to_contract",
+        "deadline_set",
         "deadline_set",
         "bound",
         "rebound",

@@ -154,6 +154,54 @@ class CorporateFlow:
                 conn, JOB_SIM_REMINDER, f"{sim_id}:{days}", at, {**payload, "days": days}
             )
 
+    def new_sim_deadline(self, now: dt.datetime) -> deadlines.DeadlineChange:
+        """The deadline of a SIM put on a contract now (the same for every SIM of one batch)."""
+        return deadlines.deadline_change(
+            status="unregistered",
+            binding=None,
+            deadline=None,
+            suspended_at=None,
+            use_from=None,
+            now=now,
+            tz=self.tz,
+        )
+
+    async def new_on_contract(
+        self,
+        conn: db.Connection,
+        company_id: uuid.UUID,
+        sim_ids: list[uuid.UUID],
+        change: deadlines.DeadlineChange,
+        now: dt.datetime,
+    ) -> None:
+        """The timers and audit entries of SIMs just inserted with `change.deadline`, in the inserting
+        transaction; set-based, since a contract brings numbers by the thousand."""
+        if not sim_ids or change.deadline is None:
+            return
+        deadline = change.deadline
+
+        def payload(sim_id: uuid.UUID) -> dict[str, Any]:
+            return {"company_id": str(company_id), "sim_id": str(sim_id), "deadline": deadline.isoformat()}
+
+        await scheduler.schedule_many(
+            conn, JOB_SIM_DEADLINE, [(str(sim_id), deadline, payload(sim_id)) for sim_id in sim_ids]
+        )
+        for days, at in deadlines.reminder_times(change.case, deadline, self.tz, now).items():
+            await scheduler.schedule_many(
+                conn,
+                JOB_SIM_REMINDER,
+                [(f"{sim_id}:{days}", at, {**payload(sim_id), "days": days}) for sim_id in sim_ids],
+            )
+        await store.add_sim_timelines(
+            conn,
+            company_id,
+            sim_ids,
+            at=now,
+            kind="deadline_set",
+            actor=SYSTEM,
+            detail={"deadline": deadline.isoformat(), "policy": change.reason},
+        )
+
     # --- timer jobs -----------------------------------------------------------------------------------
 
     async def on_sweep(self, conn: db.Connection, job: Job) -> dt.datetime | None:

@@ -477,6 +477,29 @@ async def add_sim_timeline(
     )
 
 
+async def add_sim_timelines(
+    conn: db.Connection,
+    company_id: uuid.UUID,
+    sim_ids: list[uuid.UUID],
+    *,
+    at: dt.datetime,
+    kind: str,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """The same entry for many SIMs of one company, in one statement."""
+    await conn.execute(
+        "insert into sim_timeline (company_id, sim_id, at, kind, actor, detail)"
+        " select $1, sim_id, $3, $4, $5, $6 from unnest($2::uuid[]) as sim_id",
+        company_id,
+        sim_ids,
+        at,
+        kind,
+        actor,
+        detail or {},
+    )
+
+
 async def sim_timeline(
     conn: db.Connection, company_id: uuid.UUID, sim_id: uuid.UUID
 ) -> list[SimTimelineEntry]:

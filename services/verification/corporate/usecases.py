@@ -136,6 +136,9 @@ class CorporateSims:
         parse or sit on another contract are reported, the rest applied."""
         now = self._now()
         results: list[NumberResult] = []
+        # Each new SIM's registration deadline and timers start with it, in this transaction.
+        deadline = self.flow.new_sim_deadline(now)
+        new_sims: list[uuid.UUID] = []
         async with db.transaction(self.pool) as conn:
             await self._company(conn, company_id)
             for position, raw in enumerate(data.numbers):
@@ -162,25 +165,15 @@ class CorporateSims:
                         company_id=company_id,
                         number_id=number_id,
                         status="unregistered",
+                        deadline=deadline.deadline,
                         created_at=now,
                         updated_at=now,
                     )
-                    # Its registration deadline and timers start with it, in this transaction.
-                    deadline = self.flow.deadline_change(sim, now)
-                    sim = msgspec.structs.replace(sim, deadline=deadline.deadline)
                     await store.insert_sim(conn, sim)
                     await store.add_sim_timeline(
                         conn, company_id, sim.id, at=now, kind="added_to_contract", actor=actor
                     )
-                    await self.flow.deadline_changed(
-                        conn,
-                        store.SimWithNumber(
-                            sim=sim, msisdn_enc=number.msisdn_enc, msisdn_masked=number.msisdn_masked
-                        ),
-                        deadline,
-                        was_suspended_at=None,
-                        now=now,
-                    )
+                    new_sims.append(sim.id)
                     results.append(NumberResult(index=position, number=e164, outcome="added"))
                     continue
                 owner = await store.number_owner(conn, index)
@@ -189,6 +182,7 @@ class CorporateSims:
                 )
                 reason = "" if owner == company_id else "the number is on another company's contract"
                 results.append(NumberResult(index=position, number=e164, outcome=outcome, reason=reason))
+            await self.flow.new_on_contract(conn, company_id, new_sims, deadline, now)
         return NumbersAdded(added=sum(r.outcome == "added" for r in results), results=results)
 
     async def create_client(self, company_id: uuid.UUID, data: ClientCreate, actor: str) -> ClientCreated:
