@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,26 @@ async def schedule(
         key,
         _aware(due_at, "due_at"),
         dict(payload or {}),
+    )
+
+
+async def schedule_many(
+    conn: db.Connection, kind: str, jobs: Sequence[tuple[str, dt.datetime, Mapping[str, Any]]]
+) -> None:
+    """`schedule` for many (key, due_at, payload) of one kind in one statement (a batch of new rows)."""
+    if not jobs:
+        return
+    await conn.execute(
+        "insert into scheduled_jobs (kind, key, due_at, payload)"
+        " select $1, j.key, j.due_at, j.payload::jsonb"
+        " from unnest($2::text[], $3::timestamptz[], $4::text[]) as j (key, due_at, payload)"
+        " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
+        "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
+        "  claimed_by = null, finished_at = null, updated_at = now()",
+        kind,
+        [key for key, _, _ in jobs],
+        [_aware(due_at, "due_at") for _, due_at, _ in jobs],
+        [json.dumps(dict(payload)) for _, _, payload in jobs],
     )
 
 

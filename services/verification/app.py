@@ -116,6 +116,7 @@ def make_spec(
         public = section.public_url(settings.host, settings.verification_port)
         link_base = section.link_base(settings.host, settings.verification_port)
         the_clock = clock or SystemClock()
+        flow_section = flow or get_flow_settings()
         web = VerificationService(
             pool=runtime.pool,
             protector=protector,
@@ -125,6 +126,7 @@ def make_spec(
             public_url=public,
             link_base=link_base,
             provider=provider,
+            corpsim_zone=flow_section.corpsim_zone,
         )
         runtime.extras["verification"] = web
         auth = CorporateAuth(
@@ -143,7 +145,6 @@ def make_spec(
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))
         await billing.start()
         runtime.extras.update(billing=billing, http=http, provider=provider)
-        flow_section = flow or get_flow_settings()
         corporate_flow = corporate(runtime)
         company_hooks = WebhookSender(
             runtime.worker_pool, http, CORPORATE, corporate_flow.resolve_webhook, clock=the_clock.now
@@ -208,7 +209,8 @@ def make_spec(
         description="Subscribers confirm their passport data through an ESIA-style sign-in by a deadline; "
         "back office opens and watches cases. Companies register who uses their corporate SIMs "
         "(OAuth 2.0 client credentials at /oauth/token). Every 4xx has the shape "
-        '{"error": {"code", "message", "field"}}.',
+        '{"error": {"code", "message", "field"}}, except /oauth/token\'s, which are RFC 6749 §5.2 '
+        '{"error", "error_description"} for OAuth client libraries.',
         route_handlers=[
             *case_api.ROUTES,
             *subscriber.ROUTES,
@@ -221,6 +223,8 @@ def make_spec(
         on_shutdown=[finish],
         jobs=jobs,
         consumers=consumers,
+        # A safety net only: transitions set SIM deadlines in their own transaction; the sweep catches
+        # SIMs written set-based by the bulk upload (lifecycle.CorporateFlow.on_sweep says which).
         recurring=[Recurring(JOB_DEADLINE_SWEEP, every=dt.timedelta(seconds=60))],
         retention=[RetentionRule("idempotency_keys", "created_at", "retention_idempotency_keys_hours")],
         dependencies={"service": Provide(service_of, sync_to_thread=False), **corporate_api.DEPENDENCIES},

@@ -11,6 +11,7 @@ from services.common.crypto import DataProtector
 from services.common.settings import Settings
 from services.verification.corporate.oauth import CorporateAuth
 from services.verification.corporate.seed import seed_demo_company
+from services.verification.corporate.settings import get_flow_settings
 from services.verification.corporate.usecases import CorporateSims
 from services.verification.domain.policy import validate_policies
 from services.verification.schemas import CaseOpen
@@ -99,6 +100,7 @@ async def open_demo_cases(settings: Settings, base_url: str) -> list[tuple[str, 
         clock=SystemClock(),
         public_url=own.verification_public_url.rstrip("/") or base_url,
         link_base=(own.verification_link_base or f"{own.verification_public_url or base_url}/v").rstrip("/"),
+        corpsim_zone=get_flow_settings().corpsim_zone,
     )
     lines: list[tuple[str, str]] = []
     try:

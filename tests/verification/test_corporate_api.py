@@ -13,6 +13,7 @@ import asyncpg
 import nats.js.errors
 import pytest
 from litestar.testing import AsyncTestClient
+from support.corporate_api import GAZPROM, SBER, bearer, get_token, jwt_part, onboard
 from support.esia_sandbox import Sandbox
 from support.harness import TEST_DATA_KEYS, TEST_INDEX_KEY, make_settings
 from support.polling import until
@@ -28,8 +29,6 @@ from services.common.settings import Settings
 from services.verification.app import ENCRYPTED_COLUMNS
 from services.verification.identity.base import SignInStart
 
-SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
-GAZPROM = {"name": "ПАО Газпром", "inn": "7736050003", "ogrn": "1027700070518"}
 A_NUMBER, A_OTHER, B_NUMBER, NOWHERE = "+79161230001", "+79161230002", "+79161239001", "+79161235555"
 METER = {
     "device": {
@@ -44,41 +43,6 @@ EMPLOYEE = {
     "employee": {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason")}
 }  # Иванов, whom the sandbox ESIA knows as oid 1000000001
 IVANOV, PETROVA = "1000000001", "1000000002"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def onboard(
-    client: AsyncTestClient[Any], company: dict[str, str], numbers: list[str], scopes: list[str] | None = None
-) -> tuple[str, str, str]:
-    """(company id, client id, secret)."""
-    created = await client.post("/v1/companies", json=company, headers=AUTH)
-    assert created.status_code == 201, created.text
-    company_id = created.json()["id"]
-    added = await client.post(f"/v1/companies/{company_id}/numbers", json={"numbers": numbers}, headers=AUTH)
-    assert added.status_code == 200, added.text
-    body = {"name": "HR"} if scopes is None else {"name": "HR", "scopes": scopes}
-    made = await client.post(f"/v1/companies/{company_id}/clients", json=body, headers=AUTH)
-    assert made.status_code == 201, made.text
-    return company_id, made.json()["client_id"], made.json()["client_secret"]
-
-
-async def get_token(client: AsyncTestClient[Any], client_id: str, secret: str, **form: str) -> dict[str, Any]:
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    response = await client.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def jwt_part(token: str, index: int) -> dict[str, Any]:
-    part = token.split(".")[index]
-    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
 
 
 async def test_company_onboarding_validates_ids_and_numbers(client: AsyncTestClient[Any]) -> None:
@@ -144,35 +108,75 @@ async def test_tokens_by_basic_and_post_and_their_errors(client: AsyncTestClient
     assert by_post.json()["scope"] == "corporate-sims:read"
     assert by_post.headers["cache-control"] == "no-store"
 
-    wrong = await client.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": "Basic " + base64.b64encode(f"{client_id}:nope".encode()).decode()},
-    )
-    assert wrong.status_code == 401
-    assert wrong.json()["error"]["code"] == "invalid_client"
-    assert wrong.headers["www-authenticate"].startswith("Basic ")
-    unknown = await client.post(
-        "/oauth/token", data={"grant_type": "client_credentials", "client_id": "cs_x", "client_secret": "y"}
-    )
-    assert unknown.status_code in (400, 401)
-    assert unknown.json()["error"]["code"] == "invalid_client"
-    grant = await client.post(
-        "/oauth/token", data={"grant_type": "password", "client_id": client_id, "client_secret": secret}
-    )
-    assert grant.status_code == 400
-    assert grant.json()["error"]["code"] == "unsupported_grant_type"
-    scope = await client.post(
-        "/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": secret,
-            "scope": "admin",
-        },
-    )
-    assert scope.status_code == 400
-    assert scope.json()["error"]["code"] == "invalid_scope"
+    # RFC 6749 §5.2: {"error", "error_description"}, which OAuth client libraries parse; invalid_client
+    # is 401 with a Basic challenge however the secret was sent; the rest 400. Never cached.
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{client_id}:nope".encode()).decode()}
+    credentials = {"client_id": client_id, "client_secret": secret}
+    for label, kwargs, status, error in [
+        (
+            "wrong secret by Basic",
+            {"data": {"grant_type": "client_credentials"}, "headers": basic},
+            401,
+            "invalid_client",
+        ),
+        (
+            "wrong secret in the form",
+            {"data": {"grant_type": "client_credentials", "client_id": client_id, "client_secret": "x"}},
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown client",
+            {"data": {"grant_type": "client_credentials", "client_id": "cs_x", "client_secret": "y"}},
+            401,
+            "invalid_client",
+        ),
+        ("no credentials", {"data": {"grant_type": "client_credentials"}}, 401, "invalid_client"),
+        (
+            "broken Basic",
+            {"data": {"grant_type": "client_credentials"}, "headers": {"Authorization": "Basic !!"}},
+            401,
+            "invalid_client",
+        ),
+        (
+            "password grant",
+            {"data": {"grant_type": "password", **credentials}},
+            400,
+            "unsupported_grant_type",
+        ),
+        ("no grant_type", {"data": credentials}, 400, "invalid_request"),
+        (
+            "unknown scope",
+            {"data": {"grant_type": "client_credentials", **credentials, "scope": "admin"}},
+            400,
+            "invalid_scope",
+        ),
+        ("JSON body", {"json": {"grant_type": "client_credentials", **credentials}}, 400, "invalid_request"),
+        (
+            "repeated field",
+            {
+                "content": b"grant_type=client_credentials&grant_type=password",
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+            },
+            400,
+            "invalid_request",
+        ),
+    ]:
+        answer = await client.post("/oauth/token", **kwargs)  # type: ignore[arg-type]
+        assert (answer.status_code, answer.json()["error"]) == (status, error), (label, answer.text)
+        assert set(answer.json()) == {"error", "error_description"}, label
+        assert answer.json()["error_description"], label
+        assert answer.headers["cache-control"] == "no-store", label
+        if status == 401:
+            assert answer.headers["www-authenticate"] == 'Basic realm="abonent-corporate", charset="UTF-8"'
+        else:
+            assert "www-authenticate" not in answer.headers, label
+    # The schema documents the exception.
+    schema = (await client.get("/schema/openapi.json")).json()
+    answers = schema["paths"]["/oauth/token"]["post"]["responses"]
+    assert answers["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenError")
+    assert answers["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenError")
+    assert "RFC 6749" in schema["paths"]["/oauth/token"]["post"]["description"]
 
 
 async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock: ManualClock) -> None:
@@ -200,6 +204,9 @@ async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock:
     expired = await client.get("/v1/corporate/sims", headers=bearer(reader))
     assert expired.status_code == 401
     assert "expired" in expired.json()["error"]["message"]
+    assert 'error="invalid_token"' in expired.headers["www-authenticate"]
+    # Resource endpoints keep the API's own error shape (only /oauth/token speaks RFC 6749's).
+    assert set(expired.json()["error"]) == {"code", "message", "field"}
 
     fresh = (await get_token(client, reader_id, reader_secret))["access_token"]
     assert (await client.get("/v1/corporate/sims", headers=bearer(fresh))).status_code == 200
@@ -210,7 +217,7 @@ async def test_scopes_expiry_and_revocation(client: AsyncTestClient[Any], clock:
         "/oauth/token",
         data={"grant_type": "client_credentials", "client_id": reader_id, "client_secret": reader_secret},
     )
-    assert again.json()["error"]["code"] == "invalid_client"
+    assert (again.status_code, again.json()["error"]) == (401, "invalid_client")
 
 
 async def test_signing_keys_rotate_with_overlap(client: AsyncTestClient[Any], clock: ManualClock) -> None:
@@ -330,6 +337,7 @@ async def test_device_binding_lifecycle_and_bad_input(
         "imei": None,
         "mac": "00:1A:2B:3C:4D:5E",
         "installation_address": None,
+        "use_from": None,
     }
     unbound = await client.delete(url, headers=a)
     assert (unbound.json()["status"], unbound.json()["binding"], unbound.json()["device"]) == (
@@ -360,25 +368,31 @@ async def test_device_binding_lifecycle_and_bad_input(
     assert all(A_NUMBER not in json.dumps(e) for e in events)
     filtered = await client.get("/v1/corporate/sims", params={"status": "pending_submission"}, headers=a)
     assert [s["number"] for s in filtered.json()["items"]] == [A_OTHER]
-    # No deadlines are set yet (the registration timers set them): a deadline filter finds none.
+    # Every SIM got its deadline when it was put on the contract (10 working days from Monday 30 Nov).
     dated = await client.get(
-        "/v1/corporate/sims", params={"deadline_before": "2030-01-01T00:00:00Z"}, headers=a
+        "/v1/corporate/sims", params={"deadline_before": "2026-12-14T21:00:00Z"}, headers=a
     )
     assert dated.json()["items"] == []
+    dated = await client.get(
+        "/v1/corporate/sims", params={"deadline_before": "2026-12-14T21:00:01Z"}, headers=a
+    )
+    assert len(dated.json()["items"]) == 2
     for value in ("-13823", "2026-13-45T25:00Z", "tomorrow"):
         wrong = await client.get("/v1/corporate/sims", params={"deadline_after": value}, headers=a)
         assert (wrong.status_code, wrong.json()["error"]["field"]) == (400, "deadline_after"), value
     paged = await client.get("/v1/corporate/sims", params={"page_size": 1}, headers=a)
     assert (len(paged.json()["items"]), paged.json()["next_page"]) == (1, 2)
     timeline = await db.fetch("select kind, actor from verification.sim_timeline order by id")
-    assert [r["kind"] for r in timeline][:5] == [
+    assert [r["kind"] for r in timeline][:7] == [
         "added_to_contract",
         "added_to_contract",
+        "deadline_set",
+        "deadline_set",
         "bound",
         "rebound",
         "unbound",
     ]
-    assert timeline[2]["actor"] == f"client:{client_id}"
+    assert timeline[4]["actor"] == f"client:{client_id}"
 
 
 async def sign_in(client: AsyncTestClient[Any], sandbox: Sandbox, link: str, oid: str) -> str:

@@ -171,28 +171,47 @@ async def test_reminders_then_suspension_then_restoration(env: Env, settings: Se
     assert after.deadline is None
 
 
-async def test_a_device_start_date_moves_the_deadline_earlier(env: Env, settings: Settings) -> None:
-    runner = timers(env, settings)
-    async with env.pool.acquire() as conn:
-        company = await make_company(conn)
-        sim = await make_sim(conn, env.protector, company, "+79161112234", now=BEFORE_NEW_YEAR)
-    await sweep(env, runner)
-    async with env.pool.acquire() as conn, conn.transaction():
-        deadline = await env.flow.set_use_from(conn, company, sim.id, dt.date(2026, 1, 14), env.clock.now())
-        assert deadline == dt.datetime(2025, 12, 30, 21, 0, tzinfo=dt.UTC)
-        job = await sched.get_job(conn, JOB_SIM_DEADLINE, str(sim.id))
-        assert job is not None
-        assert job.due_at == deadline
-        # A later start date does not move it back.
-        later = await env.flow.set_use_from(conn, company, sim.id, dt.date(2026, 3, 2), env.clock.now())
-        assert later == deadline
-        # Another company's SIM is not found.
-        assert (
-            await env.flow.set_use_from(conn, uuid.uuid4(), sim.id, dt.date(2026, 1, 14), env.clock.now())
-            is None
-        )
+def test_what_a_transition_does_to_the_deadline() -> None:
+    """deadline_change, which transitions.apply runs for every transition (the API's use_from path is in
+    test_corporate_deadline_transitions.py)."""
 
-    env.clock.set(deadline)
-    await runner.run_once()
-    [due] = await outbox_events(env, sim.id, CorpSimSuspensionDue)
-    assert due.deadline == deadline
+    def change(**kw: Any) -> deadlines.DeadlineChange:
+        base: dict[str, Any] = {
+            "status": "pending_submission",
+            "binding": "device",
+            "deadline": None,
+            "suspended_at": None,
+            "use_from": None,
+            "now": BEFORE_NEW_YEAR,
+            "tz": MSK,
+        }
+        return deadlines.deadline_change(**{**base, **kw})
+
+    policy = dt.datetime(2026, 1, 21, 21, 0, tzinfo=dt.UTC)
+    assert change() == deadlines.DeadlineChange(
+        deadline=policy, suspended_at=None, reason="unregistered", case="unregistered"
+    )
+    # A device starting on Wednesday 14 Jan is due by the end of 30 Dec (3 working days over the holidays).
+    from_14 = change(use_from=dt.date(2026, 1, 14))
+    assert (from_14.deadline, from_14.reason) == (
+        dt.datetime(2025, 12, 30, 21, 0, tzinfo=dt.UTC),
+        "device_use_from",
+    )
+    # An employee's SIM ignores a start date (it is a device's field).
+    assert change(binding="employee", use_from=dt.date(2026, 1, 14)).deadline == policy
+    # A deadline is kept: a rebind or a rejection never buys time; a later start date changes nothing.
+    assert change(status="rejected", deadline=policy) == deadlines.DeadlineChange(
+        deadline=policy, suspended_at=None, case="rejected"
+    )
+    assert change(deadline=policy, use_from=dt.date(2026, 3, 2)).reason == ""
+    # A rejected SIM without one gets the (shorter) rejection policy's.
+    assert change(status="rejected").deadline == dt.datetime(2026, 1, 14, 21, 0, tzinfo=dt.UTC)
+    # Accepted: no deadline; restored only if it had been suspended.
+    assert change(status="accepted") == deadlines.DeadlineChange(deadline=None, suspended_at=None)
+    accepted = change(status="accepted", deadline=policy, suspended_at=policy)
+    assert (accepted.deadline, accepted.suspended_at, accepted.reason, accepted.restored) == (
+        None,
+        None,
+        "registered",
+        True,
+    )

@@ -80,8 +80,11 @@ async def test_rejection_carries_the_registry_reason_and_a_deadline(env: Env) ->
     person_row = await env.sim(company, person.id)
     assert (device_row.status, device_row.status_reason) == ("rejected", "invalid_imei")
     assert (person_row.status, person_row.status_reason) == ("rejected", "passport_mismatch")
-    # A rejected SIM gets the rejected policy's deadline at once (5 working days: Mon 30 Nov → Mon 7 Dec).
-    assert device_row.deadline == dt.datetime(2026, 12, 7, 21, 0, tzinfo=dt.UTC)
+    # Made without a deadline, the SIM got one in its first transition (submitted: 10 working days from
+    # Mon 30 Nov → Mon 14 Dec) and the rejection kept it: being rejected never buys time. (The rejected
+    # policy's shorter term is for a rejected SIM with none: test_corporate_deadlines.)
+    assert device_row.deadline == dt.datetime(2026, 12, 14, 21, 0, tzinfo=dt.UTC)
+    assert person_row.deadline == device_row.deadline
     received = {r["record"]["msisdn"]: r["record"] for r in await env.sandbox("GET", "/sandbox/submissions")}
     employee = received["+79161110003"]["employee"]
     assert (employee["last_name"], employee["passport_number"]) == ("Иванов", "123456")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
-from litestar import Request, Response, delete, get, post, put
+from litestar import MediaType, Request, Response, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
@@ -19,12 +20,13 @@ from litestar.params import Body, FromPath, JSONBody, Parameter, QueryParameter
 
 from services.common.auth_guard import CurrentPrincipal, requires
 from services.common.domain_errors import Invalid
-from services.common.errors import ErrorResponse, error_response
+from services.common.errors import ErrorResponse
 from services.common.web import runtime_extra
 from services.verification.corporate.domain.sim import SimStatus
-from services.verification.corporate.oauth import JWKS_MAX_AGE_S, SCOPE_READ, SCOPE_WRITE, Caller
+from services.verification.corporate.oauth import JWKS_MAX_AGE_S, REALM, SCOPE_READ, SCOPE_WRITE, Caller
 from services.verification.corporate.schemas import (
     DEVICE_EXAMPLE,
+    DEVICE_FROM_EXAMPLE,
     EMPLOYEE_EXAMPLE,
     SIM_EXAMPLE,
     Binding,
@@ -143,6 +145,82 @@ class TokenResponse(msgspec.Struct, kw_only=True):
     scope: str
 
 
+TokenErrorCode = Literal[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+]
+TOKEN_ERROR_CODES: frozenset[str] = frozenset(get_args(TokenErrorCode))
+
+
+class TokenError(msgspec.Struct, kw_only=True):
+    """RFC 6749 §5.2: the one place this API does not use its own error shape, because OAuth client
+    libraries parse exactly this one."""
+
+    error: TokenErrorCode
+    error_description: str = ""
+
+
+# No cache may keep a token or an answer about credentials (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+INVALID_CLIENT = (
+    "Unknown client, wrong secret or revoked client: send client_id and client_secret by HTTP Basic "
+    "or in the form"
+)
+# RFC 6749 §5.2: a client that failed to authenticate is challenged for HTTP Basic.
+BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
+
+
+def token_error(error: str, description: str) -> Response[Any]:
+    """An RFC 6749 §5.2 answer: invalid_client is 401, everything else 400, as §5.2 says."""
+    code = error if error in TOKEN_ERROR_CODES else "invalid_request"
+    headers = dict(NO_STORE)
+    status = 400
+    if code == "invalid_client":
+        # 401 whichever way the client sent its secret, so a client library can retry with Basic.
+        status = 401
+        headers["WWW-Authenticate"] = BASIC_CHALLENGE
+    return Response(
+        TokenError(error=code, error_description=description),  # type: ignore[arg-type]  # checked above
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _token_form_refused(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """A form Litestar could not read (wrong types, not a form) is an OAuth invalid_request here."""
+    extra = exc.extra
+    message = "The request is not a valid token request"
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict) and extra[0].get("message"):
+        message = str(extra[0]["message"]).split(" - at ")[0]
+    return token_error("invalid_request", message)
+
+
+TOKEN_ERRORS = ResponseSpec(
+    TokenError,
+    description='RFC 6749 §5.2 (not the API\'s `{"error": {...}}` shape): `unsupported_grant_type`, '
+    "`invalid_scope`, `invalid_request`, `unauthorized_client`, `invalid_grant`",
+    examples=[
+        Example(
+            summary="invalid_scope",
+            value={"error": "invalid_scope", "error_description": "The requested scope is invalid"},
+        )
+    ],
+)
+TOKEN_CLIENT_ERROR = ResponseSpec(
+    TokenError,
+    description="RFC 6749 §5.2 `invalid_client`: unknown client, wrong secret or revoked client; with "
+    "`WWW-Authenticate: Basic`",
+    examples=[
+        Example(value={"error": "invalid_client", "error_description": "The client cannot authenticate"})
+    ],
+)
+
+
 @post(
     "/oauth/token",
     tags=["corporate-auth"],
@@ -150,10 +228,15 @@ class TokenResponse(msgspec.Struct, kw_only=True):
     description="`grant_type=client_credentials`, the client authenticated by HTTP Basic "
     "(`client_secret_basic`) or by `client_id` and `client_secret` in the form (`client_secret_post`). "
     "`scope` is optional (default: all the client's scopes): `corporate-sims:read`, `corporate-sims:write`. "
-    "The token is a JWT (RFC 9068, ES256) checked against `/.well-known/jwks.json`. Errors use the one "
-    "error shape with the OAuth error as `code` (`invalid_client` 401 with WWW-Authenticate, "
-    "`invalid_scope`, `unsupported_grant_type`, `invalid_request`).",
+    "The token is a JWT (RFC 9068, ES256) checked against `/.well-known/jwks.json`.\n\n"
+    "**Errors here are OAuth's, not this API's usual shape**: RFC 6749 §5.2 "
+    '`{"error": "invalid_client", "error_description": "..."}`, so OAuth client libraries understand '
+    "them: `invalid_client` is 401 with `WWW-Authenticate: Basic`; `invalid_request`, "
+    "`unsupported_grant_type`, `invalid_scope`, `unauthorized_client` and `invalid_grant` are 400. The "
+    "SIM API itself answers a bad token with the usual shape and `WWW-Authenticate: Bearer "
+    'error="invalid_token"` (401) or `error="insufficient_scope"` (403), as RFC 6750 says.',
     status_code=200,
+    exception_handlers={ValidationException: _token_form_refused},
     responses={
         200: ResponseSpec(
             TokenResponse,
@@ -168,7 +251,8 @@ class TokenResponse(msgspec.Struct, kw_only=True):
                 )
             ],
         ),
-        401: ResponseSpec(ErrorResponse, description="invalid_client: unknown client, wrong secret, revoked"),
+        400: TOKEN_ERRORS,
+        401: TOKEN_CLIENT_ERROR,
     },
 )
 async def token(
@@ -176,15 +260,21 @@ async def token(
     data: Annotated[TokenForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     corporate: Corporate,
 ) -> Response[Any]:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != RequestEncodingType.URL_ENCODED:
+        return token_error("invalid_request", f"Send the form as {RequestEncodingType.URL_ENCODED.value}")
+    if not data.grant_type:
+        # authlib would call a missing grant_type unsupported; RFC 6749 §5.2 calls it invalid_request.
+        return token_error("invalid_request", "grant_type is required: client_credentials")
     form = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
     headers = {k.lower(): v for k, v in request.headers.items()}
     answer = await corporate.auth.issue_token(str(request.url), headers, form)
-    no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if answer.token is not None:
-        return Response(answer.token, status_code=200, headers=no_store)
-    extra = {k: v for k, v in answer.headers.items() if k.lower() == "www-authenticate"}
-    message = answer.description or answer.error
-    return error_response(answer.status, answer.error, message, headers={**extra, **no_store})
+        return Response(answer.token, status_code=200, headers=NO_STORE)
+    if answer.error == "invalid_client":
+        # authlib's description lists its methods; say what to fix instead.
+        return token_error("invalid_client", INVALID_CLIENT)
+    return token_error(answer.error, answer.description or answer.error)
 
 
 @get(
@@ -272,6 +362,7 @@ async def get_sim(number: Number, corporate: Corporate, caller: CurrentCaller) -
 _BIND_BODY = Body(
     examples=[
         Example(summary="A device", value=DEVICE_EXAMPLE),
+        Example(summary="A device that starts service on a given day", value=DEVICE_FROM_EXAMPLE),
         Example(summary="An employee (they confirm through Gosuslugi)", value=EMPLOYEE_EXAMPLE),
     ]
 )
@@ -285,7 +376,9 @@ _BIND_BODY = Body(
     description="An employee moves the SIM to `pending_employee_confirmation`: they get a link (SMS to "
     "the number; also `confirmation_link` here) and confirm through Gosuslugi; a match moves it to "
     "`pending_submission`, a mismatch rejects it with the fields that differ. A device goes to "
-    "`pending_submission` at once. Each change is a `corpsim.*` event. A bound SIM answers 409: use PUT.",
+    "`pending_submission` at once; with `device.use_from` (the day it starts service) its `deadline` is "
+    "the end of the 3rd working day before it (Russian production calendar), if that is earlier. Each "
+    "change is a `corpsim.*` event. A bound SIM answers 409: use PUT.",
     status_code=200,
     responses={
         200: ResponseSpec(SimView, examples=[Example(value=SIM_EXAMPLE)]),

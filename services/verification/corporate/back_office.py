@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody
 
 from services.common.auth_guard import CurrentPrincipal, requires
 from services.common.domain_errors import Invalid, NotFound
+from services.common.errors import error_responses
 from services.common.web import runtime_extra
 from services.verification.case_api import ADMIN_SCOPE
 from services.verification.corporate import flow_store, store
@@ -81,6 +82,8 @@ async def corporate_page(service: Service, principal: CurrentPrincipal) -> Respo
     summary="Set where a company's signed status webhooks go (URL and signing secret)",
     description="The company verifies `X-Abonent-Signature` with the secret (docs/webhooks.md). Bodies: "
     "`corpsim.bound|unbound|status_changed|suspension_due|restored|reminder` with the SIM id and number.",
+    # A PUT whose path names a company it does not create: an unknown (or malformed) id is a 404.
+    responses=error_responses(404),
 )
 async def put_company_webhook(
     company_id: FromPath[uuid.UUID],

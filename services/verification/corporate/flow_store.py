@@ -211,19 +211,6 @@ async def set_deadline(
     return version
 
 
-async def set_use_from(
-    conn: db.Connection, company_id: uuid.UUID, sim_id: uuid.UUID, day: dt.date | None
-) -> bool:
-    done = await conn.fetchval(
-        "update sims set use_from = $3, version = version + 1 where company_id = $1 and id = $2"
-        " returning true",
-        company_id,
-        sim_id,
-        day,
-    )
-    return bool(done)
-
-
 # --- company webhooks -----------------------------------------------------------------------------------
 
 

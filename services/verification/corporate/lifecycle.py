@@ -72,122 +72,167 @@ class CorporateFlow:
 
     # --- deadlines ------------------------------------------------------------------------------------
 
-    async def plan_deadline(
-        self, conn: db.Connection, target: flow_store.DeadlineTarget, now: dt.datetime
-    ) -> None:
-        """Give a not-registered SIM without a deadline its deadline and reminders (nothing otherwise)."""
-        if target.status == "accepted" or target.deadline is not None:
-            return
-        case: deadlines.DeadlineCase = "rejected" if target.status == "rejected" else "unregistered"
-        use_from = target.use_from if target.binding == "device" else None
-        deadline = deadlines.deadline_for(case, now, self.tz, use_from=use_from)
-        await flow_store.set_deadline(
-            conn, target.company_id, target.id, deadline=deadline, suspended_at=target.suspended_at, now=now
+    def deadline_change(self, sim: store.SimRow, now: dt.datetime) -> deadlines.DeadlineChange:
+        """The SIM's deadline in its new state (`sim` as it is about to be written)."""
+        return deadlines.deadline_change(
+            status=sim.status,
+            binding=sim.binding,
+            deadline=sim.deadline,
+            suspended_at=sim.suspended_at,
+            use_from=sim.use_from,
+            now=now,
+            tz=self.tz,
         )
-        await self._schedule(conn, target, case, deadline, now)
-        await store.add_sim_timeline(
+
+    async def deadline_changed(
+        self,
+        conn: db.Connection,
+        sim: store.SimWithNumber,
+        change: deadlines.DeadlineChange,
+        *,
+        was_suspended_at: dt.datetime | None,
+        now: dt.datetime,
+    ) -> None:
+        """The timers, events and audit entries of a deadline change already written to the SIM's row, in
+        the same transaction (so the status, the deadline and its timer commit or roll back together)."""
+        row = sim.sim
+        if change.reason == "":
+            return
+        if change.reason == "registered":
+            await scheduler.cancel(conn, JOB_SIM_DEADLINE, str(row.id))
+            for days in {d for p in deadlines.SIM_POLICIES.values() for d in p.reminder_working_days}:
+                await scheduler.cancel(conn, JOB_SIM_REMINDER, f"{row.id}:{days}")
+            if not change.restored or was_suspended_at is None:
+                return
+            await outbox.append(
+                conn,
+                CorpSimRestored(
+                    event_id=uuid.uuid5(ONCE_IDS, f"{row.id}:restored:{was_suspended_at.isoformat()}"),
+                    sim_id=row.id,
+                    company_id=row.company_id,
+                    state=_state(row.status),
+                    version=row.version,
+                    msisdn_masked=sim.msisdn_masked,
+                    msisdn=self.protector.decrypt(sim.msisdn_enc, store.MSISDN_CONTEXT, row.number_id),
+                    occurred_at=now,
+                ),
+            )
+            await store.add_sim_timeline(conn, row.company_id, row.id, at=now, kind="restored", actor=SYSTEM)
+            return
+        assert change.deadline is not None  # every reason but "registered" sets one
+        await self._schedule(
             conn,
-            target.company_id,
-            target.id,
-            at=now,
-            kind="deadline_set",
-            actor=SYSTEM,
-            detail={"deadline": deadline.isoformat(), "policy": case},
+            company_id=row.company_id,
+            sim_id=row.id,
+            case=change.case,
+            deadline=change.deadline,
+            now=now,
+        )
+        detail: dict[str, Any] = {"deadline": change.deadline.isoformat(), "policy": change.reason}
+        if change.reason == "device_use_from" and row.use_from is not None:
+            detail["use_from"] = row.use_from.isoformat()
+        await store.add_sim_timeline(
+            conn, row.company_id, row.id, at=now, kind="deadline_set", actor=SYSTEM, detail=detail
         )
 
     async def _schedule(
         self,
         conn: db.Connection,
-        target: flow_store.DeadlineTarget,
+        *,
+        company_id: uuid.UUID,
+        sim_id: uuid.UUID,
         case: deadlines.DeadlineCase,
         deadline: dt.datetime,
         now: dt.datetime,
     ) -> None:
-        payload = {
-            "company_id": str(target.company_id),
-            "sim_id": str(target.id),
-            "deadline": deadline.isoformat(),
-        }
-        await scheduler.schedule(conn, JOB_SIM_DEADLINE, str(target.id), deadline, payload)
+        # Scheduling again moves the job; reminders of an earlier deadline that this one does not have
+        # find the deadline changed when they run and do nothing (_job_target).
+        payload = {"company_id": str(company_id), "sim_id": str(sim_id), "deadline": deadline.isoformat()}
+        await scheduler.schedule(conn, JOB_SIM_DEADLINE, str(sim_id), deadline, payload)
         for days, at in deadlines.reminder_times(case, deadline, self.tz, now).items():
             await scheduler.schedule(
-                conn, JOB_SIM_REMINDER, f"{target.id}:{days}", at, {**payload, "days": days}
+                conn, JOB_SIM_REMINDER, f"{sim_id}:{days}", at, {**payload, "days": days}
             )
 
-    async def set_use_from(
-        self, conn: db.Connection, company_id: uuid.UUID, sim_id: uuid.UUID, day: dt.date, now: dt.datetime
-    ) -> dt.datetime | None:
-        """A device SIM starts service on `day`: its deadline moves to 3 working days before, if earlier.
-
-        Returns the SIM's deadline, or None for a SIM that is not the company's."""
-        if not await flow_store.set_use_from(conn, company_id, sim_id, day):
-            return None
-        target = await flow_store.deadline_target(conn, company_id, sim_id)
-        assert target is not None  # updated just above in this transaction
-        if target.status == "accepted":
-            return None
-        if target.binding != "device":
-            return target.deadline
-        device_deadline = deadlines.end_of_working_day(deadlines.device_last_day(day), self.tz)
-        if target.deadline is not None and target.deadline <= device_deadline:
-            return target.deadline
-        await flow_store.set_deadline(
-            conn, company_id, sim_id, deadline=device_deadline, suspended_at=target.suspended_at, now=now
+    def new_sim_deadline(self, now: dt.datetime) -> deadlines.DeadlineChange:
+        """The deadline of a SIM put on a contract now (the same for every SIM of one batch)."""
+        return deadlines.deadline_change(
+            status="unregistered",
+            binding=None,
+            deadline=None,
+            suspended_at=None,
+            use_from=None,
+            now=now,
+            tz=self.tz,
         )
-        case: deadlines.DeadlineCase = "rejected" if target.status == "rejected" else "unregistered"
-        await self._schedule(conn, target, case, device_deadline, now)
-        await store.add_sim_timeline(
+
+    async def new_on_contract(
+        self,
+        conn: db.Connection,
+        company_id: uuid.UUID,
+        sim_ids: list[uuid.UUID],
+        change: deadlines.DeadlineChange,
+        now: dt.datetime,
+    ) -> None:
+        """The timers and audit entries of SIMs just inserted with `change.deadline`, in the inserting
+        transaction; set-based, since a contract brings numbers by the thousand."""
+        if not sim_ids or change.deadline is None:
+            return
+        deadline = change.deadline
+
+        def payload(sim_id: uuid.UUID) -> dict[str, Any]:
+            return {"company_id": str(company_id), "sim_id": str(sim_id), "deadline": deadline.isoformat()}
+
+        await scheduler.schedule_many(
+            conn, JOB_SIM_DEADLINE, [(str(sim_id), deadline, payload(sim_id)) for sim_id in sim_ids]
+        )
+        for days, at in deadlines.reminder_times(change.case, deadline, self.tz, now).items():
+            await scheduler.schedule_many(
+                conn,
+                JOB_SIM_REMINDER,
+                [(f"{sim_id}:{days}", at, {**payload(sim_id), "days": days}) for sim_id in sim_ids],
+            )
+        await store.add_sim_timelines(
             conn,
             company_id,
-            sim_id,
+            sim_ids,
             at=now,
             kind="deadline_set",
             actor=SYSTEM,
-            detail={
-                "deadline": device_deadline.isoformat(),
-                "policy": "device_use_from",
-                "use_from": day.isoformat(),
-            },
+            detail={"deadline": deadline.isoformat(), "policy": change.reason},
         )
-        return device_deadline
-
-    async def registered(
-        self, conn: db.Connection, company_id: uuid.UUID, sim_id: uuid.UUID, now: dt.datetime
-    ) -> None:
-        """The registry accepted the SIM (in its transaction): no deadline any more; restored if suspended."""
-        target = await flow_store.deadline_target(conn, company_id, sim_id)
-        if target is None:
-            return
-        await scheduler.cancel(conn, JOB_SIM_DEADLINE, str(sim_id))
-        for days in {d for p in deadlines.SIM_POLICIES.values() for d in p.reminder_working_days}:
-            await scheduler.cancel(conn, JOB_SIM_REMINDER, f"{sim_id}:{days}")
-        version = await flow_store.set_deadline(
-            conn, company_id, sim_id, deadline=None, suspended_at=None, now=now
-        )
-        if target.suspended_at is None:
-            return
-        await outbox.append(
-            conn,
-            CorpSimRestored(
-                event_id=uuid.uuid5(ONCE_IDS, f"{sim_id}:restored:{target.suspended_at.isoformat()}"),
-                sim_id=sim_id,
-                company_id=company_id,
-                state=_state(target.status),
-                version=version,
-                msisdn_masked=target.msisdn_masked,
-                msisdn=self._msisdn(target),
-                occurred_at=now,
-            ),
-        )
-        await store.add_sim_timeline(conn, company_id, sim_id, at=now, kind="restored", actor=SYSTEM)
 
     # --- timer jobs -----------------------------------------------------------------------------------
 
     async def on_sweep(self, conn: db.Connection, job: Job) -> dt.datetime | None:
-        """Deadlines for SIMs that need one (new on a contract, unbound, rejected, rebound after accepted)."""
+        """A safety net, not the mechanism: every transition sets its SIM's deadline in its own transaction
+        (transitions.apply), and so does putting a number on a contract. What can still lack one are SIMs
+        whose state was written set-based without apply (the bulk upload's device bindings of SIMs that
+        were accepted) and rows from before deadlines were set in the transition; they get theirs here."""
         targets = await flow_store.sims_needing_deadline(conn, limit=SWEEP_BATCH)
         for target in targets:
-            await self.plan_deadline(conn, target, job.now)
+            found = await store.get_sim(conn, target.company_id, target.id, lock=True)
+            if found is None:
+                continue
+            change = self.deadline_change(found.sim, job.now)
+            version = await flow_store.set_deadline(
+                conn,
+                target.company_id,
+                target.id,
+                deadline=change.deadline,
+                suspended_at=change.suspended_at,
+                now=job.now,
+            )
+            saved = msgspec.structs.replace(
+                found.sim, deadline=change.deadline, suspended_at=change.suspended_at, version=version
+            )
+            await self.deadline_changed(
+                conn,
+                msgspec.structs.replace(found, sim=saved),
+                change,
+                was_suspended_at=found.sim.suspended_at,
+                now=job.now,
+            )
         return job.now if len(targets) == SWEEP_BATCH else None  # more left: again at once
 
     async def _job_target(self, conn: db.Connection, job: Job) -> flow_store.DeadlineTarget | None:

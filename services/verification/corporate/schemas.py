@@ -151,6 +151,20 @@ class DeviceData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    use_from: (
+        Annotated[
+            dt.date,
+            msgspec.Meta(
+                description="The day the device starts service (ISO date, today or later, in the "
+                "operator's zone). Decree 844: it must be registered 3 working days before, on the Russian "
+                "production calendar; the SIM's `deadline` becomes the end of that day if earlier. A date "
+                "sooner than that makes the SIM overdue at once (it is reported `suspension_due` until the "
+                "registry accepts it).",
+                examples=["2026-12-15"],
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BindingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -166,6 +180,7 @@ class DeviceView(msgspec.Struct, kw_only=True, frozen=True):
     imei: str | None = None
     mac: str | None = None
     installation_address: str | None = None
+    use_from: dt.date | None = None
 
 
 class RegistrationRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -220,11 +235,21 @@ DEVICE_EXAMPLE: dict[str, Any] = {
         "installation_address": "г. Москва, ул. Тверская, д. 1, щитовая",
     }
 }
+# A device that starts service on a known day: registered 3 working days before it (Decree 844).
+DEVICE_FROM_EXAMPLE: dict[str, Any] = {
+    "device": {
+        "type": "payment_terminal",
+        "name": "Ingenico Move/5000",
+        "imei": "356938035643809",
+        "installation_address": "г. Москва, ул. Тверская, д. 1, касса 2",
+        "use_from": "2026-12-15",
+    }
+}
 SIM_EXAMPLE: dict[str, Any] = {
     "number": "+79161234567",
     "status": "pending_submission",
     "status_reason": "",
-    "deadline": None,
+    "deadline": "2026-12-10T21:00:00Z",
     "version": 2,
     "binding": "device",
     "employee": None,
@@ -234,6 +259,7 @@ SIM_EXAMPLE: dict[str, Any] = {
         "imei": "490154203237518",
         "mac": None,
         "installation_address": "г. Москва, ул. Тверская, д. 1, щитовая",
+        "use_from": "2026-12-15",
     },
     "confirmation_link": None,
     "registration": {

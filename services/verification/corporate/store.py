@@ -236,6 +236,10 @@ class SimRow(msgspec.Struct, kw_only=True):
     created_at: dt.datetime
     bound_at: dt.datetime | None = None
     updated_at: dt.datetime
+    # When the deadline passed unregistered (a later registration restores the number).
+    suspended_at: dt.datetime | None = None
+    # The day a device SIM starts service (it is registered 3 working days before); part of the binding.
+    use_from: dt.date | None = None
 
 
 class SimWithNumber(msgspec.Struct, kw_only=True):
@@ -466,6 +470,29 @@ async def add_sim_timeline(
         " values ($1, $2, $3, $4, $5, $6)",
         company_id,
         sim_id,
+        at,
+        kind,
+        actor,
+        detail or {},
+    )
+
+
+async def add_sim_timelines(
+    conn: db.Connection,
+    company_id: uuid.UUID,
+    sim_ids: list[uuid.UUID],
+    *,
+    at: dt.datetime,
+    kind: str,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """The same entry for many SIMs of one company, in one statement."""
+    await conn.execute(
+        "insert into sim_timeline (company_id, sim_id, at, kind, actor, detail)"
+        " select $1, sim_id, $3, $4, $5, $6 from unnest($2::uuid[]) as sim_id",
+        company_id,
+        sim_ids,
         at,
         kind,
         actor,

@@ -1,5 +1,6 @@
-"""Applying a SIM transition: the row at its next version, the corpsim.* event and the audit entry, all in
-the caller's transaction (the one place a SIM changes, for the API and for the employee's case alike)."""
+"""Applying a SIM transition: the row at its next version with its deadline, the corpsim.* event, the
+deadline's timers and the audit entries, all in the caller's transaction (the one place a SIM changes, for
+the API, the registry worker and the employee's case alike)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from services.common.events import (
 )
 from services.verification.corporate import store
 from services.verification.corporate.domain.sim import SimStatus, SimTransition, transition
+from services.verification.corporate.lifecycle import CorporateFlow
 
 # The binding's columns, cleared by an unbind and replaced by a rebind.
 BINDING_FIELDS = (
@@ -34,6 +36,7 @@ BINDING_FIELDS = (
     "installation_address",
     "case_id",
     "bound_at",
+    "use_from",
 )
 
 
@@ -42,13 +45,14 @@ async def apply(
     current: store.SimWithNumber,
     outcome: SimTransition,
     *,
+    flow: CorporateFlow,
     actor: str,
     now: dt.datetime,
     binding: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
 ) -> store.SimRow:
-    """Write the transition (with the new binding's columns, if any) at the next version, or raise a
-    409 when the SIM changed since it was read."""
+    """Write the transition (with the new binding's columns, if any, and the deadline its new state
+    has) at the next version, or raise a 409 when the SIM changed since it was read."""
     sim = current.sim
     changes: dict[str, Any] = dict.fromkeys(BINDING_FIELDS) if outcome.event != "status_changed" else {}
     changes.update(binding or {})
@@ -60,6 +64,11 @@ async def apply(
         updated_at=now,
         **changes,
     )
+    # The deadline moves with the status in this same write: accepted clears it (and restores a
+    # suspended number), a SIM that needs registration and has none gets one, a device's start date
+    # brings it forward.
+    deadline = flow.deadline_change(new, now)
+    new = msgspec.structs.replace(new, deadline=deadline.deadline, suspended_at=deadline.suspended_at)
     version = await store.save_sim(conn, new, sim.version)
     if version is None:
         raise Conflict("sim_changed", "The SIM changed meanwhile; read it again and retry", field="version")
@@ -94,6 +103,13 @@ async def apply(
     await store.add_sim_timeline(
         conn, sim.company_id, sim.id, at=now, kind=kind, actor=actor, detail={**entry, **(detail or {})}
     )
+    await flow.deadline_changed(
+        conn,
+        msgspec.structs.replace(current, sim=new),
+        deadline,
+        was_suspended_at=sim.suspended_at,
+        now=now,
+    )
     return new
 
 
@@ -110,7 +126,13 @@ EmployeeOutcome = Literal["confirmed", "mismatch", "expired"]
 
 
 async def employee_case_decided(
-    conn: db.Connection, case_id: uuid.UUID, outcome: EmployeeOutcome, fields: list[str], now: dt.datetime
+    conn: db.Connection,
+    case_id: uuid.UUID,
+    outcome: EmployeeOutcome,
+    fields: list[str],
+    now: dt.datetime,
+    *,
+    flow: CorporateFlow,
 ) -> store.SimRow | None:
     """The employee's verification case decided (in the case's transaction): the SIM moves on to
     submission, or is rejected with the reason. Nothing when the SIM was unbound or rebound meanwhile."""
@@ -128,4 +150,4 @@ async def employee_case_decided(
     else:
         moved = transition(status, "employee", "employee_expired")
     actor = "system" if outcome == "expired" else "employee"
-    return await apply(conn, found, moved, actor=actor, now=now, detail={"case_id": str(case_id)})
+    return await apply(conn, found, moved, flow=flow, actor=actor, now=now, detail={"case_id": str(case_id)})

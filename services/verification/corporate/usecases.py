@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from services.common import db
+from services.common.calendar import zone
 from services.common.crypto import DataProtector, token_hash
 from services.common.domain_errors import Conflict, Invalid, NotFound
 from services.common.phone import PhoneRejected, parse_phone
@@ -23,6 +24,7 @@ from services.verification.corporate.domain.devices import check_imei, check_mac
 from services.verification.corporate.domain.ids import check_company_ids
 from services.verification.corporate.domain.limits import LEGAL_SOURCE, NUMBER_LIMIT
 from services.verification.corporate.domain.sim import COUNTED_STATUSES, Action, SimStatus, transition
+from services.verification.corporate.lifecycle import CorporateFlow
 from services.verification.corporate.oauth import Caller, CorporateAuth, new_client_credentials
 from services.verification.corporate.schemas import (
     BindingRequest,
@@ -83,6 +85,10 @@ class CorporateSims:
     def protector(self) -> DataProtector:
         return self.cases.protector
 
+    @property
+    def flow(self) -> CorporateFlow:
+        return self.cases.corporate_flow
+
     def _now(self) -> dt.datetime:
         return self.cases.clock.now()
 
@@ -130,6 +136,9 @@ class CorporateSims:
         parse or sit on another contract are reported, the rest applied."""
         now = self._now()
         results: list[NumberResult] = []
+        # Each new SIM's registration deadline and timers start with it, in this transaction.
+        deadline = self.flow.new_sim_deadline(now)
+        new_sims: list[uuid.UUID] = []
         async with db.transaction(self.pool) as conn:
             await self._company(conn, company_id)
             for position, raw in enumerate(data.numbers):
@@ -151,21 +160,20 @@ class CorporateSims:
                     added_at=now,
                 )
                 if await store.insert_number(conn, number):
-                    sim_id = uuid.uuid4()
-                    await store.insert_sim(
-                        conn,
-                        store.SimRow(
-                            id=sim_id,
-                            company_id=company_id,
-                            number_id=number_id,
-                            status="unregistered",
-                            created_at=now,
-                            updated_at=now,
-                        ),
+                    sim = store.SimRow(
+                        id=uuid.uuid4(),
+                        company_id=company_id,
+                        number_id=number_id,
+                        status="unregistered",
+                        deadline=deadline.deadline,
+                        created_at=now,
+                        updated_at=now,
                     )
+                    await store.insert_sim(conn, sim)
                     await store.add_sim_timeline(
-                        conn, company_id, sim_id, at=now, kind="added_to_contract", actor=actor
+                        conn, company_id, sim.id, at=now, kind="added_to_contract", actor=actor
                     )
+                    new_sims.append(sim.id)
                     results.append(NumberResult(index=position, number=e164, outcome="added"))
                     continue
                 owner = await store.number_owner(conn, index)
@@ -174,6 +182,7 @@ class CorporateSims:
                 )
                 reason = "" if owner == company_id else "the number is on another company's contract"
                 results.append(NumberResult(index=position, number=e164, outcome=outcome, reason=reason))
+            await self.flow.new_on_contract(conn, company_id, new_sims, deadline, now)
         return NumbersAdded(added=sum(r.outcome == "added" for r in results), results=results)
 
     async def create_client(self, company_id: uuid.UUID, data: ClientCreate, actor: str) -> ClientCreated:
@@ -318,9 +327,14 @@ class CorporateSims:
         if (data.employee is None) == (data.device is None):
             raise Invalid("binding_kind", "send exactly one of `employee` and `device`", field="employee")
         holder = None if data.employee is None else self._check_employee(data.employee, e164)
-        device = None if data.device is None else _check_device(data.device)
-        index = self.protector.blind_index(e164, store.MSISDN_INDEX)
         now = self._now()
+        device: dict[str, object] | None = None
+        if data.device is not None:
+            device = {
+                **_check_device(data.device),
+                "use_from": _check_use_from(data.device, now, self.flow.tz),
+            }
+        index = self.protector.blind_index(e164, store.MSISDN_INDEX)
         async with db.transaction(self.pool) as conn:
             found = await store.sim_by_number(conn, caller.company_id, index, lock=True)
             if found is None:
@@ -340,7 +354,7 @@ class CorporateSims:
                 )
             else:
                 fields = {**(device or {}), "bound_at": now}
-            new = await apply(conn, found, outcome, actor=caller.who, now=now, binding=fields)
+            new = await apply(conn, found, outcome, flow=self.flow, actor=caller.who, now=now, binding=fields)
             return await self._view(conn, company, msgspec.structs.replace(found, sim=new)), True
 
     async def unbind(self, caller: Caller, number: str) -> SimView:
@@ -352,7 +366,7 @@ class CorporateSims:
                 raise _not_found()
             outcome = transition(found.sim.status, found.sim.binding, "unbind")  # type: ignore[arg-type]
             await self._end_case(conn, found.sim, caller.who, "the SIM was unbound", now)
-            new = await apply(conn, found, outcome, actor=caller.who, now=now)
+            new = await apply(conn, found, outcome, flow=self.flow, actor=caller.who, now=now)
             company = await self._company(conn, caller.company_id)
             return await self._view(conn, company, msgspec.structs.replace(found, sim=new))
 
@@ -387,7 +401,7 @@ class CorporateSims:
         sim: store.SimRow,
         holder: Holder | None,
         employee: EmployeeData | None,
-        device: dict[str, str | None] | None,
+        device: dict[str, object] | None,
     ) -> bool:
         if sim.status == "rejected":
             return False  # sending it again after a rejection is a new attempt
@@ -480,6 +494,7 @@ class CorporateSims:
                 imei=sim.device_id if sim.device_id_kind == "imei" else None,
                 mac=sim.device_id if sim.device_id_kind == "mac" else None,
                 installation_address=sim.installation_address,
+                use_from=sim.use_from,
             )
         link = None
         if sim.status == "pending_employee_confirmation" and sim.case_id is not None:
@@ -527,6 +542,11 @@ HOLDER_FIELDS = (
 )
 
 
+# How far ahead a device's start date may be: further than this is a typo, not a plan (and the deadline
+# it would set is later than any policy's anyway).
+USE_FROM_HORIZON = dt.timedelta(days=3 * 366)
+
+
 def _check_device(device: DeviceData) -> dict[str, str | None]:
     """The device binding's columns, each value checked (IMEI Luhn, MAC form, address where required)."""
     if (device.imei is None) == (device.mac is None):
@@ -554,6 +574,28 @@ def _check_device(device: DeviceData) -> dict[str, str | None]:
         "device_id": identifier,
         "installation_address": address,
     }
+
+
+def _check_use_from(device: DeviceData, now: dt.datetime, tz: str) -> dt.date | None:
+    """The device's start date: not in the past, not absurdly far ahead."""
+    if device.use_from is None:
+        return None
+    # "Today" is the operator's calendar day, the one deadlines are counted in.
+    today = now.astimezone(zone(tz)).date()
+    if device.use_from < today:
+        raise Invalid(
+            "use_from_in_past",
+            f"device.use_from {device.use_from.isoformat()} is in the past (today is {today.isoformat()} "
+            f"in {tz}); send the day the device starts service",
+            field="device.use_from",
+        )
+    if device.use_from > today + USE_FROM_HORIZON:
+        raise Invalid(
+            "use_from_too_far",
+            f"device.use_from {device.use_from.isoformat()} is more than 3 years ahead",
+            field="device.use_from",
+        )
+    return device.use_from
 
 
 def _kind(row: store.CompanyRow) -> str:

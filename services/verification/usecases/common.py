@@ -14,6 +14,7 @@ from services.common.clock import Clock
 from services.common.crypto import DataProtector
 from services.common.domain_errors import NotFound
 from services.verification import store
+from services.verification.corporate.lifecycle import CorporateFlow
 from services.verification.domain.compare import Holder
 from services.verification.domain.deadlines import last_day, reminder_times
 from services.verification.domain.links import link_url, token_for
@@ -47,6 +48,13 @@ class CaseCore:
     link_base: str
     provider: IdentityProvider | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The zone corporate SIM deadlines are counted in (ABONENT_CORPSIM_ZONE): an employee's case decides
+    # their company's SIM, whose deadline moves in the same transaction.
+    corpsim_zone: str = "Europe/Moscow"
+
+    @property
+    def corporate_flow(self) -> CorporateFlow:
+        return CorporateFlow(protector=self.protector, tz=self.corpsim_zone)
 
     @property
     def redirect_uri(self) -> str:

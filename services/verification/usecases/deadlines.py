@@ -59,7 +59,7 @@ class DeadlineJobs(CaseCore):
             await store.add_timeline(
                 conn, case_id, job.now, "expired", SYSTEM, detail={"deadline": row.deadline.isoformat()}
             )
-            await employee_case_decided(conn, case_id, "expired", [], job.now)
+            await employee_case_decided(conn, case_id, "expired", [], job.now, flow=self.corporate_flow)
             return None
         link = await store.current_link(conn, case_id)
         await store.set_status(conn, case_id, "suspended", suspended_at=job.now)

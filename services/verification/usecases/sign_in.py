@@ -272,7 +272,12 @@ class SignInUseCases(CaseCore):
                     if row.reason == "corporate_sim":
                         # A company's SIM awaits this employee: it moves on in this same transaction.
                         await employee_case_decided(
-                            conn, row.id, "confirmed" if result.matched else "mismatch", result.fields, now
+                            conn,
+                            row.id,
+                            "confirmed" if result.matched else "mismatch",
+                            result.fields,
+                            now,
+                            flow=self.corporate_flow,
                         )
             elif outcome == "consent_denied":
                 events.append(VerificationConsentDenied(case_id=row.id, state=state, occurred_at=now))

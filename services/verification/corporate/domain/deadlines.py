@@ -88,3 +88,64 @@ def reminder_times(
         if now < at < deadline:
             times[days] = at
     return times
+
+
+def device_deadline(use_from: dt.date, tz: str) -> dt.datetime:
+    """The deadline of a device SIM that starts service on `use_from`: the end of its last day."""
+    return end_of_working_day(device_last_day(use_from), tz)
+
+
+# Why a SIM's deadline changed: the policy that set it, "device_use_from" (moved earlier by the device's
+# start date), "registered" (accepted: no deadline any more), or "" (unchanged).
+DeadlineReason = Literal["", "unregistered", "rejected", "device_use_from", "registered"]
+
+
+class DeadlineChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A SIM's deadline and suspension mark after a change of its status or binding."""
+
+    deadline: dt.datetime | None
+    suspended_at: dt.datetime | None
+    reason: DeadlineReason = ""
+    # The reminder policy of the (new) deadline.
+    case: DeadlineCase = "unregistered"
+    # Registered after its deadline had suspended it: the number is to be restored.
+    restored: bool = False
+
+
+def deadline_change(
+    *,
+    status: str,
+    binding: str | None,
+    deadline: dt.datetime | None,
+    suspended_at: dt.datetime | None,
+    use_from: dt.date | None,
+    now: dt.datetime,
+    tz: str,
+) -> DeadlineChange:
+    """What a SIM's deadline becomes in its new state (the rules in one place, for every transition).
+
+    - accepted: no deadline, no suspension (a suspended SIM is restored);
+    - not registered and without a deadline (new on a contract, or bound/unbound after it was accepted):
+      the policy's deadline from now (`rejected` or `unregistered`), earlier for a device starting sooner;
+    - not registered with a deadline: kept (rebinding or being rejected never buys more time), only moved
+      earlier by a device's start date.
+    """
+    if status == "accepted":
+        if deadline is None and suspended_at is None:
+            return DeadlineChange(deadline=None, suspended_at=None)
+        return DeadlineChange(
+            deadline=None, suspended_at=None, reason="registered", restored=suspended_at is not None
+        )
+    case: DeadlineCase = "rejected" if status == "rejected" else "unregistered"
+    device_from = use_from if binding == "device" else None
+    if deadline is None:
+        new = deadline_for(case, now, tz, use_from=device_from)
+        reason: DeadlineReason = case
+        if device_from is not None and new == device_deadline(device_from, tz):
+            reason = "device_use_from"
+        return DeadlineChange(deadline=new, suspended_at=suspended_at, reason=reason, case=case)
+    if device_from is not None and (earlier := device_deadline(device_from, tz)) < deadline:
+        return DeadlineChange(
+            deadline=earlier, suspended_at=suspended_at, reason="device_use_from", case=case
+        )
+    return DeadlineChange(deadline=deadline, suspended_at=suspended_at, case=case)

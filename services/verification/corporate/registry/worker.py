@@ -232,7 +232,9 @@ class RegistryWorker:
                     "employee" if found.sim.binding == "employee" else "device",
                     "submit",
                 )
-                sim = await transitions.apply(conn, found, moved, actor=ACTOR, now=now, detail=detail)
+                sim = await transitions.apply(
+                    conn, found, moved, flow=self.flow, actor=ACTOR, now=now, detail=detail
+                )
                 found = store.SimWithNumber(
                     sim=sim, msisdn_enc=found.msisdn_enc, msisdn_masked=found.msisdn_masked
                 )
@@ -258,7 +260,9 @@ class RegistryWorker:
                     "reject",
                     reason=status.reason or "rejected_by_registry",
                 )
-            await transitions.apply(conn, found, moved, actor=ACTOR, now=now, detail=detail)
+            # Accepted clears the deadline (and restores a suspended number); rejected keeps its deadline,
+            # or gets one: in the same transaction as the transition (transitions.apply).
+            await transitions.apply(conn, found, moved, flow=self.flow, actor=ACTOR, now=now, detail=detail)
             await flow_store.settle_submission(
                 conn,
                 sub.id,
@@ -269,11 +273,6 @@ class RegistryWorker:
                 registry_ref=status.registry_ref or None,
                 reason=moved.reason,
             )
-            target = await flow_store.deadline_target(conn, sub.company_id, sub.sim_id)
-            if status.outcome == "accepted":
-                await self.flow.registered(conn, sub.company_id, sub.sim_id, now)
-            elif target is not None:
-                await self.flow.plan_deadline(conn, target, now)
 
 
 def _same_binding(sim: store.SimRow, sub: flow_store.SubmissionRow) -> bool:
