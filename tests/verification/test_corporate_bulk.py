@@ -14,9 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from support.corporate_bulk import put_on_contract
 from support.polling import until
 from support.verification import AUTH, MATCH_CASE
 
+from services.common.crypto import DataProtector
+from services.common.settings import Settings
 from services.verification.corporate.bulk import MAX_BYTES
 
 SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
@@ -133,8 +136,13 @@ def mixed_file(rows: int) -> tuple[bytes, dict[int, str]]:
     return ("\r\n".join(lines) + "\r\n").encode(), errors
 
 
-async def check_mixed(client: AsyncTestClient[Any], db: asyncpg.Connection, rows: int) -> None:
-    a = await company(client, SBER, [number(i) for i in range(1, rows + 1)])
+async def check_mixed(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings, rows: int
+) -> None:
+    auth = await onboard(client, SBER, number(1))
+    numbers = [number(i) for i in range(2, rows + 1)]
+    await put_on_contract(db, DataProtector.from_settings(settings), uuid.UUID(auth["id"]), numbers)
+    a = {"Authorization": auth["Authorization"]}
     body, errors = mixed_file(rows)
     started = time.monotonic()
     job = await upload(client, body, a)
@@ -175,17 +183,17 @@ async def check_mixed(client: AsyncTestClient[Any], db: asyncpg.Connection, rows
 
 
 async def test_bulk_upload_10000_rows_with_mixed_errors_then_idempotent(
-    client: AsyncTestClient[Any], db: asyncpg.Connection
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings
 ) -> None:
-    await check_mixed(client, db, 10_000)
+    await check_mixed(client, db, settings, 10_000)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ABONENT_BULK_LONG") != "1", reason="ABONENT_BULK_LONG=1 runs it")
 async def test_bulk_upload_100000_rows_with_mixed_errors_then_idempotent(
-    client: AsyncTestClient[Any], db: asyncpg.Connection
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings
 ) -> None:
-    await check_mixed(client, db, 100_000)
+    await check_mixed(client, db, settings, 100_000)
 
 
 async def test_cp1251_semicolons_and_dates_as_exported_by_russian_excel(client: AsyncTestClient[Any]) -> None:
@@ -302,3 +310,38 @@ async def test_jobs_are_confined_to_the_company(client: AsyncTestClient[Any]) ->
         UPLOADS, content=b"number,kind\n", headers={**CSV, "Authorization": "Bearer x"}
     )
     assert read_only.status_code == 401
+
+
+async def test_the_20_number_limit_is_counted_for_everyone_in_the_file_in_file_order(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    a = await company(client, SBER, [number(i) for i in range(1, 5)])
+    employee = {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason", "lang", "tz")}
+    # Another operator's 18 numbers for this person: two more places, then the limit.
+    known = await client.post(
+        "/v1/corporate/known-numbers",
+        json={
+            "passport_series": employee["passport_series"],
+            "passport_number": employee["passport_number"],
+            "operator": "ПАО МТС",
+            "numbers": [f"+7915{7000000 + i:07d}" for i in range(18)],
+        },
+        headers=AUTH,
+    )
+    assert known.status_code == 200, known.text
+    other = {**employee, "passport_number": "654321"}
+    lines = [
+        {"number": number(1), "kind": "employee", **employee},
+        {"number": number(2), "kind": "employee", **other},  # someone else: not counted with them
+        {"number": number(3), "kind": "employee", **employee},
+        {"number": number(4), "kind": "employee", **employee},  # the 21st
+    ]
+    body = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines).encode()
+    job = await upload(client, body, a, JSONL)
+    assert (job["applied"], job["errors"]) == (3, 1), job
+    [refused] = await report(client, job, a)
+    assert refused[:3] == ["4", "error", "passport_number"]
+    assert "limit is 20" in refused[3]
+    assert await db.fetchval("select count(*) from verification.cases where reason = 'corporate_sim'") == 3
+    over = await client.get(f"/v1/corporate/sims/{number(4)}", headers=a)
+    assert over.json()["status"] == "unregistered"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import subprocess
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from support.corporate_bulk import put_on_contract
 from support.harness import TEST_ADMIN_TOKEN, settings_env, spawn, wait_ready_blocking
 from support.polling import until
 from support.verification import MATCH_CASE
@@ -22,7 +22,6 @@ from services.common.embedded import free_port
 from services.common.settings import Settings
 from services.verification.corporate import store
 from services.verification.corporate.bulk import CHUNK_ROWS
-from services.verification.domain.texts import spaced_mask
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 ROWS = CHUNK_ROWS + CHUNK_ROWS // 2  # two chunks: the first commits, the second is cut off
@@ -57,32 +56,6 @@ def upload_file() -> tuple[bytes, set[int], set[int]]:
         else:
             lines.append(f"{number(i)},device,tracker,GPS {i},{imei},{blank}")
     return ("\n".join(lines) + "\n").encode(), errors, employees
-
-
-async def put_on_contract(conn: asyncpg.Connection, protector: DataProtector, company: uuid.UUID) -> None:
-    """The company's numbers by COPY (setup; the back-office API adds them one statement at a time)."""
-    now = dt.datetime.now(dt.UTC)
-    numbers, sims = [], []
-    for i in range(1, ROWS + 1):
-        number_id = uuid.uuid4()
-        e164 = number(i)
-        numbers.append(
-            (
-                number_id,
-                company,
-                protector.encrypt(e164, store.MSISDN_CONTEXT, number_id),
-                protector.blind_index(e164, store.MSISDN_INDEX),
-                spaced_mask(e164),
-                now,
-            )
-        )
-        sims.append((uuid.uuid4(), company, number_id, "unregistered", now, now))
-    columns = ("id", "company_id", "msisdn_enc", "msisdn_index", "msisdn_masked", "added_at")
-    await conn.copy_records_to_table(
-        "company_numbers", schema_name="verification", records=numbers, columns=columns
-    )
-    columns = ("id", "company_id", "number_id", "status", "created_at", "updated_at")
-    await conn.copy_records_to_table("sims", schema_name="verification", records=sims, columns=columns)
 
 
 def start(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -120,7 +93,12 @@ async def test_a_job_cut_off_by_a_killed_process_completes_after_restart_without
             client = (
                 await http.post(f"/v1/companies/{company}/clients", json={"name": "HR"}, headers=ADMIN)
             ).json()
-            await put_on_contract(db, DataProtector.from_settings(settings), uuid.UUID(company))
+            await put_on_contract(
+                db,
+                DataProtector.from_settings(settings),
+                uuid.UUID(company),
+                [number(i) for i in range(1, ROWS + 1)],
+            )
             basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
             token = await http.post(
                 "/oauth/token",
