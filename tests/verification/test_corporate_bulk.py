@@ -189,6 +189,7 @@ async def test_bulk_upload_10000_rows_with_mixed_errors_then_idempotent(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("ABONENT_BULK_LONG") != "1", reason="ABONENT_BULK_LONG=1 runs it")
 async def test_bulk_upload_100000_rows_with_mixed_errors_then_idempotent(
     client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings
