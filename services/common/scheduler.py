@@ -95,6 +95,14 @@ def _aware(value: dt.datetime, what: str) -> dt.datetime:
 # --- in the caller's transaction ----------------------------------------------------------------------
 
 
+_SCHEDULE = (
+    "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)"
+    " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
+    "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
+    "  claimed_by = null, finished_at = null, updated_at = now()"
+)
+
+
 async def schedule(
     conn: db.Connection,
     kind: str,
@@ -106,14 +114,21 @@ async def schedule(
     # Clearing the claim fences off a runner that already claimed the old version: its run finds no row
     # with its token and does nothing, and the job runs again at the new time.
     await conn.execute(
-        "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)"
-        " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
-        "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
-        "  claimed_by = null, finished_at = null, updated_at = now()",
+        _SCHEDULE,
         kind,
         key,
         _aware(due_at, "due_at"),
         dict(payload or {}),
+    )
+
+
+async def schedule_many(
+    conn: db.Connection, jobs: list[tuple[str, str, dt.datetime, Mapping[str, Any]]]
+) -> None:
+    """schedule for many (kind, key, due_at, payload) in one round trip (the same statement, pipelined)."""
+    await conn.executemany(
+        _SCHEDULE,
+        [(kind, key, _aware(due_at, "due_at"), dict(payload)) for kind, key, due_at, payload in jobs],
     )
 
 

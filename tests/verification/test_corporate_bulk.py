@@ -346,3 +346,39 @@ async def test_the_20_number_limit_is_counted_for_everyone_in_the_file_in_file_o
     assert await db.fetchval("select count(*) from verification.cases where reason = 'corporate_sim'") == 3
     over = await client.get(f"/v1/corporate/sims/{number(4)}", headers=a)
     assert over.json()["status"] == "unregistered"
+
+
+async def test_rows_replacing_an_employee_binding_end_its_case_row_by_row(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    a = await company(client, SBER, [number(1), number(2)])
+    employee = {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason", "lang", "tz")}
+    first = [
+        {"number": number(1), "kind": "employee", **employee},
+        {"number": number(2), "kind": "employee", **employee},
+    ]
+    job = await upload(client, "\n".join(json.dumps(x) for x in first).encode(), a, JSONL)
+    assert (job["applied"], job["errors"]) == (2, 0), job
+    # Number 1 goes to a device, number 2 to another person: each pending case ends with its binding.
+    second = [
+        {
+            "number": number(1),
+            "kind": "device",
+            "device_type": "tracker",
+            "device_name": "GPS",
+            "mac": "00:1a:2b:3c:4d:5e",
+        },
+        {"number": number(2), "kind": "employee", **employee, "passport_number": "654321"},
+    ]
+    again = await upload(client, "\n".join(json.dumps(x) for x in second).encode(), a, JSONL)
+    assert (again["applied"], again["errors"]) == (2, 0), await report(client, again, a)
+    device = (await client.get(f"/v1/corporate/sims/{number(1)}", headers=a)).json()
+    assert (device["status"], device["binding"]) == ("pending_submission", "device")
+    person = (await client.get(f"/v1/corporate/sims/{number(2)}", headers=a)).json()
+    assert person["status"] == "pending_employee_confirmation"
+    statuses = await db.fetch(
+        "select status, count(*) as n from verification.cases group by status order by status"
+    )
+    assert [(r["status"], r["n"]) for r in statuses] == [("cancelled", 2), ("open", 1)]
+    rebound = await db.fetchval("select count(*) from verification.outbox where subject = 'corpsim.bound'")
+    assert rebound == 4

@@ -20,7 +20,7 @@ import msgspec
 
 from services.common import db, outbox
 from services.common.domain_errors import Conflict, DomainError
-from services.common.events import CorpSimBound
+from services.common.events import CorpSimBinding, CorpSimBound
 from services.verification.corporate import bulk_store, store
 from services.verification.corporate.domain.limits import LEGAL_SOURCE, NUMBER_LIMIT
 from services.verification.corporate.domain.sim import COUNTED_STATUSES, Action, transition
@@ -33,7 +33,9 @@ from services.verification.corporate.usecases import (
     StoredEmployee,
     passport_key,
 )
+from services.verification.domain.compare import Holder
 from services.verification.usecases import mask_holder
+from services.verification.usecases.cases import CaseToOpen
 
 BULK_CONTEXT = "bulk_rows.payload_enc"
 DEVICE_NAMES = ("device_type", "device_name", "device_id_kind", "device_id", "installation_address")
@@ -77,12 +79,17 @@ async def apply_chunk(
         await bulk_store.mark_not_on_contract(conn, job.id, job.company_id, first, last, reason=SIM_NOT_FOUND)
         rows = await bulk_store.lock_chunk(conn, job.id, job.company_id, first, last)
         fast: list[tuple[Any, Any]] = []
+        employees: list[Any] = []
         one_by_one: list[Any] = []
         for r in rows:
             if r["same_row"]:
                 decided[r["row_no"]] = ("unchanged", "", "the same row was applied before")
-            elif r["kind"] != "device" or r["case_id"] is not None:
-                one_by_one.append(r)  # an employee, or a device replacing an employee's pending case
+            elif r["case_id"] is not None or r["binding"] == "employee":
+                # Replacing an employee binding: its case is ended, or the same person's data compared
+                # (decrypted), through the single-SIM use case's own steps, row by row.
+                one_by_one.append(r)
+            elif r["kind"] == "employee":
+                employees.append(r)
             elif r["binding"] == "device" and r["status"] != "rejected" and _same_device(r):
                 decided[r["row_no"]] = ("unchanged", "", "the SIM has this binding already")
             else:
@@ -98,6 +105,16 @@ async def apply_chunk(
             await _write_device_bindings(conn, job, fast, now)
             for r, _ in fast:
                 decided[r["row_no"]] = ("applied", "", "")
+        people = sorted(
+            {bytes(r["passport_index"]) for r in [*employees, *one_by_one] if r["kind"] == "employee"}
+        )
+        if people:
+            # Serialise with every other bind of these people (store.lock_person's lock), all at once.
+            await bulk_store.lock_people(conn, people)
+        if employees:
+            await _write_employee_bindings(
+                sims, conn, job, employees, now=now, decided=decided, column_of=column_of
+            )
         if one_by_one:
             await _apply_one_by_one(
                 sims, conn, job, one_by_one, now=now, decided=decided, column_of=column_of
@@ -130,6 +147,19 @@ async def _write_device_bindings(
     }
     if len(written) != len(fast):  # every SIM was locked at the version read: this cannot happen
         raise RuntimeError("a locked SIM changed during its bulk update")
+    await _events_and_timeline(conn, job, fast, written, binding="device", now=now)
+
+
+async def _events_and_timeline(
+    conn: db.Connection,
+    job: bulk_store.JobRow,
+    pairs: list[tuple[Any, Any]],
+    written: dict[uuid.UUID, int],
+    *,
+    binding: CorpSimBinding,
+    now: dt.datetime,
+) -> None:
+    """The corpsim.bound events, timeline entries and applied-row hashes of SIMs just bound, set-based."""
     events = [
         CorpSimBound(
             sim_id=r["sim_id"],
@@ -138,30 +168,30 @@ async def _write_device_bindings(
             version=written[r["sim_id"]],
             msisdn_masked=r["msisdn_masked"],
             occurred_at=now,
-            binding="device",
+            binding=binding,
             rebound=o.rebound,
         )
-        for r, o in fast
+        for r, o in pairs
     ]
     ids, subjects, payloads = outbox.as_columns(*events)
     await conn.execute(outbox.insert_from_columns("$1", "$2", "$3"), ids, subjects, payloads)
     await bulk_store.add_timeline(
         conn,
         job.company_id,
-        [r["sim_id"] for r, _ in fast],
-        ["rebound" if o.rebound else "bound" for _, o in fast],
+        [r["sim_id"] for r, _ in pairs],
+        ["rebound" if o.rebound else "bound" for _, o in pairs],
         [
             _timeline_detail.encode(
                 {
                     "from": r["status"],
                     "to": o.status,
-                    "binding": "device",
+                    "binding": binding,
                     "version": written[r["sim_id"]],
                     "bulk_upload": str(job.id),
                     "row": r["row_no"],
                 }
             ).decode()
-            for r, o in fast
+            for r, o in pairs
         ],
         actor=f"client:{job.actor}",
         at=now,
@@ -169,10 +199,106 @@ async def _write_device_bindings(
     await bulk_store.remember_applied(
         conn,
         job.company_id,
-        [r["sim_id"] for r, _ in fast],
-        [bytes(r["row_hash"]) for r, _ in fast],
-        [written[r["sim_id"]] for r, _ in fast],
+        [r["sim_id"] for r, _ in pairs],
+        [bytes(r["row_hash"]) for r, _ in pairs],
+        [written[r["sim_id"]] for r, _ in pairs],
     )
+
+
+async def _write_employee_bindings(
+    sims: CorporateSims,
+    conn: db.Connection,
+    job: bulk_store.JobRow,
+    rows: list[Any],
+    *,
+    now: dt.datetime,
+    decided: Decided,
+    column_of: dict[str, str],
+) -> None:
+    """Employee rows on SIMs without an employee binding, set-based: everyone's numbers counted in one
+    statement (in file order, each applied row adding to its person), their verification cases opened
+    together (CaseUseCases.open_cases_in), then the SIMs, events, timeline as for devices."""
+    rows = sorted(rows, key=lambda r: r["row_no"])  # the file's order decides who takes a last place
+    counts = await bulk_store.count_people_numbers(
+        conn, [bytes(r["passport_index"]) for r in rows], [r["sim_id"] for r in rows], _COUNTED
+    )
+    taken: Counter[bytes] = Counter()
+    ready: list[tuple[Any, StagedRow, Holder, EmployeeData, Any]] = []
+    for r, held_before in zip(rows, counts, strict=True):
+        person = bytes(r["passport_index"])
+        row = msgspec.json.decode(
+            sims.protector.decrypt(bytes(r["payload_enc"]), BULK_CONTEXT, job.id), type=StagedRow
+        )
+        employee = row.employee
+        if employee is None:
+            raise RuntimeError("an employee row was staged without its employee")
+        verb = "rebind" if r["status"] != "unregistered" else "bind"
+        action: Action = f"{verb}_employee"  # type: ignore[assignment]
+        try:
+            holder = sims._check_employee(employee, row.number)
+            outcome = transition(r["status"], r["binding"], action)
+            # An earlier row of this chunk for the same person holds one more number (its SIM was not
+            # theirs before: SIMs bound to an employee take the row-by-row way).
+            held = held_before + taken[person]
+            if held >= NUMBER_LIMIT:
+                raise limit_reached(held)
+        except DomainError as exc:
+            decided[r["row_no"]] = ("error", column_of.get(exc.field or "", exc.field or ""), exc.message)
+            continue
+        taken[person] += 1
+        ready.append((r, row, holder, employee, outcome))
+    if not ready:
+        return
+    who = f"client:{job.actor}"
+    case_ids = await sims.cases.open_cases_in(
+        conn,
+        [CaseToOpen(msisdn=row.number, holder=h, lang=e.lang, tz=e.tz) for _, row, h, e, _ in ready],
+        reason="corporate_sim",
+        actor=who,
+        now=now,
+    )
+    bound: list[tuple[Any, Any, dict[str, Any]]] = []
+    for (r, _, holder, employee, outcome), case_id in zip(ready, case_ids, strict=True):
+        if case_id is None:
+            decided[r["row_no"]] = (
+                "error",
+                "number",
+                "The number has an open subscriber-verification case; bind it once that case is closed",
+            )
+            continue
+        stored = StoredEmployee(holder=holder, lang=employee.lang, tz=employee.tz)
+        fields = {
+            "employee_enc": sims.protector.encrypt(
+                msgspec.json.encode(stored).decode(), store.EMPLOYEE_CONTEXT, r["sim_id"]
+            ),
+            "employee_masked": mask_holder(holder).name,
+            "passport_index": bytes(r["passport_index"]),
+            "case_id": case_id,
+        }
+        bound.append((r, outcome, fields))
+    if not bound:
+        return
+    written = {
+        rec["id"]: rec["version"]
+        for rec in await bulk_store.apply_employee_bindings(
+            conn,
+            job.company_id,
+            ids=[r["sim_id"] for r, _, _ in bound],
+            versions=[r["version"] for r, _, _ in bound],
+            statuses=[o.status for _, o, _ in bound],
+            employee_encs=[f["employee_enc"] for _, _, f in bound],
+            employee_masks=[f["employee_masked"] for _, _, f in bound],
+            passport_indexes=[f["passport_index"] for _, _, f in bound],
+            case_ids=[f["case_id"] for _, _, f in bound],
+            now=now,
+        )
+    }
+    if len(written) != len(bound):  # every SIM was locked at the version read: this cannot happen
+        raise RuntimeError("a locked SIM changed during its bulk update")
+    pairs = [(r, o) for r, o, _ in bound]
+    await _events_and_timeline(conn, job, pairs, written, binding="employee", now=now)
+    for r, _, _ in bound:
+        decided[r["row_no"]] = ("applied", "", "")
 
 
 async def _apply_one_by_one(
@@ -185,33 +311,18 @@ async def _apply_one_by_one(
     decided: Decided,
     column_of: dict[str, str],
 ) -> None:
-    """Employee rows (and devices replacing an employee's pending case), each in a savepoint; the 20-number
-    limit of every person in the chunk checked set-based first."""
+    """Rows replacing an employee's binding, each in a savepoint with the single-SIM steps (rare: a first
+    upload has none). Their people are locked by the caller; each is counted after every earlier row."""
     caller = Caller(company_id=job.company_id, client_id=job.actor, scopes=frozenset({SCOPE_WRITE}))
-    rows = sorted(rows, key=lambda r: r["row_no"])  # the file's order decides who takes a last place
-    people = [r for r in rows if r["passport_index"] is not None]
-    held_at_start: dict[int, int] = {}
-    if people:
-        indexes = [bytes(r["passport_index"]) for r in people]
-        # Serialise with every other bind of these people (store.lock_person's lock), then count them all.
-        await bulk_store.lock_people(conn, indexes)
-        counts = await bulk_store.count_people_numbers(conn, indexes, [r["sim_id"] for r in people], _COUNTED)
-        held_at_start = {r["row_no"]: held for r, held in zip(people, counts, strict=True)}
-    seen: Counter[bytes] = Counter()
     remembered: list[tuple[uuid.UUID, bytes, int]] = []
-    for r in rows:
-        person = None if r["passport_index"] is None else bytes(r["passport_index"])
-        held = held_at_start.get(r["row_no"], 0)
-        if person is not None and seen[person]:
-            # The person is on an earlier row of this chunk too: count again, seeing that row's binding.
-            held = await store.count_person_numbers(conn, person, _COUNTED, except_sim=r["sim_id"])
+    for r in sorted(rows, key=lambda r: r["row_no"]):
+        person = bytes(r["passport_index"]) if r["kind"] == "employee" else None
+        held = None
         if person is not None:
-            seen[person] += 1
+            held = await store.count_person_numbers(conn, person, _COUNTED, except_sim=r["sim_id"])
         try:
             async with conn.transaction():  # a savepoint: the row is atomic
-                version = await _bind_one(
-                    sims, conn, caller, job, r, now=now, held=None if person is None else held
-                )
+                version = await _bind_one(sims, conn, caller, job, r, now=now, held=held)
         except DomainError as exc:
             decided[r["row_no"]] = ("error", column_of.get(exc.field or "", exc.field or ""), exc.message)
             continue

@@ -213,6 +213,45 @@ async def apply_device_bindings(
     )
 
 
+async def apply_employee_bindings(
+    conn: db.Connection,
+    company_id: uuid.UUID,
+    *,
+    ids: list[uuid.UUID],
+    versions: list[int],
+    statuses: list[str],
+    employee_encs: list[bytes],
+    employee_masks: list[str],
+    passport_indexes: list[bytes],
+    case_ids: list[uuid.UUID],
+    now: dt.datetime,
+) -> list[Any]:
+    """Bind many SIMs to their employees in one statement (each at the version it was read and locked at);
+    their (id, version) after it. Device columns are cleared as by a rebind."""
+    return list(
+        await conn.fetch(
+            "update sims s set status = u.status, status_reason = '', binding = 'employee',"
+            " employee_enc = u.employee_enc, employee_masked = u.employee_masked,"
+            " passport_index = u.passport_index, case_id = u.case_id,"
+            " device_type = null, device_name = null, device_id_kind = null, device_id = null,"
+            " installation_address = null, bound_at = $2, updated_at = $2, version = s.version + 1"
+            " from unnest($3::uuid[], $4::int[], $5::text[], $6::bytea[], $7::text[], $8::bytea[],"
+            "  $9::uuid[]) as u (id, version, status, employee_enc, employee_masked, passport_index, case_id)"
+            " where s.company_id = $1 and s.id = u.id and s.version = u.version"
+            " returning s.id, s.version",
+            company_id,
+            now,
+            ids,
+            versions,
+            statuses,
+            employee_encs,
+            employee_masks,
+            passport_indexes,
+            case_ids,
+        )
+    )
+
+
 async def add_timeline(
     conn: db.Connection,
     company_id: uuid.UUID,
