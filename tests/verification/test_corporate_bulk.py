@@ -7,6 +7,7 @@ import base64
 import codecs
 import json
 import os
+import random
 import time
 import uuid
 from typing import Any
@@ -19,8 +20,10 @@ from support.polling import until
 from support.verification import AUTH, MATCH_CASE
 
 from services.common.crypto import DataProtector
+from services.common.domain_errors import Invalid
+from services.common.phone import PhoneRejected, parse_phone
 from services.common.settings import Settings
-from services.verification.corporate.bulk import MAX_BYTES
+from services.verification.corporate.bulk import MAX_BYTES, bulk_e164
 
 SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
 GAZPROM = {"name": "ПАО Газпром", "inn": "7736050003", "ogrn": "1027700070518"}
@@ -382,3 +385,19 @@ async def test_rows_replacing_an_employee_binding_end_its_case_row_by_row(
     assert [(r["status"], r["n"]) for r in statuses] == [("cancelled", 2), ("open", 1)]
     rebound = await db.fetchval("select count(*) from verification.outbox where subject = 'corpsim.bound'")
     assert rebound == 4
+
+
+def test_the_e164_shortcut_accepts_exactly_what_parse_phone_accepts() -> None:
+    rng = random.Random(13)
+    samples = [f"+7{rng.randrange(10**9, 10**10)}" for _ in range(5000)]
+    samples += ["+79161234567", "+74951234567", "+78001234567", "+77012345678", "+76012345678", "+7916123456"]
+    for raw in samples:
+        try:
+            expected: str | None = parse_phone(raw, ["RU"]).e164
+        except PhoneRejected:
+            expected = None
+        try:
+            got: str | None = bulk_e164(raw)
+        except Invalid:
+            got = None
+        assert got == expected, raw

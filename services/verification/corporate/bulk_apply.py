@@ -12,6 +12,7 @@ resumed.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from collections import Counter
 from typing import Any
@@ -160,8 +161,10 @@ async def _events_and_timeline(
     now: dt.datetime,
 ) -> None:
     """The corpsim.bound events, timeline entries and applied-row hashes of SIMs just bound, set-based."""
+    event_ids = _uuid4s(len(pairs))
     events = [
         CorpSimBound(
+            event_id=event_id,
             sim_id=r["sim_id"],
             company_id=job.company_id,
             state=o.status,
@@ -171,7 +174,7 @@ async def _events_and_timeline(
             binding=binding,
             rebound=o.rebound,
         )
-        for r, o in pairs
+        for (r, o), event_id in zip(pairs, event_ids, strict=True)
     ]
     ids, subjects, payloads = outbox.as_columns(*events)
     await conn.execute(outbox.insert_from_columns("$1", "$2", "$3"), ids, subjects, payloads)
@@ -424,6 +427,12 @@ async def _bind_one(
         detail={"bulk_upload": str(job.id), "row": r["row_no"]},
     )
     return new.version
+
+
+def _uuid4s(n: int) -> list[uuid.UUID]:
+    """n uuid4s from one read of the OS's randomness (uuid4 makes a system call per id: it showed)."""
+    raw = os.urandom(16 * n)
+    return [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * n, 16)]
 
 
 def _same_device(r: Any) -> bool:
