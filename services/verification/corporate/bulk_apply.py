@@ -1,12 +1,13 @@
 """A bulk upload's apply phase: one chunk of staged rows decided and applied in one transaction.
 
-Device rows (the bulk of a file) are applied set-based: one UPDATE … FROM unnest for their SIMs, one INSERT
-for their corpsim.* outbox rows, one for the timeline, one upsert of what each row set. Employee rows get
-the 20-number limit checked set-based by passport blind index (everyone in the chunk locked and counted in
-two statements); each then opens its verification case through the subscriber flow's own in-transaction
-use case inside a savepoint, so a row that fails is reported and rolled back alone. The chunk's outcomes
-and the job's progress commit with its effects: a chunk is applied exactly once, however often the job is
-resumed.
+Device rows are applied set-based: one UPDATE … FROM unnest for their SIMs, one INSERT for their corpsim.*
+outbox rows, one for the timeline, one upsert of what each row set. Employee rows too: everyone in the chunk
+is locked and counted toward the 20-number limit (by passport blind index) in two statements, walked in
+file order; their verification cases are opened together (CaseUseCases.open_cases_in); then their SIMs,
+events and timeline as for devices. A row that fails a check is reported and not written, its neighbours
+are. Only rows replacing an employee's binding (ending their case, or comparing the person) take the
+single-SIM steps, each in a savepoint. The chunk's outcomes and the job's progress commit with its effects:
+a chunk is applied exactly once, however often the job is resumed.
 """
 
 from __future__ import annotations
