@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 from support.corporate_bulk import put_on_contract
-from support.harness import TEST_ADMIN_TOKEN, settings_env, spawn, wait_ready_blocking
+from support.harness import TEST_ADMIN_TOKEN, settings_env, spawn, stop_process, wait_ready_blocking
 from support.polling import until
 from support.verification import MATCH_CASE
 
@@ -167,6 +167,5 @@ async def test_a_job_cut_off_by_a_killed_process_completes_after_restart_without
     finally:
         if blocker is not None:
             await blocker.close()
-        if proc.poll() is None:
-            proc.terminate()
-            await asyncio.to_thread(proc.wait, 20)
+        # SIGTERM, then SIGKILL if its graceful stop overruns (a loaded machine drains events slowly).
+        await asyncio.to_thread(stop_process, proc)
