@@ -96,6 +96,14 @@ def _aware(value: dt.datetime, what: str) -> dt.datetime:
 # --- in the caller's transaction ----------------------------------------------------------------------
 
 
+_SCHEDULE = (
+    "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)"
+    " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
+    "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
+    "  claimed_by = null, finished_at = null, updated_at = now()"
+)
+
+
 async def schedule(
     conn: db.Connection,
     kind: str,
@@ -107,10 +115,7 @@ async def schedule(
     # Clearing the claim fences off a runner that already claimed the old version: its run finds no row
     # with its token and does nothing, and the job runs again at the new time.
     await conn.execute(
-        "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)"
-        " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
-        "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
-        "  claimed_by = null, finished_at = null, updated_at = now()",
+        _SCHEDULE,
         kind,
         key,
         _aware(due_at, "due_at"),
@@ -119,22 +124,24 @@ async def schedule(
 
 
 async def schedule_many(
-    conn: db.Connection, kind: str, jobs: Sequence[tuple[str, dt.datetime, Mapping[str, Any]]]
+    conn: db.Connection, jobs: Sequence[tuple[str, str, dt.datetime, Mapping[str, Any]]]
 ) -> None:
-    """`schedule` for many (key, due_at, payload) of one kind in one statement (a batch of new rows)."""
+    """`schedule` for many (kind, key, due_at, payload) in one statement (a batch of new rows); each
+    (kind, key) at most once in a batch."""
     if not jobs:
         return
     await conn.execute(
         "insert into scheduled_jobs (kind, key, due_at, payload)"
-        " select $1, j.key, j.due_at, j.payload::jsonb"
-        " from unnest($2::text[], $3::timestamptz[], $4::text[]) as j (key, due_at, payload)"
+        " select j.kind, j.key, j.due_at, j.payload::jsonb"
+        " from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])"
+        "  as j (kind, key, due_at, payload)"
         " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
         "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
         "  claimed_by = null, finished_at = null, updated_at = now()",
-        kind,
-        [key for key, _, _ in jobs],
-        [_aware(due_at, "due_at") for _, due_at, _ in jobs],
-        [json.dumps(dict(payload)) for _, _, payload in jobs],
+        [kind for kind, _, _, _ in jobs],
+        [key for _, key, _, _ in jobs],
+        [_aware(due_at, "due_at") for _, _, due_at, _ in jobs],
+        [json.dumps(dict(payload)) for _, _, _, payload in jobs],
     )
 
 

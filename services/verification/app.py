@@ -139,7 +139,9 @@ def make_spec(
         )
         sims = CorporateSims(pool=runtime.pool, cases=web, auth=auth)
         runtime.extras[corporate_api.EXTRA] = sims
-        runtime.extras[bulk_api.EXTRA] = BulkUploads(sims=sims)
+        bulk = BulkUploads(sims=sims, jobs_pool=runtime.worker_pool)
+        runtime.extras[bulk_api.EXTRA] = bulk
+        await bulk.start()  # resumes uploads a stopped process left
         # Timers run on the worker pool: a flood of page views cannot delay a suspension.
         runtime.extras["verification_jobs"] = dataclasses.replace(web, pool=runtime.worker_pool)
         billing = WebhookSender(runtime.worker_pool, http, BILLING, billing_endpoint(section))

@@ -56,6 +56,32 @@ async def insert_case(conn: db.Connection, row: CaseRow) -> bool:
     return bool(inserted)
 
 
+async def insert_cases(conn: db.Connection, rows: list[CaseRow]) -> set[uuid.UUID]:
+    """insert_case for many rows in one round trip; the ids inserted (a number whose active case a
+    concurrent transaction opened first is left out, as insert_case's False)."""
+    if not rows:
+        return set()
+    fields = msgspec.structs.fields(CaseRow)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    await conn.executemany(
+        f"insert into cases ({_CASE_COLUMNS}) values ({placeholders})"
+        " on conflict (msisdn_index) where status in ('open', 'mismatch', 'suspended') do nothing",
+        [[getattr(row, f.name) for f in fields] for row in rows],
+    )
+    found = await conn.fetch("select id from cases where id = any($1::uuid[])", [r.id for r in rows])
+    return {r["id"] for r in found}
+
+
+async def active_case_indexes(conn: db.Connection, msisdn_indexes: list[bytes]) -> set[bytes]:
+    """Which of these numbers have an active case (active_case_id for many)."""
+    rows = await conn.fetch(
+        "select msisdn_index from cases where msisdn_index = any($1::bytea[]) and status = any($2::text[])",
+        msisdn_indexes,
+        list(ACTIVE_STATUSES),
+    )
+    return {bytes(r["msisdn_index"]) for r in rows}
+
+
 async def active_case_id(conn: db.Connection, msisdn_index: bytes) -> uuid.UUID | None:
     found: uuid.UUID | None = await conn.fetchval(
         "select id from cases where msisdn_index = $1 and status = any($2::text[])",
@@ -147,6 +173,11 @@ async def insert_link(conn: db.Connection, link_id: str, case_id: uuid.UUID, at:
     await conn.execute(
         "insert into links (id, case_id, created_at) values ($1, $2, $3)", link_id, case_id, at
     )
+
+
+async def insert_links(conn: db.Connection, links: list[tuple[str, uuid.UUID, dt.datetime]]) -> None:
+    """insert_link for many (link id, case id, at) in one round trip."""
+    await conn.executemany("insert into links (id, case_id, created_at) values ($1, $2, $3)", links)
 
 
 class LinkRow(msgspec.Struct, kw_only=True):
@@ -251,6 +282,15 @@ async def add_timeline(
         kind,
         actor,
         detail or {},
+    )
+
+
+async def add_timeline_rows(
+    conn: db.Connection, rows: list[tuple[uuid.UUID, dt.datetime, str, str, dict[str, Any]]]
+) -> None:
+    """add_timeline for many (case id, at, kind, actor, detail) in one round trip, in their order."""
+    await conn.executemany(
+        "insert into case_timeline (case_id, at, kind, actor, detail) values ($1, $2, $3, $4, $5)", rows
     )
 
 

@@ -7,6 +7,7 @@ import base64
 import codecs
 import json
 import os
+import random
 import time
 import uuid
 from typing import Any
@@ -14,10 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from support.corporate_bulk import put_on_contract
 from support.polling import until
 from support.verification import AUTH, MATCH_CASE
 
-from services.verification.corporate.bulk import MAX_BYTES
+from services.common.crypto import DataProtector
+from services.common.domain_errors import Invalid
+from services.common.phone import PhoneRejected, parse_phone
+from services.common.settings import Settings
+from services.verification.corporate.bulk import MAX_BYTES, bulk_e164
 
 SBER = {"name": "ПАО Сбербанк", "inn": "7707083893", "ogrn": "1027700132195"}
 GAZPROM = {"name": "ПАО Газпром", "inn": "7736050003", "ogrn": "1027700070518"}
@@ -133,8 +139,13 @@ def mixed_file(rows: int) -> tuple[bytes, dict[int, str]]:
     return ("\r\n".join(lines) + "\r\n").encode(), errors
 
 
-async def check_mixed(client: AsyncTestClient[Any], db: asyncpg.Connection, rows: int) -> None:
-    a = await company(client, SBER, [number(i) for i in range(1, rows + 1)])
+async def check_mixed(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings, rows: int
+) -> None:
+    auth = await onboard(client, SBER, number(1))
+    numbers = [number(i) for i in range(2, rows + 1)]
+    await put_on_contract(db, DataProtector.from_settings(settings), uuid.UUID(auth["id"]), numbers)
+    a = {"Authorization": auth["Authorization"]}
     body, errors = mixed_file(rows)
     started = time.monotonic()
     job = await upload(client, body, a)
@@ -175,17 +186,18 @@ async def check_mixed(client: AsyncTestClient[Any], db: asyncpg.Connection, rows
 
 
 async def test_bulk_upload_10000_rows_with_mixed_errors_then_idempotent(
-    client: AsyncTestClient[Any], db: asyncpg.Connection
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings
 ) -> None:
-    await check_mixed(client, db, 10_000)
+    await check_mixed(client, db, settings, 10_000)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("ABONENT_BULK_LONG") != "1", reason="ABONENT_BULK_LONG=1 runs it")
 async def test_bulk_upload_100000_rows_with_mixed_errors_then_idempotent(
-    client: AsyncTestClient[Any], db: asyncpg.Connection
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings
 ) -> None:
-    await check_mixed(client, db, 100_000)
+    await check_mixed(client, db, settings, 100_000)
 
 
 async def test_cp1251_semicolons_and_dates_as_exported_by_russian_excel(client: AsyncTestClient[Any]) -> None:
@@ -302,3 +314,90 @@ async def test_jobs_are_confined_to_the_company(client: AsyncTestClient[Any]) ->
         UPLOADS, content=b"number,kind\n", headers={**CSV, "Authorization": "Bearer x"}
     )
     assert read_only.status_code == 401
+
+
+async def test_the_20_number_limit_is_counted_for_everyone_in_the_file_in_file_order(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    a = await company(client, SBER, [number(i) for i in range(1, 5)])
+    employee = {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason", "lang", "tz")}
+    # Another operator's 18 numbers for this person: two more places, then the limit.
+    known = await client.post(
+        "/v1/corporate/known-numbers",
+        json={
+            "passport_series": employee["passport_series"],
+            "passport_number": employee["passport_number"],
+            "operator": "ПАО МТС",
+            "numbers": [f"+7915{7000000 + i:07d}" for i in range(18)],
+        },
+        headers=AUTH,
+    )
+    assert known.status_code == 200, known.text
+    other = {**employee, "passport_number": "654321"}
+    lines = [
+        {"number": number(1), "kind": "employee", **employee},
+        {"number": number(2), "kind": "employee", **other},  # someone else: not counted with them
+        {"number": number(3), "kind": "employee", **employee},
+        {"number": number(4), "kind": "employee", **employee},  # the 21st
+    ]
+    body = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines).encode()
+    job = await upload(client, body, a, JSONL)
+    assert (job["applied"], job["errors"]) == (3, 1), job
+    [refused] = await report(client, job, a)
+    assert refused[:3] == ["4", "error", "passport_number"]
+    assert "limit is 20" in refused[3]
+    assert await db.fetchval("select count(*) from verification.cases where reason = 'corporate_sim'") == 3
+    over = await client.get(f"/v1/corporate/sims/{number(4)}", headers=a)
+    assert over.json()["status"] == "unregistered"
+
+
+async def test_rows_replacing_an_employee_binding_end_its_case_row_by_row(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    a = await company(client, SBER, [number(1), number(2)])
+    employee = {k: v for k, v in MATCH_CASE.items() if k not in ("msisdn", "reason", "lang", "tz")}
+    first = [
+        {"number": number(1), "kind": "employee", **employee},
+        {"number": number(2), "kind": "employee", **employee},
+    ]
+    job = await upload(client, "\n".join(json.dumps(x) for x in first).encode(), a, JSONL)
+    assert (job["applied"], job["errors"]) == (2, 0), job
+    # Number 1 goes to a device, number 2 to another person: each pending case ends with its binding.
+    second = [
+        {
+            "number": number(1),
+            "kind": "device",
+            "device_type": "tracker",
+            "device_name": "GPS",
+            "mac": "00:1a:2b:3c:4d:5e",
+        },
+        {"number": number(2), "kind": "employee", **employee, "passport_number": "654321"},
+    ]
+    again = await upload(client, "\n".join(json.dumps(x) for x in second).encode(), a, JSONL)
+    assert (again["applied"], again["errors"]) == (2, 0), await report(client, again, a)
+    device = (await client.get(f"/v1/corporate/sims/{number(1)}", headers=a)).json()
+    assert (device["status"], device["binding"]) == ("pending_submission", "device")
+    person = (await client.get(f"/v1/corporate/sims/{number(2)}", headers=a)).json()
+    assert person["status"] == "pending_employee_confirmation"
+    statuses = await db.fetch(
+        "select status, count(*) as n from verification.cases group by status order by status"
+    )
+    assert [(r["status"], r["n"]) for r in statuses] == [("cancelled", 2), ("open", 1)]
+    rebound = await db.fetchval("select count(*) from verification.outbox where subject = 'corpsim.bound'")
+    assert rebound == 4
+
+
+def test_the_e164_shortcut_accepts_exactly_what_parse_phone_accepts() -> None:
+    rng = random.Random(13)
+    samples = [f"+7{rng.randrange(10**9, 10**10)}" for _ in range(5000)]
+    samples += ["+79161234567", "+74951234567", "+78001234567", "+77012345678", "+76012345678", "+7916123456"]
+    for raw in samples:
+        try:
+            expected: str | None = parse_phone(raw, ["RU"]).e164
+        except PhoneRejected:
+            expected = None
+        try:
+            got: str | None = bulk_e164(raw)
+        except Invalid:
+            got = None
+        assert got == expected, raw

@@ -66,9 +66,10 @@ JOB_404 = ResponseSpec(
     f"`application/jsonl` (one JSON object per line, UTF-8). Columns: {', '.join(COLUMNS)}; `number` and "
     f"`kind` (`device` or `employee`) are required, dates as YYYY-MM-DD or DD.MM.YYYY. Up to {MAX_ROWS} rows "
     f"and {MAX_BYTES} bytes. The whole file is checked first: broken encoding, unknown or missing columns, "
-    "too many rows answer 400 (413 for the size) and nothing is applied. Then 202 with `Location`: the "
-    "job applies each row atomically with the single-SIM API's validation (PUT semantics: a row sets the "
-    "binding). The same file again changes nothing: its rows are reported `unchanged`.",
+    "too many rows answer 400 (413 for the size) and nothing is applied. The 202 with `Location` comes once "
+    "every row is validated (the single-SIM API's validation) and staged: the job then applies each row "
+    "atomically (PUT semantics: a row sets the binding) and survives a restart of the service. The same file "
+    "again changes nothing: its rows are reported `unchanged`.",
     status_code=202,
     request_max_body_size=None,  # enforced here while streaming, so the answer is our 413, early
     responses={

@@ -183,15 +183,13 @@ class CorporateFlow:
         def payload(sim_id: uuid.UUID) -> dict[str, Any]:
             return {"company_id": str(company_id), "sim_id": str(sim_id), "deadline": deadline.isoformat()}
 
-        await scheduler.schedule_many(
-            conn, JOB_SIM_DEADLINE, [(str(sim_id), deadline, payload(sim_id)) for sim_id in sim_ids]
-        )
+        jobs = [(JOB_SIM_DEADLINE, str(sim_id), deadline, payload(sim_id)) for sim_id in sim_ids]
         for days, at in deadlines.reminder_times(change.case, deadline, self.tz, now).items():
-            await scheduler.schedule_many(
-                conn,
-                JOB_SIM_REMINDER,
-                [(f"{sim_id}:{days}", at, {**payload(sim_id), "days": days}) for sim_id in sim_ids],
-            )
+            jobs += [
+                (JOB_SIM_REMINDER, f"{sim_id}:{days}", at, {**payload(sim_id), "days": days})
+                for sim_id in sim_ids
+            ]
+        await scheduler.schedule_many(conn, jobs)
         await store.add_sim_timelines(
             conn,
             company_id,

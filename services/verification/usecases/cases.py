@@ -5,22 +5,33 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
-from services.common import db, outbox
+from services.common import db, outbox, scheduler
 from services.common.calendar import zone
 from services.common.domain_errors import Conflict, Invalid, NotFound
 from services.common.events import VerificationCaseCancelled, VerificationLinkIssued
 from services.common.phone import PhoneRejected, parse_phone
 from services.verification import store
 from services.verification.domain.compare import Holder
-from services.verification.domain.deadlines import deadline_for
+from services.verification.domain.deadlines import deadline_for, reminder_times
 from services.verification.domain.links import link_id_text, link_url, make_token, new_link_id
 from services.verification.domain.policy import CaseReason, Policy
 from services.verification.domain.texts import spaced_mask
 from services.verification.schemas import ACTIVE_STATUSES, CaseDetail, CaseOpen, CaseView
-from services.verification.usecases.common import SYSTEM, CaseCore
+from services.verification.usecases.common import JOB_DEADLINE, JOB_REMINDER, SYSTEM, CaseCore
+
+
+class CaseToOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """One case of open_cases_in: an E.164 number and its checked holder (check_open's rules)."""
+
+    msisdn: str
+    holder: Holder
+    lang: str
+    tz: str
 
 
 class CaseUseCases(CaseCore):
@@ -147,6 +158,100 @@ class CaseUseCases(CaseCore):
         if active is None:
             raise Conflict("case_busy", "The number's case changed meanwhile; retry", field="msisdn")
         return active, False
+
+    async def open_cases_in(
+        self,
+        conn: db.Connection,
+        requests: list[CaseToOpen],
+        *,
+        reason: CaseReason,
+        actor: str,
+        now: dt.datetime,
+    ) -> list[uuid.UUID | None]:
+        """open_case_in for many numbers in a handful of statements (a bulk upload's employees): per
+        request its new case's id, or None when the number has an active case (nothing opened for it).
+        Each case gets what _issue gives one: its link, timeline, deadline and reminders, link_issued."""
+        policy = self.policies[reason]
+        indexes = [self.protector.blind_index(r.msisdn, store.MSISDN_INDEX) for r in requests]
+        taken = await store.active_case_indexes(conn, indexes)
+        # The deadline and reminders depend only on the zone here (same policy, same now): once per zone.
+        plans: dict[str, tuple[dt.datetime, dict[int, dt.datetime]]] = {}
+        rows: list[store.CaseRow | None] = []
+        for request, index in zip(requests, indexes, strict=True):
+            if index in taken:
+                rows.append(None)
+                continue
+            taken.add(index)  # the same number twice: its first request only
+            if request.tz not in plans:
+                deadline = deadline_for(policy, now, request.tz)
+                plans[request.tz] = (
+                    deadline,
+                    reminder_times(policy.reminder_days, deadline, request.tz, now),
+                )
+            case_id = uuid.uuid4()
+            rows.append(
+                store.CaseRow(
+                    id=case_id,
+                    reason=reason,
+                    status="open",
+                    lang=request.lang,
+                    tz=request.tz,
+                    msisdn_enc=self.protector.encrypt(request.msisdn, store.MSISDN_CONTEXT, case_id),
+                    msisdn_index=index,
+                    msisdn_masked=spaced_mask(request.msisdn),
+                    holder_enc=self.protector.encrypt(
+                        msgspec.json.encode(request.holder).decode(), store.HOLDER_CONTEXT, case_id
+                    ),
+                    opened_by=actor,
+                    opened_at=now,
+                    deadline=plans[request.tz][0],
+                )
+            )
+        inserted = await store.insert_cases(conn, [r for r in rows if r is not None])
+        opened = [r if r is not None and r.id in inserted else None for r in rows]
+        links: list[tuple[str, uuid.UUID, dt.datetime]] = []
+        timeline: list[tuple[uuid.UUID, dt.datetime, str, str, dict[str, Any]]] = []
+        jobs: list[tuple[str, str, dt.datetime, Mapping[str, Any]]] = []
+        events: list[VerificationLinkIssued] = []
+        for row, request in zip(opened, requests, strict=True):
+            if row is None:
+                continue
+            raw_id = new_link_id()
+            links.append((link_id_text(raw_id), row.id, now))
+            timeline.append(
+                (
+                    row.id,
+                    now,
+                    "opened",
+                    actor,
+                    {"reason": reason, "deadline": row.deadline.isoformat(), "policy": policy.legal_source},
+                )
+            )
+            payload = {"case_id": str(row.id), "deadline": row.deadline.isoformat()}
+            jobs.append((JOB_DEADLINE, str(row.id), row.deadline, payload))
+            # A new case has no reminders to cancel (_schedule's cancel is for a moved deadline).
+            for days, at in plans[row.tz][1].items():
+                jobs.append((JOB_REMINDER, f"{row.id}:{days}", at, {**payload, "days": days}))
+            events.append(
+                VerificationLinkIssued(
+                    case_id=row.id,
+                    state="open",
+                    msisdn=request.msisdn,
+                    reason=reason,
+                    deadline=row.deadline,
+                    link=link_url(self.link_base, make_token(raw_id, self.protector.sign)),
+                    lang=row.lang,
+                    tz=row.tz,
+                    occurred_at=now,
+                )
+            )
+            timeline.append((row.id, now, "link_issued", SYSTEM, {}))
+        if links:
+            await store.insert_links(conn, links)
+            await store.add_timeline_rows(conn, timeline)
+            await scheduler.schedule_many(conn, jobs)
+            await outbox.append(conn, *events)
+        return [None if row is None else row.id for row in opened]
 
     async def _existing(self, conn: db.Connection, case_id: uuid.UUID, actor: str) -> CaseView:
         row = await self._case_for_update(conn, case_id)
