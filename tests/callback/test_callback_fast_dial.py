@@ -324,6 +324,6 @@ async def test_the_dialing_event_reaches_nats_without_any_relay(
         await dialer.stop()
         await subscription.unsubscribe()
     rows = await db.fetch("select subject, published_at from callback.outbox order by seq")
-    # What the intake wrote is the relay's (none runs here); only the dialer's own event went out.
-    assert [(r["subject"], r["published_at"] is not None) for r in rows][-1] == ("callback.dialing", True)
-    assert sum(1 for r in rows if r["published_at"] is not None) == 1
+    # What the intake wrote, and the call's progress after it, are the relay's (none runs here); only the
+    # dialer's own event went out.
+    assert [r["subject"] for r in rows if r["published_at"] is not None] == ["callback.dialing"]

@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given
-from hypothesis import settings as hypothesis_settings
-from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from support.fuzz import FuzzReport, exercise, fetch_schema
 from support.harness import running_service
 from support.verification import AUTH
 
 from services.common.settings import Settings
 from services.verification.identity.config import IdentitySettings
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    negative_data_rejection,
-]
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 12}
 CORPORATE = ("/oauth/", "/.well-known/", "/v1/corporate/", "/v1/companies", "/v1/admin/companies")
 # Operations a company's token calls (the rest are the back office's, with a staff token).
@@ -43,50 +25,17 @@ COMPANY_API = ("/v1/corporate/sims", "/v1/corporate/bulk-uploads")
 NUMBERS = ["+79161234567", "+79161234568"]
 
 
-def run_operation(
-    operation: Any, mode: GenerationMode, count: int, base: str, headers: dict[str, str]
-) -> int:
-    """Examples of one operation in one mode; how many ran (failures raise, grouped)."""
-    seen = 0
-
-    @hypothesis_settings(
-        max_examples=count,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
+def fuzz_corporate(base: str, company_bearer: dict[str, str]) -> FuzzReport:
+    report = FuzzReport()
+    exercise(
+        fetch_schema(base),
+        base,
+        report,
+        headers=lambda path: company_bearer if path.startswith(COMPANY_API) else dict(AUTH),
+        include=lambda path: path.startswith(CORPORATE),
+        examples=EXAMPLES,
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def run(case: Any) -> None:
-        nonlocal seen
-        seen += 1
-        case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=30)
-
-    run()
-    return seen
-
-
-def exercise(base: str, company_bearer: dict[str, str]) -> tuple[dict[str, int], dict[str, str]]:
-    schema = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
-    examples: dict[str, int] = {}
-    failures: dict[str, str] = {}
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        if not operation.path.startswith(CORPORATE):
-            continue
-        headers = company_bearer if operation.path.startswith(COMPANY_API) else dict(AUTH)
-        for mode, count in EXAMPLES.items():
-            label = f"{operation.method.upper()} {operation.path} ({mode.value})"
-            try:
-                examples[label] = run_operation(operation, mode, count, base, headers)
-            except BaseExceptionGroup as exc:
-                failures[label] = f"{type(exc).__name__}: {exc}"
-                examples[label] = -1
-            except Unsatisfiable:
-                assert mode == GenerationMode.NEGATIVE, label
-                examples[label] = 0
-    return examples, failures
+    return report
 
 
 # About 650 requests: a couple of minutes alone, longer on a loaded CI machine.
@@ -119,9 +68,10 @@ async def test_every_corporate_operation_answers_as_documented(
             )
             assert token.status_code == 200, token.text
         bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        examples, failures = await asyncio.to_thread(exercise, base, bearer)
+        report = await asyncio.to_thread(fuzz_corporate, base, bearer)
+    examples = report.examples
     print("schemathesis:", examples)
-    assert not failures, "\n\n".join(f"{op}:\n{text}" for op, text in failures.items())
+    assert not report.failures, report.summary()
     # Every corporate operation of the schema, both modes (a new route joins by its path prefix).
     assert len(examples) >= 2 * 20, examples
-    assert all(n != 0 for label, n in examples.items() if "(positive)" in label), examples
+    assert report.positive_ran_everywhere(), examples

@@ -21,6 +21,7 @@ from litestar.params import Body, FromPath, JSONBody, Parameter, QueryParameter
 from services.common.auth_guard import CurrentPrincipal, requires
 from services.common.domain_errors import Invalid
 from services.common.errors import ErrorResponse
+from services.common.openapi import PageOffset
 from services.common.web import runtime_extra
 from services.verification.corporate.domain.sim import SimStatus
 from services.verification.corporate.oauth import JWKS_MAX_AGE_S, REALM, SCOPE_READ, SCOPE_WRITE, Caller
@@ -472,7 +473,7 @@ async def create_company(
 async def list_companies(
     corporate: Corporate,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> list[CompanyView]:
     return await corporate.list_companies(limit=limit, offset=offset)
 
@@ -570,7 +571,7 @@ async def add_known_numbers(
 async def people_over_limit(
     corporate: Corporate,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> list[PersonOverLimitView]:
     return await corporate.people_over_limit(limit=limit, offset=offset)
 

@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 
 from services.common import db, outbox
-from services.common.domain_errors import Conflict, DomainError
+from services.common.domain_errors import DomainError
 from services.common.events import CorpSimBinding, CorpSimBound
 from services.verification.corporate import bulk_store, store
-from services.verification.corporate.domain.limits import LEGAL_SOURCE, NUMBER_LIMIT
+from services.verification.corporate.domain.limits import NUMBER_LIMIT
 from services.verification.corporate.domain.sim import COUNTED_STATUSES, Action, transition
 from services.verification.corporate.oauth import SCOPE_WRITE, Caller
 from services.verification.corporate.schemas import EmployeeData
@@ -33,6 +33,7 @@ from services.verification.corporate.usecases import (
     SIM_NOT_FOUND,
     CorporateSims,
     StoredEmployee,
+    limit_reached,
     passport_key,
 )
 from services.verification.domain.compare import Holder
@@ -53,16 +54,6 @@ class StagedRow(msgspec.Struct, kw_only=True):
     kind: str
     device: dict[str, str | None] | None = None
     employee: EmployeeData | None = None
-
-
-def limit_reached(held: int) -> Conflict:
-    """The single-SIM binding's refusal, word for word."""
-    return Conflict(
-        "number_limit_reached",
-        f"This person already holds {held} numbers across all operators; the limit is {NUMBER_LIMIT} "
-        f"({LEGAL_SOURCE})",
-        field="employee.passport_number",
-    )
 
 
 async def apply_chunk(
@@ -377,34 +368,18 @@ async def _bind_one(
         action: Action = f"{verb}_employee"  # type: ignore[assignment]
         outcome = transition(sim.status, sim.binding, action)  # type: ignore[arg-type]  # the check constraint
         await sims._end_case(conn, sim, caller.who, "the SIM was rebound", now)
-        case_id, created = await sims.cases.open_case_in(
+        fields = await sims.employee_binding(
             conn,
-            msisdn=row.number,
+            caller=caller,
+            sim=sim,
+            e164=row.number,
             holder=holder,
-            reason="corporate_sim",
-            lang=employee.lang,
-            tz=employee.tz,
-            actor=caller.who,
+            employee=employee,
             now=now,
-        )
-        if not created:
-            raise Conflict(
-                "verification_case_open",
-                "The number has an open subscriber-verification case; bind it once that case is closed",
-                field="number",
-            )
-        stored = StoredEmployee(holder=holder, lang=employee.lang, tz=employee.tz)
-        fields: dict[str, Any] = {
-            "employee_enc": sims.protector.encrypt(
-                msgspec.json.encode(stored).decode(), store.EMPLOYEE_CONTEXT, sim.id
-            ),
-            "employee_masked": mask_holder(holder).name,
-            "passport_index": sims.protector.blind_index(
+            person=sims.protector.blind_index(
                 passport_key(holder.passport_series, holder.passport_number), store.PASSPORT_INDEX
             ),
-            "case_id": case_id,
-            "bound_at": now,
-        }
+        )
     else:
         device = {n: r[n] for n in DEVICE_NAMES}
         if (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -71,6 +72,16 @@ def _e164(raw: str, field: str) -> str:
 def passport_key(series: str, number: str) -> str:
     """What the passport blind index is computed over (the document type is part of it)."""
     return f"RF_PASSPORT:{series}{number}"
+
+
+def limit_reached(held: int) -> Conflict:
+    """The refusal of a binding that would give a person more numbers than the law allows."""
+    return Conflict(
+        "number_limit_reached",
+        f"This person already holds {held} numbers across all operators; the limit is {NUMBER_LIMIT} "
+        f"({LEGAL_SOURCE})",
+        field="employee.passport_number",
+    )
 
 
 @dataclass(slots=True)
@@ -433,12 +444,24 @@ class CorporateSims:
         await store.lock_person(conn, person)
         held = await store.count_person_numbers(conn, person, sorted(COUNTED_STATUSES), except_sim=sim.id)
         if held >= NUMBER_LIMIT:
-            raise Conflict(
-                "number_limit_reached",
-                f"This person already holds {held} numbers across all operators; the limit is {NUMBER_LIMIT} "
-                f"({LEGAL_SOURCE})",
-                field="employee.passport_number",
-            )
+            raise limit_reached(held)
+        return await self.employee_binding(
+            conn, caller=caller, sim=sim, e164=e164, holder=holder, employee=employee, now=now, person=person
+        )
+
+    async def employee_binding(
+        self,
+        conn: db.Connection,
+        *,
+        caller: Caller,
+        sim: store.SimRow,
+        e164: str,
+        holder: Holder,
+        employee: EmployeeData,
+        now: dt.datetime,
+        person: bytes,
+    ) -> dict[str, Any]:
+        """Open the employee's verification case; the binding's columns (the caller checked the limit)."""
         case_id, created = await self.cases.open_case_in(
             conn,
             msisdn=e164,
