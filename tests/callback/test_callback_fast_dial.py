@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from support.polling import until
 
 from services.callback.dispatcher import Dispatcher
 from services.callback.store import agents as agent_store
+from services.callback.store import dispatch as dispatch_store
 from services.callback.telephony import SimConfig, SimulatedPbx, TelephonyAdapter
 from services.callback.telephony.ari import AriConfig, AsteriskAriAdapter
 from services.callback.usecases.sites import SiteDirectory
@@ -209,7 +211,7 @@ class StatementLog:
 
 
 def kind_of(query: str) -> str:
-    if query.startswith("select c.id,"):
+    if query == dispatch_store.PICK_SQL:
         return "pick"
     if "with c as materialized" in query:
         return "reserve"
@@ -327,3 +329,29 @@ async def test_the_dialing_event_reaches_nats_without_any_relay(
     # What the intake wrote, and the call's progress after it, are the relay's (none runs here); only the
     # dialer's own event went out.
     assert [r["subject"] for r in rows if r["published_at"] is not None] == ["callback.dialing"]
+
+
+def agent_lookups(plan: dict[str, Any]) -> int:
+    """How many times a plan (EXPLAIN ANALYZE) read agent_presence: every scan node's loops."""
+    loops, nodes = 0, [plan]
+    while nodes:
+        node = nodes.pop()
+        if node.get("Relation Name") == "agent_presence":
+            loops += int(node.get("Actual Loops", 1))
+        nodes.extend(node.get("Plans", []))
+    return loops
+
+
+async def test_the_pick_looks_for_an_agent_once_however_long_the_line(world: World) -> None:
+    """The pick chooses the request first and then its agent: joined before the sort, the agent lookup ran
+    once per due request (a backlog of hundreds made every pass hundreds of scans)."""
+    await world.site("shop")
+    await world.agent("olga", endpoint="sim-1")  # Ready when they ask: they are due now
+    line = [await world.ask("shop") for _ in range(25)]
+    async with world.pool.acquire() as conn:
+        now = await conn.fetchval("select now() + interval '1 second'")
+        plan = await conn.fetchval(f"explain (analyze, format json) {dispatch_store.PICK_SQL}", now, [])
+        picked = await dispatch_store.next_pick(conn, now, [])
+    assert picked is not None
+    assert picked.row.id in line
+    assert agent_lookups(plan[0]["Plan"]) <= 2  # the subquery of queues with an agent, then the agent

@@ -27,17 +27,21 @@ _C_COLUMNS = ", ".join(f"c.{name.strip()}" for name in CALLBACK_COLUMNS.split(",
 # The due request first in line (earliest promise deadline, then oldest: EDF, as due_callbacks orders) that
 # has a reservable agent, with the longest-idle such agent of its organisation's queue. The same filters
 # as callbacks.due_callbacks (so the partial index callbacks_queue_due serves it) plus the agent, in one
-# round trip and without locks: the reservation re-checks what it relies on.
+# round trip and without locks: the reservation re-checks what it relies on. The queues with a reservable
+# agent are read once, the request chosen among theirs, and only then its agent: joined before the sort
+# (or filtered by a subquery per row), the agent lookup ran once per due request — hundreds of scans per
+# pass with a backlog.
 PICK_SQL = (
-    f"select {_C_COLUMNS}, ag.id as pick_agent_id, ag.endpoint as pick_agent_endpoint from callbacks c"
+    "with free as materialized (select distinct a.org_id, q.queue from agent_presence p"
+    "  join agents a on a.id = p.agent_id cross join unnest(a.queues) as q (queue)"
+    f"  where {RESERVABLE})"
+    f" select {_C_COLUMNS}, ag.id as pick_agent_id, ag.endpoint as pick_agent_endpoint from ("
+    "  select c.* from callbacks c join free on free.org_id = c.org_id and free.queue = c.queue"
+    "  where c.status = 'scheduled' and c.due_at <= $1 and c.id <> all($2::uuid[])"
+    "  order by c.promised_latest nulls last, c.requested_at limit 1) c"
     " cross join lateral (select a.id, a.endpoint from agent_presence p join agents a on a.id = p.agent_id"
     f"  where {RESERVABLE} and a.org_id = c.org_id and c.queue = any(a.queues)"
     "  order by p.ready_since nulls last limit 1) ag"
-    " where c.status = 'scheduled' and c.due_at <= $1 and c.id <> all($2::uuid[])"
-    " and (c.org_id, c.queue) in ("
-    "  select a.org_id, unnest(a.queues) from agent_presence p join agents a on a.id = p.agent_id"
-    f"  where {RESERVABLE})"
-    " order by c.promised_latest nulls last, c.requested_at limit 1"
 )
 
 
