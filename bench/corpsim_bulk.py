@@ -312,9 +312,9 @@ async def main(n: int, employee_pct: float, *, report: bool) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 50 000 rows (and a tenth of that first) keep `./dev bench` within its 10 minutes; the 100 000-row
+    # 20 000 rows (and a tenth of that first) keep `./dev bench` within its 10 minutes; the 100 000-row
     # upload is test_corporate_bulk.py's long form (ABONENT_BULK_LONG=1) or `bench.corpsim_bulk 100000`.
-    parser.add_argument("rows", nargs="?", type=int, default=50_000)
+    parser.add_argument("rows", nargs="?", type=int, default=20_000)
     parser.add_argument("--employees", type=float, default=5.0, help="percent of employee rows (default 5)")
     parser.add_argument("--quick", action="store_true", help="a 5 000-row smoke run, not recorded")
     parser.add_argument("--no-report", action="store_true", help="do not append to docs/benchmarks.md")
