@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-import os
 import secrets
 import statistics
 import sys
@@ -44,7 +43,15 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from bench.support import append_report, pct, service_env, start_service, stop_service, wait_ready
+from bench.support import (
+    append_report,
+    cpu_seconds,
+    pct,
+    service_env,
+    start_service,
+    stop_service,
+    wait_ready,
+)
 from services.callback.domain.guard import issue_form_token
 from services.callback.store import callbacks as callback_store
 from services.callback.store import stats
@@ -167,15 +174,6 @@ async def timed_loop(
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc (0 where there is none)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- setup ----------------------------------------------------------------------------------------------
@@ -352,16 +350,16 @@ async def offers(run: Run) -> float:
 
     # The service's background work (dispatcher, relay, presence, re-promises) runs meanwhile: measured
     # idle first and subtracted, so a slow run's few offers do not carry a second of it each.
-    idle_from, idle_cpu = time.perf_counter(), process_cpu_s(run.service_pid)
+    idle_from, idle_cpu = time.perf_counter(), cpu_seconds(run.service_pid)
     await asyncio.sleep(IDLE_SECONDS)
-    idle_rate = (process_cpu_s(run.service_pid) - idle_cpu) / (time.perf_counter() - idle_from)
-    started, cpu_before = time.perf_counter(), process_cpu_s(run.service_pid)
+    idle_rate = (cpu_seconds(run.service_pid) - idle_cpu) / (time.perf_counter() - idle_from)
+    started, cpu_before = time.perf_counter(), cpu_seconds(run.service_pid)
     own_before = time.process_time()
     rate, latencies, _ = await timed_loop(OFFER_CLIENTS, OFFER_SECONDS, one_offer)
     # The load generator's HTTP client costs CPU per request too, on the same two cores: when it is the
     # dearer side, it and not the service caps the rate.
     client_per_offer = (time.process_time() - own_before) / max(len(latencies), 1)
-    busy = process_cpu_s(run.service_pid) - cpu_before - idle_rate * (time.perf_counter() - started)
+    busy = cpu_seconds(run.service_pid) - cpu_before - idle_rate * (time.perf_counter() - started)
     cpu_per_offer = max(busy, 0.0) / max(len(latencies), 1)
     conns = [await dbmod.connect(run.db_url, "callback") for _ in range(OFFER_CLIENTS)]
     free = list(conns)
@@ -416,9 +414,9 @@ async def intake(run: Run, pg: asyncpg.Connection, keep: list[uuid.UUID]) -> Non
 
         # The service's own CPU per accepted request: unlike the rate, it hardly moves with the machine's
         # other load (the whole process: HTTP, the relay and the dispatcher's share included).
-        cpu_before = process_cpu_s(run.service_pid)
+        cpu_before = cpu_seconds(run.service_pid)
         rate, accepted, refused = await timed_loop(level, INTAKE_SECONDS, one_post)
-        cpu_each = (process_cpu_s(run.service_pid) - cpu_before) / max(len(accepted), 1)
+        cpu_each = (cpu_seconds(run.service_pid) - cpu_before) / max(len(accepted), 1)
         if rate > best[0]:
             best = (rate, level, refused, cpu_each)
         await keep_pending(pg, keep)
@@ -482,10 +480,10 @@ async def intake(run: Run, pg: asyncpg.Connection, keep: list[uuid.UUID]) -> Non
 
     await asyncio.gather(*(scheduled(k) for k in range(count)))
     await keep_pending(pg, keep)
-    accepted = sum(1 for s in statuses if s == 201)
+    answered = sum(1 for s in statuses if s == 201)
     run.rows.append(
         f"| same, open loop at half the best rate ({rate:.0f}/s for {OPEN_LOOP_SECONDS:.0f} s) |"
-        f" p50 {ms(pct(latencies, 0.5))} ms, p99 {ms(pct(latencies, 0.99))} ms ({accepted}/{count} accepted)"
+        f" p50 {ms(pct(latencies, 0.5))} ms, p99 {ms(pct(latencies, 0.99))} ms ({answered}/{count} accepted)"
         " | — | — | p99 < 50 ms |"
     )
 

@@ -32,7 +32,15 @@ from typing import NamedTuple
 import asyncpg
 import httpx
 
-from bench.support import append_report, service_env, start_service, stop_service, tail, wait_ready
+from bench.support import (
+    CpuMeter,
+    append_report,
+    service_env,
+    start_service,
+    stop_service,
+    tail,
+    wait_ready,
+)
 from services.common import crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from services.common.settings import Settings
@@ -76,26 +84,6 @@ def rows(first: int, n: int, employee_every: int) -> list[tuple[str, ...]]:
             imei = luhn(f"35{first + i:012d}")
             out.append((number, "device", "meter", f"Меркурий {i}", imei, "Москва", *([""] * 8)))
     return out
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_s(data_dir: Path) -> float:
-    """CPU seconds of the postmaster and its children (backends, checkpointer, WAL writer) so far."""
-    master = int((data_dir / "postmaster.pid").read_text().split()[0])
-    total = cpu_s(master)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if int(text.rpartition(")")[2].split()[1]) == master:
-            total += cpu_s(int(stat.parent.name))
-    return total
 
 
 def rss_kb(pid: int) -> int:
@@ -264,11 +252,14 @@ async def main(n: int, employee_pct: float, *, report: bool) -> int:
                     body = ("\r\n".join([HEADER, *(",".join(r) for r in data)]) + "\r\n").encode()
                     raw = await raw_copy(postgres.url, data)
                     rss_before = rss_kb(proc.pid)
-                    cpu_before = cpu_s(proc.pid), postgres_cpu_s(postgres.data_dir)
+                    assert postgres.proc is not None
+                    meter = CpuMeter({"service": proc.pid, "postgres+": postgres.proc.pid})
+                    meter.start()
                     api, staged, peak, job = await through_api(
                         http, base, client_id, secret, body, pid=proc.pid
                     )
-                    cpu = cpu_s(proc.pid) - cpu_before[0], postgres_cpu_s(postgres.data_dir) - cpu_before[1]
+                    used = meter.stop()
+                    cpu = used["service"], used["postgres"]
                     if job["state"] != "done" or job["applied"] != count:
                         clean = False
                         print(f"warning: job {job}", file=sys.stderr)

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -38,7 +34,16 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.support import append_report, pct, service_env, start_service, stop_service, wait_ready
+from bench.support import (
+    CpuMeter,
+    append_report,
+    flame_graph,
+    pct,
+    service_env,
+    start_service,
+    stop_service,
+    wait_ready,
+)
 from services.common import bus as bus_mod
 from services.common import crypto
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -121,47 +126,6 @@ class SmsServer:
         if self.expect and len(self.arrivals) >= self.expect:
             self.got_all.set()
         return 200, {"status": "OK", "status_code": 100, "sms": entries, "balance": 1000.0}
-
-
-def cpu_seconds(root: int, *, with_children: bool) -> float:
-    """User+system CPU of process `root` (and its direct children: PostgreSQL's backends), from /proc.
-
-    Throughput on a shared, loaded machine swings with the neighbours; CPU per message does much less,
-    so the report gives both. Linux only: elsewhere 0.
-    """
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0.0
-    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # Fields after the ")" closing the command name: state ppid ... utime(14) stime(15).
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            pid, ppid = int(entry.name), int(fields[1])
-            if pid == root or (with_children and ppid == root):
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-@dataclass
-class CpuMeter:
-    """CPU seconds the notifier and PostgreSQL spent between `start` and `stop`."""
-
-    notifier_pid: int
-    postgres_pid: int
-    used: dict[str, float] = field(default_factory=dict)
-
-    def sample(self) -> dict[str, float]:
-        return {
-            "notifier": cpu_seconds(self.notifier_pid, with_children=False),
-            "postgres": cpu_seconds(self.postgres_pid, with_children=True),
-        }
-
-    def start(self) -> None:
-        self.used = self.sample()
-
-    def stop(self) -> None:
-        self.used = {k: v - self.used[k] for k, v in self.sample().items()}
 
 
 def phones(n: int, prefix: str = "+7925") -> list[str]:
@@ -347,16 +311,6 @@ async def count_statements(
     return statements, after_xacts - before_xacts
 
 
-def profile(pid: int, out: str) -> subprocess.Popen[bytes]:
-    """py-spy sampling the notifier (its start-up already done) into a flame graph at `out`."""
-    spy = Path(sys.executable).parent / "py-spy"
-    return subprocess.Popen(
-        [str(spy), "record", "--pid", str(pid), "--rate", "50", "--output", out, "--nonblocking"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def run_notifier(
     label: str,
     *,
@@ -373,26 +327,19 @@ async def run_notifier(
     port = free_port()
     log = work / f"notifier-{port}.log"
     proc = start_service("notifier", env | {"ABONENT_NOTIFIER_PORT": str(port)}, log)
-    spy: subprocess.Popen[bytes] | None = None
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc, log)
         assert postgres.proc is not None
-        meter = CpuMeter(proc.pid, postgres.proc.pid)
-        if flame:
-            spy = profile(proc.pid, flame)
-        rate, latencies = await through_notifier(nats_url, server, numbers, meter)
+        meter = CpuMeter({"notifier": proc.pid, "postgres+": postgres.proc.pid})
+        out = Path(flame) if flame else None
+        async with flame_graph(proc.pid, "notifier", enabled=out is not None, out=out):
+            rate, latencies = await through_notifier(nats_url, server, numbers, meter)
         run = NotifierRun(label, rate, latencies, meter.used, server.requests, server.numbers)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes the flame graph when interrupted
-            await asyncio.to_thread(spy.wait, 30)
-            spy = None
         counted = None
         if count:
             statements, transactions = await count_statements(postgres, nats_url, server, count)
             counted = (statements, transactions, len(count))
     finally:
-        if spy is not None:
-            spy.kill()
         await stop_service(proc)
     return run, counted
 

@@ -235,10 +235,11 @@ async def in_load_process(target: Callable[..., Coroutine[Any, Any, T]], *args: 
 
 @contextlib.asynccontextmanager
 async def flame_graph(
-    pid: int, name: str, *, enabled: bool = True, rate: int = 50
+    pid: int, name: str, *, enabled: bool = True, rate: int = 50, out: Path | None = None
 ) -> AsyncIterator[Path | None]:
-    """A py-spy flame graph (SVG) of process `pid` for as long as the block runs, saved as
-    docs/bench/<name>.svg next to the report; yields that path (None when disabled or py-spy is missing).
+    """A py-spy flame graph (SVG) of process `pid` for as long as the block runs, saved as `out` (by
+    default docs/bench/<name>.svg next to the report); yields that path (None when disabled or py-spy is
+    missing).
 
     py-spy samples from outside (no change to the service, `--nonblocking` so the service is not paused),
     at `rate` Hz, and writes the file when interrupted."""
@@ -246,8 +247,8 @@ async def flame_graph(
     if not enabled or not py_spy.exists():
         yield None
         return
-    FLAMES.mkdir(parents=True, exist_ok=True)
-    out = FLAMES / f"{name}.svg"
+    out = out or FLAMES / f"{name}.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         str(py_spy),
         "record",
@@ -276,6 +277,15 @@ async def flame_graph(
             err = b""
         if not out.exists():
             print(f"py-spy wrote no flame graph: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+        else:
+            strip_local_paths(out)
+
+
+def strip_local_paths(svg: Path) -> None:
+    """py-spy titles the graph with its command line: paths of this checkout become relative ones, so a
+    committed graph carries nothing of the machine it was recorded on."""
+    text = svg.read_text()
+    svg.write_text(text.replace(f"{REPO}/", ""))
 
 
 def flame_note(path: Path | None, what: str) -> str:
