@@ -90,7 +90,7 @@ def _engine_answers() -> str | None:
 def test_image_builds_and_runs_as_non_root() -> None:
     reason = _engine_answers()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(reason=f"the image is built only where a container engine answers: {reason}")
     tag = f"abonent-test:{uuid.uuid4().hex[:12]}"
     try:
         subprocess.run(

@@ -41,7 +41,9 @@ LONG_RUSSIAN = (
 def smpp_node_modules() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are needed for the test SMSC (npm `smpp`); install Node.js to run these")
+        pytest.skip(
+            reason="node and npm are needed for the test SMSC (npm `smpp`); install Node.js to run these"
+        )
     cache = Path(
         os.environ.get("ABONENT_NPM_CACHE_DIR", Path(tempfile.gettempdir()) / f"abonent-smsc-{os.getuid()}")
     )
@@ -58,7 +60,7 @@ def smpp_node_modules() -> Path:
             check=False,
         )
         if done.returncode != 0:
-            pytest.skip(f"npm install smpp failed (no registry?): {done.stderr.strip()[-300:]}")
+            pytest.skip(reason=f"npm install smpp failed (no registry?): {done.stderr.strip()[-300:]}")
     return modules
 
 

@@ -65,7 +65,7 @@ async def test_a_batch_of_new_callbacks_takes_a_few_statements_and_provider_requ
     commit)."""
     log = getattr(postgres_server, "log", None)
     if not isinstance(log, Path):
-        pytest.skip("statements are counted in the embedded PostgreSQL's log")
+        pytest.skip(reason="needs the embedded PostgreSQL: statements are counted in its log file")
     fake, channel = sms_ru
     events = callbacks(N)
     # Published before the notifier starts, so its consumer fetches them as one batch.
