@@ -71,11 +71,7 @@ async def publish_claimed(
         published.append(event_id)
     async with pool.acquire() as conn:
         if published:
-            await conn.execute(
-                "update outbox set published_at = now() where id = any($1::uuid[]) and claimed_by = $2",
-                published,
-                holder,
-            )
+            await mark_published(conn, published)
         if error is not None:
             unpublished = [r[0] for r in rows[len(published) :]]
             await release_failed(conn, holder, unpublished[0], unpublished[1:], repr(error))

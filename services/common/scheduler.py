@@ -96,12 +96,13 @@ def _aware(value: dt.datetime, what: str) -> dt.datetime:
 # --- in the caller's transaction ----------------------------------------------------------------------
 
 
-_SCHEDULE = (
-    "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)"
+# Scheduling again re-arms the job at its new time (see schedule()).
+_REARM = (
     " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
     "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
     "  claimed_by = null, finished_at = null, updated_at = now()"
 )
+_SCHEDULE = "insert into scheduled_jobs (kind, key, due_at, payload) values ($1, $2, $3, $4)" + _REARM
 
 
 async def schedule(
@@ -134,10 +135,7 @@ async def schedule_many(
         "insert into scheduled_jobs (kind, key, due_at, payload)"
         " select j.kind, j.key, j.due_at, j.payload::jsonb"
         " from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])"
-        "  as j (kind, key, due_at, payload)"
-        " on conflict (kind, key) do update set due_at = excluded.due_at, payload = excluded.payload,"
-        "  state = 'pending', attempts = 0, last_error = null, claimed_until = null, claim_token = null,"
-        "  claimed_by = null, finished_at = null, updated_at = now()",
+        "  as j (kind, key, due_at, payload)" + _REARM,
         [kind for kind, _, _, _ in jobs],
         [key for _, key, _, _ in jobs],
         [_aware(due_at, "due_at") for _, _, due_at, _ in jobs],

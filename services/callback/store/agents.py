@@ -112,32 +112,6 @@ async def ready_agent_count(conn: Connection, org_id: str, queue: str) -> int:
     return int(value or 0)
 
 
-async def reserve_agent(conn: Connection, org_id: str, queue: str) -> AgentRow | None:
-    """The longest-idle ready agent of the organisation's queue, locked; another dispatcher skips it.
-
-    Only that organisation's agents: another's would see the visitor's phone on their client card."""
-    record = await conn.fetchrow(
-        "select a.id, a.login, a.name, a.password_hash, a.queues, a.endpoint, a.org_id"
-        " from agent_presence p join agents a on a.id = p.agent_id"
-        f" where {RESERVABLE} and a.org_id = $1 and $2 = any(a.queues)"
-        " order by p.ready_since nulls last limit 1 for update of p skip locked",
-        org_id,
-        queue,
-    )
-    return None if record is None else msgspec.convert(dict(record), AgentRow)
-
-
-async def assign_agent(
-    conn: Connection, agent_id: uuid.UUID, callback_id: uuid.UUID, attempt_id: uuid.UUID
-) -> None:
-    await conn.execute(
-        "update agent_presence set current_callback = $2, current_attempt = $3 where agent_id = $1",
-        agent_id,
-        callback_id,
-        attempt_id,
-    )
-
-
 async def release_agent(conn: Connection, attempt_id: uuid.UUID, status: str | None = None) -> None:
     """Free the agent of this attempt; back to the end of the idle line (or to `status`, e.g. break)."""
     await conn.execute(
